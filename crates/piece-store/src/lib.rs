@@ -1,0 +1,29 @@
+//! Content-addressed piece storage: a disk store and a memory store behind
+//! one small trait, plus manifests and whole files.
+//!
+//! Every operation here is blocking (disk I/O, hashing). Async callers run
+//! them on a blocking pool (`tokio::task::spawn_blocking`) or a dedicated
+//! thread, never on an I/O task.
+//!
+//! # Layout
+//! * [`store`] — the [`PieceStore`] trait, retention, durability, errors.
+//! * [`disk`] — [`DiskStore`]: sharded files, fsync policies, verification,
+//!   quarantine, scrub.
+//! * [`mem`] — [`MemStore`]: the same contract in memory.
+//! * [`lock`] — [`DirLock`], the exclusive lock on a data directory.
+//! * [`manifest`] — the manifest format: build, serialize, parse without trust.
+//! * [`file`](mod@file) — split a byte stream into pieces and a manifest; reassemble.
+//! * `index` (private) — accounting shared by both stores: sizes, pins, LRU.
+
+pub mod disk;
+pub mod file;
+mod index;
+pub mod lock;
+pub mod manifest;
+pub mod mem;
+pub mod store;
+
+pub use disk::{DiskStore, DiskStoreConfig, FsyncPolicy, ScrubReport};
+pub use lock::DirLock;
+pub use mem::MemStore;
+pub use store::{Durability, PieceStore, Retention, StoreError, StoreStats};

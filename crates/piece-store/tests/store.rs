@@ -1,0 +1,426 @@
+//! The store contract on the disk and memory stores, and the disk store's
+//! durability, verification, pinning and locking.
+// Test helpers outside #[test] functions unwrap too (a failure is the test
+// failing), and test data sizes are small constants.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use piece_store::{
+    DiskStore, DiskStoreConfig, Durability, FsyncPolicy, MemStore, PieceStore, Retention,
+    StoreError,
+};
+use wire_format::{PieceId, VerifiedPiece};
+
+const MIB: u64 = 1 << 20;
+
+fn piece(seed: u32, len: usize) -> VerifiedPiece {
+    let mut bytes = vec![0u8; len];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(31).wrapping_add(seed) as u8;
+    }
+    bytes[..4.min(len)].copy_from_slice(&seed.to_le_bytes()[..4.min(len)]);
+    VerifiedPiece::new(Bytes::from(bytes)).unwrap()
+}
+
+fn open(dir: &Path, capacity: u64, fsync: FsyncPolicy) -> DiskStore {
+    let mut config = DiskStoreConfig::new(capacity);
+    config.fsync = fsync;
+    DiskStore::open(dir, config).unwrap()
+}
+
+fn piece_file(dir: &Path, id: &PieceId) -> std::path::PathBuf {
+    dir.join("pieces")
+        .join(format!("{:02x}", id.first_byte()))
+        .join(id.to_hex())
+}
+
+fn contract(store: &dyn PieceStore) {
+    let a = piece(1, 1000);
+    let b = piece(2, 1);
+    assert!(!store.has(&a.id()));
+    assert_eq!(store.get(&a.id()).unwrap(), None);
+    store
+        .put(a.clone(), Retention::Cached, Durability::Wait)
+        .unwrap();
+    store
+        .put(b.clone(), Retention::Pinned, Durability::Wait)
+        .unwrap();
+    assert!(store.has(&a.id()) && store.has(&b.id()));
+    assert_eq!(store.get(&a.id()).unwrap().as_ref(), Some(a.bytes()));
+    assert_eq!(store.get(&b.id()).unwrap().as_ref(), Some(b.bytes()));
+    let mut listed = store.list();
+    listed.sort();
+    let mut expected = vec![a.id(), b.id()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(!store.is_pinned(&a.id()));
+    assert!(store.is_pinned(&b.id()));
+    // Re-putting a held piece pinned upgrades it.
+    store
+        .put(a.clone(), Retention::Pinned, Durability::Wait)
+        .unwrap();
+    assert!(store.is_pinned(&a.id()));
+    assert!(store.unpin(&a.id()).unwrap());
+    assert!(!store.is_pinned(&a.id()));
+    assert!(
+        !store.pin(&piece(3, 5).id()).unwrap(),
+        "pinning an absent piece"
+    );
+    let stats = store.stats();
+    assert_eq!(stats.pieces, 2);
+    assert_eq!(stats.bytes, 1001);
+    assert_eq!(stats.pinned_bytes, 1);
+}
+
+#[test]
+fn memory_store_keeps_the_contract() {
+    contract(&MemStore::new(10 * MIB));
+}
+
+#[test]
+fn disk_store_keeps_the_contract_under_every_fsync_policy() {
+    for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        contract(&open(dir.path(), 10 * MIB, policy));
+        // And everything is there after reopening.
+        let store = open(dir.path(), 10 * MIB, policy);
+        assert_eq!(store.list().len(), 2, "{policy}");
+    }
+}
+
+#[test]
+fn left_over_temp_files_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), MIB, FsyncPolicy::Batch));
+    let stale = dir.path().join("tmp").join("deadbeef.0000.tmp");
+    fs::write(&stale, b"half a piece").unwrap();
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(!stale.exists());
+    assert!(store.list().is_empty());
+}
+
+#[test]
+fn stray_and_impossible_files_are_not_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), MIB, FsyncPolicy::Batch));
+    let p = piece(1, 10);
+    // Right name in the wrong shard, and a zero-length "piece".
+    let wrong_shard = dir
+        .path()
+        .join("pieces")
+        .join(format!("{:02x}", p.id().first_byte().wrapping_add(1)))
+        .join(p.id().to_hex());
+    fs::write(&wrong_shard, p.bytes()).unwrap();
+    let empty = piece_file(dir.path(), &piece(2, 10).id());
+    fs::write(&empty, b"").unwrap();
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(store.list().is_empty());
+    assert!(!wrong_shard.exists() && !empty.exists());
+}
+
+#[test]
+fn a_cached_piece_altered_on_disk_is_deleted_and_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = piece(7, 4096);
+    {
+        let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+        store
+            .put(p.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+    }
+    let path = piece_file(dir.path(), &p.id());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(store.has(&p.id()));
+    match store.get(&p.id()) {
+        Err(StoreError::Corrupt { id, quarantined }) => {
+            assert_eq!(id, p.id());
+            assert!(!quarantined);
+        }
+        other => panic!("expected corrupt, got {other:?}"),
+    }
+    assert!(!store.has(&p.id()));
+    assert!(!path.exists());
+    assert_eq!(store.get(&p.id()).unwrap(), None);
+    assert_eq!(store.stats().corrupt, 1);
+    // The swarm can provide it again.
+    store
+        .put(p.clone(), Retention::Cached, Durability::Wait)
+        .unwrap();
+    assert_eq!(store.get(&p.id()).unwrap().as_ref(), Some(p.bytes()));
+}
+
+#[test]
+fn a_pinned_piece_altered_on_disk_is_quarantined_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = piece(8, 4096);
+    {
+        let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+        store
+            .put(p.clone(), Retention::Pinned, Durability::Wait)
+            .unwrap();
+    }
+    let path = piece_file(dir.path(), &p.id());
+    fs::write(&path, b"not the original bytes").unwrap();
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(matches!(
+        store.get(&p.id()),
+        Err(StoreError::Corrupt {
+            quarantined: true,
+            ..
+        })
+    ));
+    let kept = dir.path().join("quarantine").join(p.id().to_hex());
+    assert_eq!(fs::read(kept).unwrap(), b"not the original bytes");
+    assert_eq!(store.quarantined(), vec![p.id()]);
+    assert!(!store.has(&p.id()));
+}
+
+#[test]
+fn pieces_are_verified_once_per_open_unless_verify_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = piece(9, 4096);
+    let path = piece_file(dir.path(), &p.id());
+    {
+        let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+        store
+            .put(p.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+        // Written this run: known good, so not re-hashed on read.
+        fs::write(&path, vec![0u8; 4096]).unwrap();
+        assert!(store.get(&p.id()).unwrap().is_some());
+    }
+    // A new run re-verifies on the first read.
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(matches!(
+        store.get(&p.id()),
+        Err(StoreError::Corrupt { .. })
+    ));
+
+    let mut config = DiskStoreConfig::new(MIB);
+    config.verify_on_read = true;
+    drop(store);
+    let store = DiskStore::open(dir.path(), config).unwrap();
+    store
+        .put(p.clone(), Retention::Cached, Durability::Wait)
+        .unwrap();
+    assert!(store.get(&p.id()).unwrap().is_some());
+    fs::write(&path, vec![0u8; 4096]).unwrap();
+    assert!(matches!(
+        store.get(&p.id()),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn scrub_finds_corruption_and_wraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let pieces: Vec<_> = (0..5).map(|i| piece(100 + i, 2048)).collect();
+    {
+        let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+        store.put_many(pieces.clone(), Retention::Cached).unwrap();
+    }
+    fs::write(piece_file(dir.path(), &pieces[3].id()), vec![1u8; 2048]).unwrap();
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    let first = store.scrub(3);
+    let second = store.scrub(3);
+    assert_eq!(first.checked + second.checked, 5);
+    assert!(!first.wrapped && second.wrapped);
+    let corrupt: Vec<_> = first
+        .corrupt
+        .iter()
+        .chain(&second.corrupt)
+        .copied()
+        .collect();
+    assert_eq!(corrupt, vec![pieces[3].id()]);
+    assert_eq!(store.list().len(), 4);
+}
+
+#[test]
+fn pins_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = piece(1, 100);
+    let cached = piece(2, 100);
+    let later = piece(3, 100);
+    {
+        let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+        store
+            .put(pinned.clone(), Retention::Pinned, Durability::Wait)
+            .unwrap();
+        store
+            .put(cached.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+        store
+            .put(later.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+        assert!(store.pin(&later.id()).unwrap());
+    }
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(store.is_pinned(&pinned.id()));
+    assert!(store.is_pinned(&later.id()));
+    assert!(!store.is_pinned(&cached.id()));
+    assert!(store.unpin(&later.id()).unwrap());
+    drop(store);
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(!store.is_pinned(&later.id()));
+    assert_eq!(store.stats().pinned_bytes, 100);
+}
+
+#[test]
+fn eviction_is_least_recently_used_and_spares_pinned_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in [
+        Box::new(MemStore::new(3 * MIB)) as Box<dyn PieceStore>,
+        Box::new(open(dir.path(), 3 * MIB, FsyncPolicy::Never)),
+    ] {
+        let full = |seed| piece(seed, MIB as usize);
+        let (p, a, b, c) = (full(1), full(2), full(3), full(4));
+        store
+            .put(p.clone(), Retention::Pinned, Durability::Wait)
+            .unwrap();
+        store
+            .put(a.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+        store
+            .put(b.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+        // Reading a makes b the least recently used.
+        store.get(&a.id()).unwrap();
+        store
+            .put(c.clone(), Retention::Cached, Durability::Wait)
+            .unwrap();
+        assert!(store.has(&p.id()) && store.has(&a.id()) && store.has(&c.id()));
+        assert!(!store.has(&b.id()));
+        assert_eq!(store.stats().evictions, 1);
+        assert_eq!(store.stats().bytes, 3 * MIB);
+    }
+}
+
+#[test]
+fn store_full_when_pinned_data_alone_exceeds_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2 * MIB, FsyncPolicy::Batch);
+    let full = |seed| piece(seed, MIB as usize);
+    store
+        .put(full(1), Retention::Pinned, Durability::Wait)
+        .unwrap();
+    // Exactly at capacity is accepted.
+    store
+        .put(full(2), Retention::Pinned, Durability::Wait)
+        .unwrap();
+    // One byte more is refused, whatever its retention, and nothing changes.
+    for retention in [Retention::Pinned, Retention::Cached] {
+        match store.put(piece(3, 1), retention, Durability::Wait) {
+            Err(err @ StoreError::Full { .. }) => {
+                assert!(err.to_string().contains("store full"), "{err}");
+            }
+            other => panic!("expected store full, got {other:?}"),
+        }
+    }
+    assert_eq!(store.stats().pieces, 2);
+}
+
+#[test]
+fn a_lowered_capacity_evicts_cached_pieces_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), 4 * MIB, FsyncPolicy::Batch);
+        for seed in 0..4 {
+            store
+                .put(
+                    piece(seed, MIB as usize),
+                    Retention::Cached,
+                    Durability::Wait,
+                )
+                .unwrap();
+        }
+    }
+    let store = open(dir.path(), 2 * MIB, FsyncPolicy::Batch);
+    assert_eq!(store.stats().bytes, 2 * MIB);
+    assert_eq!(store.list().len(), 2);
+}
+
+#[test]
+fn a_second_opener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path(), MIB, FsyncPolicy::Batch);
+    match DiskStore::open(dir.path(), DiskStoreConfig::new(MIB)) {
+        Err(err @ StoreError::Locked { .. }) => {
+            assert!(
+                err.to_string().contains("in use by another process"),
+                "{err}"
+            )
+        }
+        other => panic!("expected locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn background_puts_are_readable_at_once_and_durable_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let pieces: Vec<_> = (0..20).map(|i| piece(i, 10_000)).collect();
+    {
+        let store = open(dir.path(), 10 * MIB, FsyncPolicy::Batch);
+        for p in &pieces {
+            store
+                .put(p.clone(), Retention::Cached, Durability::Background)
+                .unwrap();
+            assert_eq!(store.get(&p.id()).unwrap().as_ref(), Some(p.bytes()));
+        }
+    }
+    for p in &pieces {
+        assert_eq!(
+            fs::read(piece_file(dir.path(), &p.id())).unwrap(),
+            p.bytes().as_ref()
+        );
+    }
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn concurrent_waiting_puts_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), 64 * MIB, FsyncPolicy::Batch));
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let p = piece(t * 1000 + i, 50_000);
+                    store
+                        .put(p.clone(), Retention::Pinned, Durability::Wait)
+                        .unwrap();
+                    // Durable, so renamed into place, when put returns.
+                    assert!(piece_file(store.root(), &p.id()).exists());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.list().len(), 100);
+}
+
+#[test]
+fn put_many_commits_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64 * MIB, FsyncPolicy::Batch);
+    let pieces: Vec<_> = (0..32).map(|i| piece(i, 100_000)).collect();
+    store.put_many(pieces.clone(), Retention::Pinned).unwrap();
+    for p in &pieces {
+        assert!(piece_file(dir.path(), &p.id()).exists());
+        assert!(store.is_pinned(&p.id()));
+    }
+}
