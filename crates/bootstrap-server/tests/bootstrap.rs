@@ -1,0 +1,165 @@
+//! The bootstrap sequence against a real server, with raw clients and with
+//! real nodes.
+// Test code: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bootstrap_server::{Server, ServerConfig};
+use peer_node::conn::{FrameReader, read_one, write_message};
+use peer_node::node::{Node, NodeConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use wire_format::{Hello, Message, NodeId, PeerAddr, Peers};
+
+async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+async fn start_server() -> (
+    SocketAddr,
+    Box<dyn Fn() -> usize + Send + Sync>,
+    oneshot::Sender<()>,
+) {
+    let server = Server::bind(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: None,
+        max_peers: 1000,
+        legacy: false,
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let verified = Box::new(server.verified_counter());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, verified, stop)
+}
+
+/// A raw client: a listener answering dial-back probes with HELLO.
+async fn raw_client(id: u8) -> (TcpListener, NodeId) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (listener, NodeId([id; 8]))
+}
+
+fn answer_probes(listener: TcpListener, node_id: NodeId) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let hello = Message::Hello(Hello::ours(Some(port), false, node_id));
+                let _ = write_message(&mut stream, &hello).await;
+                let mut sink = [0u8; 256];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await;
+            });
+        }
+    });
+}
+
+/// Announces and returns the raw PEERS frame bytes the server answered.
+async fn announce(server: SocketAddr, port: u16, node_id: NodeId) -> Vec<u8> {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let me = PeerAddr::new(stream.local_addr().unwrap().ip(), port);
+    write_message(
+        &mut stream,
+        &Message::Hello(Hello::ours(Some(port), false, node_id)),
+    )
+    .await
+    .unwrap();
+    write_message(&mut stream, &Message::Peers(Peers::new(vec![me]).unwrap()))
+        .await
+        .unwrap();
+    let mut reader = FrameReader::new(&mut stream);
+    match read_one(&mut reader, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        Some(Message::Hello(_)) => {}
+        other => panic!("expected HELLO first, got {other:?}"),
+    }
+    let peers = read_one(&mut reader, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    peers.to_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_three_client_scenario() {
+    let (server, verified, _stop) = start_server().await;
+    let (la, ida) = raw_client(0xa).await;
+    let (lb, idb) = raw_client(0xb).await;
+    let (lc, idc) = raw_client(0xc).await;
+    let (pa, pb, pc) = (
+        la.local_addr().unwrap().port(),
+        lb.local_addr().unwrap().port(),
+        lc.local_addr().unwrap().port(),
+    );
+    for (l, id) in [(la, ida), (lb, idb), (lc, idc)] {
+        answer_probes(l, id);
+    }
+    let entry = |port: u16| PeerAddr::new("127.0.0.1".parse().unwrap(), port).to_wire();
+
+    // A: the first node gets an empty list: 01000000 02.
+    assert_eq!(announce(server, pa, ida).await, vec![1, 0, 0, 0, 2]);
+    assert!(wait_for(Duration::from_secs(10), || verified() == 1).await);
+    // B gets {A}.
+    let mut expected = vec![19, 0, 0, 0, 2];
+    expected.extend_from_slice(&entry(pa));
+    assert_eq!(announce(server, pb, idb).await, expected);
+    assert!(wait_for(Duration::from_secs(10), || verified() == 2).await);
+    // C gets {A, B} in some order.
+    let got = announce(server, pc, idc).await;
+    assert_eq!(&got[..5], &[37, 0, 0, 0, 2]);
+    let mut entries: Vec<&[u8]> = got[5..].chunks(18).collect();
+    entries.sort();
+    let (ea, eb) = (entry(pa), entry(pb));
+    let mut want: Vec<&[u8]> = vec![&ea, &eb];
+    want.sort();
+    assert_eq!(entries, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_configured_with_only_the_bootstrap_address_each_reach_four_peers() {
+    let (server, _verified, _stop) = start_server().await;
+    let mut nodes = Vec::new();
+    for _ in 0..20 {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.bootstrap = vec![server.to_string()];
+        let node = Node::bind(config).await.unwrap();
+        let shared = node.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.run(async move {
+            let _ = stopped.await;
+        }));
+        nodes.push((shared, stop, task));
+    }
+    let formed = wait_for(Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|(s, _, _)| s.connected_node_ids().len() >= 4)
+    })
+    .await;
+    let counts: Vec<usize> = nodes
+        .iter()
+        .map(|(s, _, _)| s.connected_node_ids().len())
+        .collect();
+    assert!(formed, "peer counts: {counts:?}");
+    for (_, stop, task) in nodes {
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+}

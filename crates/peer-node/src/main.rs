@@ -1,0 +1,149 @@
+//! `peer-node`: runs one node until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use peer_node::datadir::{DataDir, default_path};
+use peer_node::node::{DEFAULT_MAX_CONNECTIONS, Node, NodeConfig};
+use tracing::{error, info};
+
+/// A peer of the p2p piece exchange.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to accept peers on.
+    #[arg(long, env = "P2P_LISTEN", default_value = "[::]:7001")]
+    listen: SocketAddr,
+    /// Bootstrap server `host:port` (repeatable).
+    #[arg(long, env = "P2P_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Data directory (default: $P2P_DATA_DIR, else the platform data dir).
+    #[arg(long, env = "P2P_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Local API address (loopback only unless told otherwise).
+    #[arg(long, env = "P2P_API", default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// Global connection limit.
+    #[arg(long, env = "P2P_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Accept private addresses from public senders.
+    #[arg(long, env = "P2P_ALLOW_PRIVATE")]
+    allow_private: bool,
+    /// Treat non-loopback peers that never send HELLO as legacy peers.
+    #[arg(long, env = "P2P_LEGACY")]
+    legacy: bool,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let dir_path = match args.data_dir {
+        Some(path) => path,
+        None => default_path().map_err(|e| e.to_string())?,
+    };
+    let dir = DataDir::prepare(&dir_path).map_err(|e| e.to_string())?;
+    let lock = piece_store::DirLock::acquire(dir.path()).map_err(|e| e.to_string())?;
+    let token = dir.load_or_create_token().map_err(|e| e.to_string())?;
+    let mut config = NodeConfig::new(args.listen);
+    config.bootstrap = args.bootstrap;
+    config.peers_file = Some(dir.peers_path());
+    config.max_connections = args.max_connections;
+    config.allow_private = args.allow_private;
+    config.legacy = args.legacy;
+    for server in &config.bootstrap {
+        if tokio::net::lookup_host(server.as_str()).await.is_err() {
+            return Err(format!(
+                "bootstrap address {server} does not resolve: check the host name and port"
+            ));
+        }
+    }
+    let node = Node::bind(config).await.map_err(|e| e.to_string())?;
+    let api_listener = tokio::net::TcpListener::bind(args.api).await.map_err(|e| {
+        format!(
+            "cannot listen for the API on {}: {e} (use --api to pick another)",
+            args.api
+        )
+    })?;
+    let api_addr = api_listener.local_addr().map_err(|e| e.to_string())?;
+    dir.write_api_addr(api_addr).map_err(|e| e.to_string())?;
+    let per_conn = wire_format::limits::MAX_FRAME_BYTES
+        + wire_format::limits::MAX_PEERS_LEN * peer_node::node::WRITE_QUEUE_FRAMES;
+    info!(
+        listen = %node.local_addr(),
+        api = %api_addr,
+        data_dir = %dir.path().display(),
+        node_id = %node.shared().node_id(),
+        "peer-node started; worst-case connection memory = max_connections {} x (one frame {} + write queue {} x {}) = {} MiB; fds ≈ max_connections + {}",
+        args.max_connections,
+        wire_format::limits::MAX_FRAME_BYTES,
+        peer_node::node::WRITE_QUEUE_FRAMES,
+        wire_format::limits::MAX_PEERS_LEN,
+        (args.max_connections * per_conn) >> 20,
+        16,
+    );
+    let shared = node.shared();
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(peer_node::api::serve(
+        api_listener,
+        token,
+        Arc::clone(&shared) as Arc<dyn peer_node::api::ApiBackend>,
+        async move {
+            let _ = api_stopped.await;
+        },
+    ));
+    node.run(shutdown_signal()).await;
+    let _ = stop_api.send(());
+    let _ = api.await;
+    let _ = dir.remove_api_addr();
+    drop(lock);
+    info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            error!(%err, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err}");
+            eprintln!("peer-node: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Swarms of real nodes on loopback.
+// Test code: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peer_node::node::{Node, NodeConfig, Shared};
+use tokio::sync::oneshot;
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+struct Running {
+    shared: Arc<Shared>,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(bootstrap: Vec<String>) -> Running {
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+    config.bootstrap = bootstrap;
+    let node = Node::bind(config).await.unwrap();
+    let addr = node.local_addr();
+    let shared = node.shared();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(node.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        shared,
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_find_each_other_through_one_node_as_bootstrap() {
+    let seed = start(Vec::new()).await;
+    let mut nodes = vec![];
+    for _ in 0..19 {
+        nodes.push(start(vec![seed.addr.to_string()]).await);
+    }
+    let all: Vec<&Running> = std::iter::once(&seed).chain(nodes.iter()).collect();
+    let formed = wait_for(Duration::from_secs(60), || {
+        all.iter().all(|n| n.shared.connected_node_ids().len() >= 4)
+    })
+    .await;
+    let counts: Vec<usize> = all
+        .iter()
+        .map(|n| n.shared.connected_node_ids().len())
+        .collect();
+    assert!(formed, "peer counts: {counts:?}");
+    for mut n in nodes.into_iter().chain(std::iter::once(seed)) {
+        let _ = n.stop.take().unwrap().send(());
+        n.task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_connections_end_as_exactly_one() {
+    let a = start(Vec::new()).await;
+    let b = start(vec![a.addr.to_string()]).await;
+    // Make a dial b as well: its PEERS from b names b.
+    assert!(
+        wait_for(Duration::from_secs(20), || a
+            .shared
+            .connected_node_ids()
+            .len()
+            == 1
+            && b.shared.connected_node_ids().len() == 1)
+        .await
+    );
+    // Both keep exactly one connection to the other for a while.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(a.shared.connection_count() <= 1 && b.shared.connection_count() <= 1);
+    }
+    assert_eq!(a.shared.connected_node_ids(), vec![b.shared.node_id()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_bootstrapping_from_itself_detects_it_and_never_retries() {
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+    config.bootstrap = vec![];
+    let node = Node::bind(config).await.unwrap();
+    let addr = node.local_addr();
+    let shared = node.shared();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node.run(async move {
+        let _ = stopped.await;
+    }));
+    // Another node tells it about its own address.
+    let other = start(vec![addr.to_string()]).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || shared
+            .connected_node_ids()
+            .len()
+            == 1)
+        .await
+    );
+    let _ = (stop.send(()), task.await);
+    drop(other);
+}
