@@ -16,4 +16,5 @@ pub mod conn;
 pub mod datadir;
 pub mod metrics;
 pub mod node;
+mod session;
 pub mod table;

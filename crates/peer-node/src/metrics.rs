@@ -130,6 +130,8 @@ metric_list! {
         "Second connections to an already connected node, closed by the node_id rule.";
     BootstrapAnnouncesTotal => "bootstrap_announces_total", Counter,
         "Announcements to a bootstrap server that got its answer.";
+    UnsolicitedGivesTotal => "unsolicited_gives_total", Counter,
+        "GIVE frames that answer no ASK of ours (dropped).";
 }
 
 /// Declares [`Family`]: one variant per labelled counter family, with its
@@ -176,6 +178,8 @@ macro_rules! family_list {
 family_list! {
     ProtocolErrorsTotal => "protocol_errors_total", "kind",
         "Connections closed for a protocol error, by kind.";
+    PexEntriesDroppedByReasonTotal => "pex_entries_dropped_by_reason_total", "reason",
+        "PEERS entries dropped, by reason.";
     ConnectionsClosedTotal => "connections_closed_total", "reason",
         "Connections closed, by reason.";
 }

@@ -11,18 +11,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::time::timeout;
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
-use wire_format::limits::{
-    DIAL_RATE_PER_SEC, HELLO_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, PEX_INTERVAL,
-    PEX_MAX_ENTRIES, PEX_MAX_FRAMES_PER_INTERVAL, REANNOUNCE_INTERVAL,
-};
-use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
+use wire_format::limits::{DIAL_RATE_PER_SEC, HELLO_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL};
+use wire_format::{AddrClass, NodeId, PeerAddr};
 
 use crate::api::{Direction, PeerSource, PeerState, PeerView};
-use crate::conn::{self, ConnError, FrameReader, PeerKind};
-use crate::metrics::{Family, Metric, Metrics};
+use crate::conn;
+use crate::metrics::{Metric, Metrics};
+use crate::session::{self, Purpose};
 use crate::table::{PeerTable, SavedPeer, Source};
 
 /// Outbound connections the node keeps open when it knows enough peers.
@@ -64,9 +61,22 @@ pub struct NodeConfig {
     pub hello_timeout: Duration,
     /// Re-announce interval.
     pub reannounce: Duration,
+    /// Whether loopback peers get the exemptions of peers on this machine
+    /// (legacy detection without `--legacy`). Always true in the binary; tests
+    /// set it false to see how a peer from another host is treated without
+    /// needing a second host.
+    pub loopback_is_local: bool,
 }
 
 impl NodeConfig {
+    /// Inbound connections accepted: the global limit less the outbound
+    /// slots, so inbound floods never take the slots the node dials with.
+    pub fn max_inbound(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.target_outbound)
+            .max(1)
+    }
+
     /// Defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
@@ -79,6 +89,7 @@ impl NodeConfig {
             legacy: false,
             hello_timeout: HELLO_TIMEOUT,
             reannounce: REANNOUNCE_INTERVAL,
+            loopback_is_local: true,
         }
     }
 }
@@ -98,41 +109,41 @@ pub enum NodeError {
 }
 
 #[derive(Debug)]
-struct ConnEntry {
-    node_id: Option<NodeId>,
-    remote: PeerAddr,
+pub(crate) struct ConnEntry {
+    pub(crate) node_id: Option<NodeId>,
+    pub(crate) remote: PeerAddr,
     /// Where the peer accepts connections, once known.
-    dialable: Option<PeerAddr>,
-    direction: Direction,
-    legacy: bool,
+    pub(crate) dialable: Option<PeerAddr>,
+    pub(crate) direction: Direction,
+    pub(crate) legacy: bool,
     /// Which node opened it (for the duplicate rule).
-    opener: Option<NodeId>,
-    since: SystemTime,
-    close: watch::Sender<bool>,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
+    pub(crate) opener: Option<NodeId>,
+    pub(crate) since: SystemTime,
+    pub(crate) close: watch::Sender<bool>,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) bytes_out: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
-struct State {
-    conns: HashMap<u64, ConnEntry>,
-    dialing: HashSet<PeerAddr>,
-    table: PeerTable,
-    next_conn: u64,
+pub(crate) struct State {
+    pub(crate) conns: HashMap<u64, ConnEntry>,
+    pub(crate) dialing: HashSet<PeerAddr>,
+    pub(crate) table: PeerTable,
+    pub(crate) next_conn: u64,
 }
 
 /// What the node shares between its tasks.
 #[derive(Debug)]
 pub struct Shared {
-    config: NodeConfig,
-    node_id: NodeId,
-    listen_port: u16,
-    metrics: Metrics,
-    state: Mutex<State>,
+    pub(crate) config: NodeConfig,
+    pub(crate) node_id: NodeId,
+    pub(crate) listen_port: u16,
+    pub(crate) metrics: Metrics,
+    pub(crate) state: Mutex<State>,
 }
 
 impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -161,7 +172,11 @@ impl Shared {
     }
 
     /// Dialable addresses of connected HELLO peers, for PEERS.
-    fn dialable_peers(&self, exclude: Option<NodeId>, loopback_only: bool) -> Vec<PeerAddr> {
+    pub(crate) fn dialable_peers(
+        &self,
+        exclude: Option<NodeId>,
+        loopback_only: bool,
+    ) -> Vec<PeerAddr> {
         let state = self.state();
         let mut out: Vec<PeerAddr> = state
             .conns
@@ -432,18 +447,31 @@ fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr
     {
         let state = shared.state();
         let over_global = state.conns.len() >= shared.config.max_connections;
+        // Outbound slots stay reserved, so inbound floods cannot take every slot.
+        let inbound = state
+            .conns
+            .values()
+            .filter(|c| c.direction == Direction::In)
+            .count();
+        let over_inbound = inbound >= shared.config.max_inbound();
         let over_ip = remote.class() != AddrClass::Loopback
             && per_ip_count(&state, remote.ip()) >= MAX_CONNECTIONS_PER_IP;
-        if over_global || over_ip {
+        if over_global || over_inbound || over_ip {
             shared.metrics.incr(Metric::ConnectionsRejectedTotal);
-            debug!(peer = %remote, over_global, over_ip, "connection refused by limit");
+            debug!(peer = %remote, over_global, over_inbound, over_ip, "connection refused by limit");
             return;
         }
     }
     let _ = stream.set_nodelay(true);
     shared.metrics.incr(Metric::ConnectionsInboundTotal);
     let span = info_span!("conn", peer = %remote, dir = "in");
-    tokio::spawn(run_connection(Arc::clone(shared), stream, Direction::In, None).instrument(span));
+    let shared = Arc::clone(shared);
+    tokio::spawn(
+        async move {
+            let _ = session::run(shared, stream, Direction::In, None, Purpose::Peer).await;
+        }
+        .instrument(span),
+    );
 }
 
 /// Dials `addr` and runs the connection.
@@ -453,9 +481,15 @@ async fn dial(shared: Arc<Shared>, addr: PeerAddr) {
         Ok(stream) => {
             shared.metrics.incr(Metric::ConnectionsOutboundTotal);
             let span = info_span!("conn", peer = %addr, dir = "out");
-            run_connection(Arc::clone(&shared), stream, Direction::Out, Some(addr))
-                .instrument(span)
-                .await;
+            let _ = session::run(
+                Arc::clone(&shared),
+                stream,
+                Direction::Out,
+                Some(addr),
+                Purpose::Peer,
+            )
+            .instrument(span)
+            .await;
         }
         Err(err) => {
             shared.metrics.incr(Metric::DialFailuresTotal);
@@ -518,7 +552,7 @@ async fn run_announcer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut hungry_delay = HUNGRY_ANNOUNCE_FIRST;
     loop {
         for server in &shared.config.bootstrap {
-            if let Err(err) = announce(&shared, server).await {
+            if let Err(err) = session::announce(&shared, server).await {
                 warn!(%server, %err, "bootstrap announce failed");
             }
         }
@@ -540,459 +574,5 @@ async fn run_announcer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             () = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-/// One bootstrap exchange: HELLO + PEERS{self}, read HELLO + PEERS, close.
-async fn announce(shared: &Arc<Shared>, server: &str) -> Result<(), String> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
-        .await
-        .map_err(|e| format!("cannot resolve {server}: {e}"))?
-        .collect();
-    let addr = *addrs
-        .first()
-        .ok_or_else(|| format!("{server} resolves to nothing"))?;
-    let mut stream = conn::connect(addr).await.map_err(|e| e.to_string())?;
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
-    let me = PeerAddr::new(local.ip(), shared.listen_port);
-    for message in [
-        Message::Hello(Hello::ours(Some(shared.listen_port), false, shared.node_id)),
-        Message::Peers(Peers::new(vec![me]).map_err(|e| e.to_string())?),
-    ] {
-        conn::write_message(&mut stream, &message)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let mut reader = FrameReader::new(&mut stream);
-    let theirs = match conn::read_first_frame(&mut reader, false, shared.config.hello_timeout)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        PeerKind::Extended(hello) => hello,
-        PeerKind::Legacy(_) => return Err("bootstrap server sent no HELLO".into()),
-    };
-    if theirs.node_id() == shared.node_id {
-        return Err("bootstrap address is this node".into());
-    }
-    let deadline = shared.config.hello_timeout;
-    loop {
-        match conn::read_one(&mut reader, deadline)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(Message::Peers(peers)) => {
-                let server_ip = PeerAddr::from(addr).ip();
-                let (accepted, dropped) = shared.state().table.offer(
-                    server_ip,
-                    peers.entries(),
-                    Source::Bootstrap,
-                    Instant::now(),
-                );
-                shared
-                    .metrics
-                    .add(Metric::PexEntriesAcceptedTotal, accepted as u64);
-                shared
-                    .metrics
-                    .add(Metric::PexEntriesDroppedTotal, dropped.len() as u64);
-                shared.metrics.incr(Metric::BootstrapAnnouncesTotal);
-                debug!(%server, entries = peers.entries().len(), accepted, "bootstrap answered");
-                return Ok(());
-            }
-            Some(_) => continue,
-            None => return Err("bootstrap server closed before PEERS".into()),
-        }
-    }
-}
-
-/// Decides whether a new connection to `peer` survives an existing one:
-/// the connection opened by the lower node_id wins; between two opened by
-/// the same node the older one stays.
-fn keep_new(existing_opener: Option<NodeId>, new_opener: NodeId) -> bool {
-    match existing_opener {
-        Some(old) if old != new_opener => new_opener < old,
-        _ => false,
-    }
-}
-
-fn remove_conn(shared: &Shared, id: u64) {
-    if shared.state().conns.remove(&id).is_some() {
-        shared.metrics.decr(Metric::ConnectionsOpen);
-    }
-}
-
-async fn run_connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    direction: Direction,
-    dialed: Option<PeerAddr>,
-) {
-    let remote = match stream.peer_addr() {
-        Ok(addr) => PeerAddr::from(addr),
-        Err(_) => return,
-    };
-    let local = stream.local_addr().ok();
-    let (rd, mut wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd);
-    let legacy_allowed = remote.class() == AddrClass::Loopback || shared.config.legacy;
-    let our_hello = Message::Hello(Hello::ours(Some(shared.listen_port), false, shared.node_id));
-
-    // HELLO exchange. The dialler speaks first (HELLO + PEERS naming itself);
-    // the accepting side answers after reading the first frame, like a
-    // bootstrap server.
-    let kind = if direction == Direction::Out {
-        let me = local.map(|l| PeerAddr::new(l.ip(), shared.listen_port));
-        let mut first = vec![our_hello.clone()];
-        if let Some(me) = me {
-            first.push(Message::Peers(Peers::new(vec![me]).unwrap_or_default()));
-        }
-        for m in &first {
-            if conn::write_message(&mut wr, m).await.is_err() {
-                if let Some(addr) = dialed {
-                    shared
-                        .state()
-                        .table
-                        .dial_failed(&addr, "write failed".into(), Instant::now());
-                }
-                return;
-            }
-        }
-        conn::read_first_frame(&mut reader, false, shared.config.hello_timeout).await
-    } else {
-        conn::read_first_frame(&mut reader, legacy_allowed, shared.config.hello_timeout).await
-    };
-    let kind = match kind {
-        Ok(kind) => kind,
-        Err(err) => {
-            shared
-                .metrics
-                .incr_labelled(Family::ConnectionsClosedTotal, err.reason());
-            if let ConnError::Protocol(e) = &err {
-                shared
-                    .metrics
-                    .incr_labelled(Family::ProtocolErrorsTotal, e.kind());
-            }
-            if let Some(addr) = dialed {
-                shared
-                    .state()
-                    .table
-                    .dial_failed(&addr, err.to_string(), Instant::now());
-            }
-            debug!(%err, "handshake failed");
-            return;
-        }
-    };
-    let (hello, legacy_first) = match kind {
-        PeerKind::Extended(hello) => (Some(hello), None),
-        PeerKind::Legacy(first) => (None, first),
-    };
-    if let Some(hello) = &hello {
-        shared.metrics.incr(Metric::HelloReceivedTotal);
-        if hello.node_id() == shared.node_id {
-            shared.metrics.incr(Metric::SelfConnectionsTotal);
-            if let Some(addr) = dialed {
-                shared.state().table.mark_ours(addr);
-            }
-            debug!("connected to ourselves; address never dialled again");
-            return;
-        }
-    } else {
-        shared.metrics.incr(Metric::LegacyPeersTotal);
-    }
-    let client = hello.is_some_and(|h| h.flags().client());
-
-    if direction == Direction::In {
-        // Answer as a bootstrap server: HELLO, then the peers we are connected to.
-        let exclude = hello.map(|h| h.node_id());
-        let entries = shared.dialable_peers(exclude, hello.is_none());
-        let answer = [
-            our_hello.clone(),
-            Message::Peers(Peers::new(entries).unwrap_or_default()),
-        ];
-        for m in &answer {
-            if conn::write_message(&mut wr, m).await.is_err() {
-                return;
-            }
-        }
-        shared.metrics.incr(Metric::PexFramesSentTotal);
-    }
-    if client {
-        // Probes and tools: same answers, never recorded or deduplicated.
-        let mut sink = reader.into_parts().0;
-        let _ = conn::drain(&mut sink, IDLE_TIMEOUT).await;
-        return;
-    }
-
-    let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
-    let (close_tx, mut close_rx) = watch::channel(false);
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let bytes_out = Arc::new(AtomicU64::new(0));
-    let node_id = hello.map(|h| h.node_id());
-    let opener = match direction {
-        Direction::Out => Some(shared.node_id),
-        Direction::In => node_id,
-    };
-    let conn_id = {
-        let mut state = shared.state();
-        if let (Some(peer), Some(opener)) = (node_id, opener) {
-            let existing = state
-                .conns
-                .iter()
-                .find(|(_, c)| c.node_id == Some(peer))
-                .map(|(id, c)| (*id, c.opener, c.close.clone()));
-            if let Some((old_id, old_opener, old_close)) = existing {
-                shared.metrics.incr(Metric::DuplicateConnectionsTotal);
-                if keep_new(old_opener, opener) {
-                    let _ = old_close.send(true);
-                    state.conns.remove(&old_id);
-                    shared.metrics.decr(Metric::ConnectionsOpen);
-                } else {
-                    debug!("duplicate connection closed");
-                    if let Some(addr) = dialed {
-                        state.table.dial_succeeded(&addr, peer);
-                    }
-                    return;
-                }
-            }
-        }
-        if let (Some(addr), Some(peer)) = (dialed, node_id) {
-            state.table.dial_succeeded(&addr, peer);
-        }
-        state.next_conn += 1;
-        let id = state.next_conn;
-        state.conns.insert(
-            id,
-            ConnEntry {
-                node_id,
-                remote,
-                dialable: if hello.is_some() { dialed } else { None },
-                direction,
-                legacy: hello.is_none(),
-                opener,
-                since: SystemTime::now(),
-                close: close_tx,
-                bytes_in: Arc::clone(&bytes_in),
-                bytes_out: Arc::clone(&bytes_out),
-            },
-        );
-        id
-    };
-    shared.metrics.incr(Metric::ConnectionsOpen);
-    info!(node = ?node_id, legacy = hello.is_none(), "connected");
-
-    // An inbound peer that listens becomes dialable once a probe reaches it.
-    if direction == Direction::In
-        && let Some(hello) = hello
-        && let Some(port) = hello.listen_port()
-    {
-        let addr = PeerAddr::new(remote.ip(), port);
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            shared.metrics.incr(Metric::ProbesTotal);
-            match conn::probe(addr.socket_addr(), shared.node_id, Some(hello.node_id())).await {
-                Ok(_) => {
-                    let mut state = shared.state();
-                    if let Some(c) = state.conns.get_mut(&conn_id) {
-                        c.dialable = Some(addr);
-                    }
-                    state.table.insert_trusted(
-                        addr,
-                        Source::Inbound,
-                        Some(hello.node_id()),
-                        Instant::now(),
-                    );
-                }
-                Err(err) => {
-                    shared.metrics.incr(Metric::ProbeFailuresTotal);
-                    debug!(%addr, %err, "dial-back probe failed");
-                }
-            }
-        });
-    }
-
-    let writer = tokio::spawn(run_writer(
-        Arc::clone(&shared),
-        wr,
-        rx,
-        node_id,
-        hello.is_none(),
-        Arc::clone(&bytes_out),
-    ));
-    let result = async {
-        if let Some(first) = legacy_first {
-            handle_message(
-                &shared,
-                conn_id,
-                remote,
-                hello.is_none(),
-                first,
-                &mut PexWindow::default(),
-            )?;
-        }
-        let mut window = PexWindow::default();
-        loop {
-            let message = tokio::select! {
-                read = timeout(IDLE_TIMEOUT, reader.next()) => match read {
-                    Err(_) => return Err(ConnError::Timeout { what: "idle", after: IDLE_TIMEOUT }),
-                    Ok(result) => result?,
-                },
-                _ = close_rx.changed() => return Err(ConnError::Rule("closed_by_node")),
-            };
-            bytes_in.store(reader.bytes_in(), Ordering::Relaxed);
-            let Some(message) = message else {
-                return Ok(());
-            };
-            handle_message(
-                &shared,
-                conn_id,
-                remote,
-                hello.is_none(),
-                message,
-                &mut window,
-            )?;
-        }
-    }
-    .await;
-    shared.metrics.add(Metric::BytesInTotal, reader.bytes_in());
-    match &result {
-        Ok(()) => shared
-            .metrics
-            .incr_labelled(Family::ConnectionsClosedTotal, "peer_closed"),
-        Err(err) => {
-            shared
-                .metrics
-                .incr_labelled(Family::ConnectionsClosedTotal, err.reason());
-            if let ConnError::Protocol(e) = err {
-                shared
-                    .metrics
-                    .incr_labelled(Family::ProtocolErrorsTotal, e.kind());
-                warn!(%err, "closing on protocol error");
-            } else {
-                debug!(%err, "connection ended");
-            }
-        }
-    }
-    remove_conn(&shared, conn_id);
-    drop(tx);
-    writer.abort();
-}
-
-/// PEERS frames received in the current window, for the > 6 per 60 s rule.
-#[derive(Debug, Default)]
-struct PexWindow {
-    start: Option<Instant>,
-    frames: usize,
-}
-
-fn handle_message(
-    shared: &Arc<Shared>,
-    _conn_id: u64,
-    remote: PeerAddr,
-    legacy: bool,
-    message: Message,
-    window: &mut PexWindow,
-) -> Result<(), ConnError> {
-    match message {
-        Message::Hello(_) => return Err(ConnError::Rule("hello_not_first")),
-        m if legacy && m.kind().is_extension() => {
-            return Err(ConnError::Rule("extension_from_legacy"));
-        }
-        Message::Peers(peers) => {
-            shared.metrics.incr(Metric::PexFramesReceivedTotal);
-            if peers.entries().is_empty() {
-                return Ok(()); // keepalive
-            }
-            let now = Instant::now();
-            if window
-                .start
-                .is_none_or(|s| now.duration_since(s) >= PEX_INTERVAL)
-            {
-                *window = PexWindow {
-                    start: Some(now),
-                    frames: 0,
-                };
-            }
-            window.frames += 1;
-            if window.frames > PEX_MAX_FRAMES_PER_INTERVAL {
-                if legacy {
-                    // The reference repeats itself every few seconds: ignore, don't punish.
-                    shared.metrics.incr(Metric::IgnoredFramesTotal);
-                    return Ok(());
-                }
-                return Err(ConnError::Rule("too_many_peers_frames"));
-            }
-            if legacy {
-                // A legacy peer is only a candidate at (observed IP, port from its PEERS),
-                // and never relayed to extended peers; this version does not dial it.
-                shared.metrics.incr(Metric::IgnoredFramesTotal);
-                return Ok(());
-            }
-            let (accepted, dropped) =
-                shared
-                    .state()
-                    .table
-                    .offer(remote.ip(), peers.entries(), Source::Pex, now);
-            shared
-                .metrics
-                .add(Metric::PexEntriesAcceptedTotal, accepted as u64);
-            shared
-                .metrics
-                .add(Metric::PexEntriesDroppedTotal, dropped.len() as u64);
-        }
-        _ => {
-            // Pieces are served and fetched by a later version of the node.
-            shared.metrics.incr(Metric::IgnoredFramesTotal);
-        }
-    }
-    Ok(())
-}
-
-async fn run_writer(
-    shared: Arc<Shared>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Message>,
-    peer: Option<NodeId>,
-    legacy: bool,
-    bytes_out: Arc<AtomicU64>,
-) {
-    let mut last_sent = tokio::time::Instant::now();
-    let mut next_pex = tokio::time::Instant::now() + PEX_INTERVAL;
-    loop {
-        let keepalive_at = last_sent + KEEPALIVE_INTERVAL;
-        let message = tokio::select! {
-            m = rx.recv() => match m { Some(m) => m, None => return },
-            () = tokio::time::sleep_until(next_pex) => {
-                next_pex += PEX_INTERVAL;
-                let entries = shared.dialable_peers(peer, legacy);
-                if entries.is_empty() { continue; }
-                shared.metrics.incr(Metric::PexFramesSentTotal);
-                Message::Peers(Peers::new(entries).unwrap_or_default())
-            }
-            () = tokio::time::sleep_until(keepalive_at) => Message::Peers(Peers::empty()),
-        };
-        match conn::write_message(&mut wr, &message).await {
-            Ok(n) => {
-                bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                shared.metrics.add(Metric::BytesOutTotal, n as u64);
-                last_sent = tokio::time::Instant::now();
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_connection_opened_by_the_lower_node_id_survives() {
-        let low = NodeId([1; 8]);
-        let high = NodeId([2; 8]);
-        assert!(keep_new(Some(high), low));
-        assert!(!keep_new(Some(low), high));
-        assert!(
-            !keep_new(Some(low), low),
-            "same opener: the older one stays"
-        );
     }
 }

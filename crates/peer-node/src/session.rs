@@ -1,0 +1,580 @@
+//! One connection of the node, from HELLO to close: the handshake in both
+//! directions, the bootstrap announce, registration with the duplicate
+//! rule, the read loop with the close-or-count rules, and the writer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tracing::{Instrument, debug, info, info_span, warn};
+use wire_format::limits::{
+    IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_UNSOLICITED_GIVES_PER_MINUTE, PEX_INTERVAL,
+    PEX_MAX_ENTRIES, PEX_MAX_FRAMES_PER_INTERVAL,
+};
+use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
+
+use crate::api::Direction;
+use crate::conn::{self, ConnError, FrameReader, PeerKind};
+use crate::metrics::{Family, Metric};
+use crate::node::{ConnEntry, Shared, WRITE_QUEUE_FRAMES};
+use crate::table::Source;
+
+/// Why the connection was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A peer connection, kept while it is useful.
+    Peer,
+    /// A bootstrap announce: read the answer and close (unless the server
+    /// turns out to be a legacy peer, whose connection is kept).
+    Announce,
+}
+
+/// Resolves `server`, announces to it, and learns its peers.
+pub(crate) async fn announce(shared: &Arc<Shared>, server: &str) -> Result<(), String> {
+    let addr: SocketAddr = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| format!("cannot resolve {server}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{server} resolves to nothing"))?;
+    let stream = conn::connect(addr).await.map_err(|e| e.to_string())?;
+    let span = info_span!("conn", peer = %addr, dir = "out", purpose = "announce");
+    run(
+        Arc::clone(shared),
+        stream,
+        Direction::Out,
+        None,
+        Purpose::Announce,
+    )
+    .instrument(span)
+    .await
+}
+
+fn first_peers(
+    shared: &Shared,
+    me: Option<PeerAddr>,
+    exclude: Option<NodeId>,
+    legacy: bool,
+) -> Message {
+    let mut entries: Vec<PeerAddr> = me.into_iter().collect();
+    entries.extend(shared.dialable_peers(exclude, legacy));
+    entries.dedup();
+    entries.truncate(PEX_MAX_ENTRIES);
+    Message::Peers(Peers::new(entries).unwrap_or_default())
+}
+
+fn count_close(shared: &Shared, err: &ConnError) {
+    shared
+        .metrics
+        .incr_labelled(Family::ConnectionsClosedTotal, err.reason());
+    if let ConnError::Protocol(e) = err {
+        shared
+            .metrics
+            .incr_labelled(Family::ProtocolErrorsTotal, e.kind());
+    }
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    direction: Direction,
+    dialed: Option<PeerAddr>,
+    purpose: Purpose,
+) -> Result<(), String> {
+    let remote = PeerAddr::from(stream.peer_addr().map_err(|e| e.to_string())?);
+    let local = stream.local_addr().ok();
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd);
+    let legacy_allowed = (remote.class() == AddrClass::Loopback && shared.config.loopback_is_local)
+        || shared.config.legacy;
+    let our_hello = Message::Hello(Hello::ours(Some(shared.listen_port), false, shared.node_id));
+    // Our own address as this peer sees it: the local IP of this connection.
+    let me = local.map(|l| PeerAddr::new(l.ip(), shared.listen_port));
+
+    // The dialler speaks first (HELLO, then PEERS naming itself); the
+    // accepting side answers after the first frame, like a bootstrap server.
+    let kind = if direction == Direction::Out {
+        let peers = match purpose {
+            Purpose::Announce => {
+                Message::Peers(Peers::new(me.into_iter().collect()).unwrap_or_default())
+            }
+            Purpose::Peer => first_peers(&shared, me, None, remote.class() == AddrClass::Loopback),
+        };
+        for m in [&our_hello, &peers] {
+            if let Err(err) = conn::write_message(&mut wr, m).await {
+                return Err(fail(&shared, dialed, &err));
+            }
+        }
+        conn::read_first_frame(&mut reader, legacy_allowed, shared.config.hello_timeout).await
+    } else {
+        conn::read_first_frame(&mut reader, legacy_allowed, shared.config.hello_timeout).await
+    };
+    let kind = kind.map_err(|err| fail(&shared, dialed, &err))?;
+    let (hello, legacy_first) = match kind {
+        PeerKind::Extended(hello) => (Some(hello), None),
+        PeerKind::Legacy(first) => (None, first),
+    };
+    if let Some(hello) = &hello {
+        shared.metrics.incr(Metric::HelloReceivedTotal);
+        if hello.node_id() == shared.node_id {
+            shared.metrics.incr(Metric::SelfConnectionsTotal);
+            if let Some(addr) = dialed {
+                shared.state().table.mark_ours(addr);
+            }
+            debug!("connected to ourselves; that address is never dialled again");
+            return Err("connected to ourselves".into());
+        }
+    } else {
+        shared.metrics.incr(Metric::LegacyPeersTotal);
+    }
+
+    if direction == Direction::In {
+        // A legacy peer gets our address first (it learns whom to ask) and
+        // only loopback entries (it makes a blocking connect to each).
+        let legacy = hello.is_none();
+        let peers = first_peers(
+            &shared,
+            if legacy { me } else { None },
+            hello.map(|h| h.node_id()),
+            legacy,
+        );
+        for m in [&our_hello, &peers] {
+            if let Err(err) = conn::write_message(&mut wr, m).await {
+                count_close(&shared, &err);
+                return Err(err.to_string());
+            }
+        }
+        shared.metrics.incr(Metric::PexFramesSentTotal);
+    }
+    if hello.is_some_and(|h| h.flags().client()) {
+        // Probes and tools get the same answers but are never recorded.
+        let mut sink = reader.into_parts().0;
+        let _ = conn::drain(&mut sink, IDLE_TIMEOUT).await;
+        return Ok(());
+    }
+    if purpose == Purpose::Announce && hello.is_some() {
+        return read_bootstrap_answer(&shared, &mut reader, remote).await;
+    }
+    serve(
+        shared,
+        reader,
+        wr,
+        remote,
+        direction,
+        dialed,
+        hello,
+        legacy_first,
+    )
+    .await
+}
+
+/// Records a failed handshake; returns its message.
+fn fail(shared: &Shared, dialed: Option<PeerAddr>, err: &ConnError) -> String {
+    count_close(shared, err);
+    if let Some(addr) = dialed {
+        shared
+            .state()
+            .table
+            .dial_failed(&addr, err.to_string(), Instant::now());
+    }
+    debug!(%err, "handshake failed");
+    err.to_string()
+}
+
+async fn read_bootstrap_answer(
+    shared: &Shared,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    server: PeerAddr,
+) -> Result<(), String> {
+    loop {
+        match conn::read_one(reader, shared.config.hello_timeout).await {
+            Ok(Some(Message::Peers(peers))) => {
+                offer(shared, server.ip(), &peers, Source::Bootstrap);
+                shared.metrics.incr(Metric::BootstrapAnnouncesTotal);
+                debug!(entries = peers.entries().len(), "bootstrap answered");
+                return Ok(());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("bootstrap server closed before its PEERS".into()),
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+}
+
+/// Offers a PEERS list to the table: the first [`PEX_MAX_ENTRIES`] are
+/// considered, the rest dropped and counted.
+fn offer(shared: &Shared, sender: std::net::IpAddr, peers: &Peers, source: Source) {
+    let entries = peers.entries();
+    let considered = &entries[..entries.len().min(PEX_MAX_ENTRIES)];
+    let excess = entries.len() - considered.len();
+    let (accepted, dropped) =
+        shared
+            .state()
+            .table
+            .offer(sender, considered, source, Instant::now());
+    shared
+        .metrics
+        .add(Metric::PexEntriesAcceptedTotal, accepted as u64);
+    shared.metrics.add(
+        Metric::PexEntriesDroppedTotal,
+        (dropped.len() + excess) as u64,
+    );
+    for reason in dropped {
+        shared
+            .metrics
+            .incr_labelled(Family::PexEntriesDroppedByReasonTotal, reason.label());
+    }
+    if excess > 0 {
+        shared.metrics.add_labelled(
+            Family::PexEntriesDroppedByReasonTotal,
+            "over_50",
+            excess as u64,
+        );
+    }
+}
+
+/// Decides whether a new connection to a peer survives an existing one:
+/// the connection opened by the lower node_id wins; between two opened by
+/// the same node the older one stays.
+pub(crate) fn keep_new(existing_opener: Option<NodeId>, new_opener: NodeId) -> bool {
+    match existing_opener {
+        Some(old) if old != new_opener => new_opener < old,
+        _ => false,
+    }
+}
+
+/// Registers the connection, or returns `None` if it loses the duplicate rule.
+fn register(
+    shared: &Shared,
+    remote: PeerAddr,
+    direction: Direction,
+    dialed: Option<PeerAddr>,
+    hello: Option<Hello>,
+    close: watch::Sender<bool>,
+    bytes: (Arc<AtomicU64>, Arc<AtomicU64>),
+) -> Option<u64> {
+    let node_id = hello.map(|h| h.node_id());
+    let opener = match direction {
+        Direction::Out => Some(shared.node_id),
+        Direction::In => node_id,
+    };
+    let mut state = shared.state();
+    if let (Some(peer), Some(addr)) = (node_id, dialed) {
+        state.table.dial_succeeded(&addr, peer);
+    }
+    if let (Some(peer), Some(opener)) = (node_id, opener) {
+        let existing = state
+            .conns
+            .iter()
+            .find(|(_, c)| c.node_id == Some(peer))
+            .map(|(id, c)| (*id, c.opener, c.close.clone()));
+        if let Some((old_id, old_opener, old_close)) = existing {
+            shared.metrics.incr(Metric::DuplicateConnectionsTotal);
+            if !keep_new(old_opener, opener) {
+                return None;
+            }
+            let _ = old_close.send(true);
+            if state.conns.remove(&old_id).is_some() {
+                shared.metrics.decr(Metric::ConnectionsOpen);
+            }
+        }
+    }
+    state.next_conn += 1;
+    let id = state.next_conn;
+    state.conns.insert(
+        id,
+        ConnEntry {
+            node_id,
+            remote,
+            dialable: if hello.is_some() { dialed } else { None },
+            direction,
+            legacy: hello.is_none(),
+            opener,
+            since: SystemTime::now(),
+            close,
+            bytes_in: bytes.0,
+            bytes_out: bytes.1,
+        },
+    );
+    shared.metrics.incr(Metric::ConnectionsOpen);
+    Some(id)
+}
+
+fn remove(shared: &Shared, id: u64) {
+    if shared.state().conns.remove(&id).is_some() {
+        shared.metrics.decr(Metric::ConnectionsOpen);
+    }
+}
+
+/// Starts the dial-back probe that makes an inbound peer dialable.
+fn probe_inbound(shared: &Arc<Shared>, conn_id: u64, remote: PeerAddr, hello: Hello) {
+    let Some(port) = hello.listen_port() else {
+        return;
+    };
+    let addr = PeerAddr::new(remote.ip(), port);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        shared.metrics.incr(Metric::ProbesTotal);
+        match conn::probe(addr.socket_addr(), shared.node_id, Some(hello.node_id())).await {
+            Ok(_) => {
+                let mut state = shared.state();
+                if let Some(c) = state.conns.get_mut(&conn_id) {
+                    c.dialable = Some(addr);
+                }
+                state.table.insert_trusted(
+                    addr,
+                    Source::Inbound,
+                    Some(hello.node_id()),
+                    Instant::now(),
+                );
+            }
+            Err(err) => {
+                shared.metrics.incr(Metric::ProbeFailuresTotal);
+                debug!(%addr, %err, "dial-back probe failed");
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shared: Arc<Shared>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    remote: PeerAddr,
+    direction: Direction,
+    dialed: Option<PeerAddr>,
+    hello: Option<Hello>,
+    legacy_first: Option<Message>,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+    let (close_tx, mut close_rx) = watch::channel(false);
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    let Some(conn_id) = register(
+        &shared,
+        remote,
+        direction,
+        dialed,
+        hello,
+        close_tx,
+        (Arc::clone(&bytes_in), Arc::clone(&bytes_out)),
+    ) else {
+        debug!("duplicate connection closed by the node_id rule");
+        shared
+            .metrics
+            .incr_labelled(Family::ConnectionsClosedTotal, "duplicate");
+        return Ok(());
+    };
+    let legacy = hello.is_none();
+    info!(
+        conn = conn_id,
+        node = ?hello.map(|h| h.node_id()),
+        version = hello.map_or(0, |h| h.negotiated_version()),
+        legacy,
+        "connected"
+    );
+    if direction == Direction::In
+        && let Some(hello) = hello
+    {
+        probe_inbound(&shared, conn_id, remote, hello);
+    }
+    let writer = tokio::spawn(
+        run_writer(
+            Arc::clone(&shared),
+            wr,
+            rx,
+            hello.map(|h| h.node_id()),
+            legacy,
+            Arc::clone(&bytes_out),
+        )
+        .in_current_span(),
+    );
+    let mut rules = Rules::default();
+    let result = async {
+        if let Some(first) = legacy_first {
+            rules.handle(&shared, &tx, remote, legacy, first)?;
+        }
+        loop {
+            let message = tokio::select! {
+                read = timeout(IDLE_TIMEOUT, reader.next()) => match read {
+                    Err(_) => return Err(ConnError::Timeout { what: "idle", after: IDLE_TIMEOUT }),
+                    Ok(result) => result?,
+                },
+                _ = close_rx.changed() => return Err(ConnError::Rule("closed_by_node")),
+            };
+            bytes_in.store(reader.bytes_in(), Ordering::Relaxed);
+            let Some(message) = message else {
+                return Ok(());
+            };
+            rules.handle(&shared, &tx, remote, legacy, message)?;
+        }
+    }
+    .await;
+    shared.metrics.add(Metric::BytesInTotal, reader.bytes_in());
+    remove(&shared, conn_id);
+    drop(tx);
+    // Let queued answers go out before the socket closes, within bounds.
+    let _ = timeout(wire_format::limits::SHUTDOWN_GRACE, writer).await;
+    match result {
+        Ok(()) => {
+            shared
+                .metrics
+                .incr_labelled(Family::ConnectionsClosedTotal, "peer_closed");
+            debug!("peer closed");
+            Ok(())
+        }
+        Err(err) => {
+            count_close(&shared, &err);
+            if matches!(err, ConnError::Protocol(_) | ConnError::Rule(_)) {
+                warn!(%err, "closing");
+            } else {
+                debug!(%err, "connection ended");
+            }
+            Err(err.to_string())
+        }
+    }
+}
+
+/// Per-connection state of the close-or-count rules.
+#[derive(Debug, Default)]
+struct Rules {
+    pex_window: Option<Instant>,
+    pex_frames: usize,
+    give_window: Option<Instant>,
+    unsolicited_gives: usize,
+}
+
+/// Counts an event in a one-minute window; returns the count in the window.
+fn count_in_window(window: &mut Option<Instant>, count: &mut usize, now: Instant) -> usize {
+    if window.is_none_or(|start| now.duration_since(start) >= PEX_INTERVAL) {
+        *window = Some(now);
+        *count = 0;
+    }
+    *count += 1;
+    *count
+}
+
+impl Rules {
+    fn handle(
+        &mut self,
+        shared: &Shared,
+        tx: &mpsc::Sender<Message>,
+        remote: PeerAddr,
+        legacy: bool,
+        message: Message,
+    ) -> Result<(), ConnError> {
+        let now = Instant::now();
+        match message {
+            Message::Hello(_) => return Err(ConnError::Rule("hello_not_first")),
+            m if legacy && m.kind().is_extension() => {
+                return Err(ConnError::Rule("extension_from_legacy"));
+            }
+            Message::Peers(peers) => {
+                shared.metrics.incr(Metric::PexFramesReceivedTotal);
+                if peers.entries().is_empty() {
+                    return Ok(()); // keepalive
+                }
+                let frames = count_in_window(&mut self.pex_window, &mut self.pex_frames, now);
+                if frames > PEX_MAX_FRAMES_PER_INTERVAL {
+                    if legacy {
+                        // The reference repeats itself every few seconds: ignore, don't punish.
+                        shared.metrics.incr(Metric::IgnoredFramesTotal);
+                        return Ok(());
+                    }
+                    return Err(ConnError::Rule("too_many_peers_frames"));
+                }
+                if legacy {
+                    // A legacy candidate is (observed IP, port from its PEERS); it is
+                    // never relayed to extended peers, and this version does not dial it.
+                    shared.metrics.incr(Metric::IgnoredFramesTotal);
+                    return Ok(());
+                }
+                offer(shared, remote.ip(), &peers, Source::Pex);
+            }
+            Message::Give(_) => {
+                // This node asks for nothing yet, so every GIVE is unsolicited.
+                shared.metrics.incr(Metric::UnsolicitedGivesTotal);
+                let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, now);
+                if !legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
+                    return Err(ConnError::Rule("too_many_unsolicited_gives"));
+                }
+            }
+            Message::Ask(id) | Message::WantHave(id) => {
+                // This node holds no pieces yet: the honest answer is DONT_HAVE
+                // (nothing at all to a legacy peer).
+                if legacy {
+                    shared.metrics.incr(Metric::IgnoredFramesTotal);
+                } else if tx.try_send(Message::DontHave(id)).is_err() {
+                    return Err(ConnError::Rule("write_queue_full"));
+                }
+            }
+            Message::DontHave(_) | Message::Have(_) | Message::Cancel(_) => {
+                // Answers to questions we did not ask; CANCEL of nothing queued.
+                shared.metrics.incr(Metric::IgnoredFramesTotal);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_writer(
+    shared: Arc<Shared>,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Message>,
+    peer: Option<NodeId>,
+    legacy: bool,
+    bytes_out: Arc<AtomicU64>,
+) {
+    let mut last_sent = tokio::time::Instant::now();
+    let mut next_pex = last_sent + PEX_INTERVAL;
+    loop {
+        let keepalive_at = last_sent + KEEPALIVE_INTERVAL;
+        let message = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => return },
+            () = tokio::time::sleep_until(next_pex) => {
+                next_pex += PEX_INTERVAL;
+                let entries = shared.dialable_peers(peer, legacy);
+                if entries.is_empty() {
+                    continue;
+                }
+                shared.metrics.incr(Metric::PexFramesSentTotal);
+                Message::Peers(Peers::new(entries).unwrap_or_default())
+            }
+            () = tokio::time::sleep_until(keepalive_at) => Message::Peers(Peers::empty()),
+        };
+        match conn::write_message(&mut wr, &message).await {
+            Ok(n) => {
+                bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                shared.metrics.add(Metric::BytesOutTotal, n as u64);
+                last_sent = tokio::time::Instant::now();
+            }
+            Err(err) => {
+                debug!(%err, "write failed");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_opened_by_the_lower_node_id_survives() {
+        let low = NodeId([1; 8]);
+        let high = NodeId([2; 8]);
+        assert!(keep_new(Some(high), low));
+        assert!(!keep_new(Some(low), high));
+        assert!(
+            !keep_new(Some(low), low),
+            "same opener: the older one stays"
+        );
+    }
+}
