@@ -40,12 +40,14 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    if let Some(dir) = &args.data_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-    }
-    let _lock = match &args.data_dir {
-        Some(dir) => Some(piece_store::DirLock::acquire(dir).map_err(|e| e.to_string())?),
+    // The same rules as a node's data dir: created 0700, refused when
+    // another user owns it or others may write it.
+    let dir = match &args.data_dir {
+        Some(path) => Some(peer_node::datadir::DataDir::prepare(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let _lock = match &dir {
+        Some(dir) => Some(piece_store::DirLock::acquire(dir.path()).map_err(|e| e.to_string())?),
         None => None,
     };
     let server = Server::bind(ServerConfig {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let Ok(runtime) = tokio::runtime::Runtime::new() else {

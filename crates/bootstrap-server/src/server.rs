@@ -4,15 +4,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use peer_node::conn::{self, FrameReader, PeerKind};
 use peer_node::node::bind_listener;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
-use wire_format::limits::{HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES};
+use wire_format::limits::{HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES, SHUTDOWN_GRACE};
 use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
 
 use crate::registry::{self, Registry};
@@ -41,6 +43,10 @@ struct Shared {
     node_id: NodeId,
     listen: PeerAddr,
     registry: Mutex<Registry>,
+    /// Set at shutdown: every connection closes.
+    closing: watch::Sender<bool>,
+    /// Connections being served now.
+    open: AtomicUsize,
 }
 
 impl Shared {
@@ -76,6 +82,8 @@ impl Server {
             listen: PeerAddr::from(local),
             node_id: NodeId(rand::random()),
             registry: Mutex::new(registry),
+            closing: watch::Sender::new(false),
+            open: AtomicUsize::new(0),
             config,
         });
         Ok(Self { shared, listener })
@@ -134,6 +142,13 @@ impl Server {
             () = accept => {}
         }
         maintenance.abort();
+        drop(listener);
+        // Close every connection, give them the grace period, then save.
+        shared.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while shared.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         save(&shared);
         info!("stopped");
     }
@@ -172,6 +187,16 @@ fn spawn_probe(shared: Arc<Shared>, addr: PeerAddr, expected: Option<NodeId>) {
 }
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    shared.open.fetch_add(1, Ordering::AcqRel);
+    let mut closing = shared.closing.subscribe();
+    tokio::select! {
+        () = serve_one(&shared, stream, remote) => {}
+        _ = closing.wait_for(|closing| *closing) => {}
+    }
+    shared.open.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let remote = PeerAddr::from(remote);
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
@@ -223,7 +248,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
             .registry()
             .announce(addr, hello.node_id(), Instant::now());
         if outcome.should_probe() {
-            spawn_probe(Arc::clone(&shared), addr, Some(hello.node_id()));
+            spawn_probe(Arc::clone(shared), addr, Some(hello.node_id()));
         }
     }
     // The server never closes first except on idle: read until the client

@@ -128,6 +128,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The socket, to write on it between reads (a duplex socket read
+    /// through `&mut` elsewhere).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
     /// Gives back the socket and any bytes read but not yet decoded.
     pub fn into_parts(self) -> (R, BytesMut) {
         (self.io, self.buf)

@@ -223,8 +223,10 @@ impl Shared {
                 ban: None,
             });
         }
+        let connected: HashSet<NodeId> = state.conns.values().filter_map(|c| c.node_id).collect();
         for (addr, c) in state.table.iter() {
-            if shown.contains(addr) {
+            // One row per peer: a connected node is shown once, by its connection.
+            if shown.contains(addr) || c.node_id.is_some_and(|id| connected.contains(&id)) {
                 continue;
             }
             let st = if state.dialing.contains(addr) {
@@ -419,12 +421,15 @@ fn save_peers(shared: &Shared) {
             })
             .collect()
     };
-    let tmp = path.with_extension("json.tmp");
+    // A unique temp file created like a secret (create_new, 0600, no-follow),
+    // then renamed over the old list: a planted link is never followed.
+    let tmp = path.with_extension(format!("json.{:016x}.tmp", rand::random::<u64>()));
     let result = serde_json::to_vec(&peers)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| crate::datadir::write_new_secret(&tmp, &bytes).map_err(|e| e.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
     if let Err(err) = result {
+        let _ = std::fs::remove_file(&tmp);
         warn!(path = %path.display(), %err, "cannot save peers");
     }
 }

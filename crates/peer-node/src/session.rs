@@ -157,8 +157,29 @@ pub(crate) async fn run(
         let _ = conn::drain(&mut sink, IDLE_TIMEOUT).await;
         return Ok(());
     }
-    if purpose == Purpose::Announce && hello.is_some() {
-        return read_bootstrap_answer(&shared, &mut reader, remote).await;
+    if purpose == Purpose::Announce {
+        if hello.is_some() {
+            return read_bootstrap_answer(&shared, &mut reader, remote).await;
+        }
+        // A legacy bootstrap node keeps its connection (closing it while it
+        // writes kills it); it lives on as a peer connection of its own.
+        tokio::spawn(
+            async move {
+                let _ = serve(
+                    shared,
+                    reader,
+                    wr,
+                    remote,
+                    direction,
+                    dialed,
+                    hello,
+                    legacy_first,
+                )
+                .await;
+            }
+            .in_current_span(),
+        );
+        return Ok(());
     }
     serve(
         shared,
@@ -374,7 +395,7 @@ async fn serve(
     let legacy = hello.is_none();
     info!(
         conn = conn_id,
-        node = ?hello.map(|h| h.node_id()),
+        node = %hello.map_or_else(|| "legacy".to_owned(), |h| h.node_id().to_string()),
         version = hello.map_or(0, |h| h.negotiated_version()),
         legacy,
         "connected"

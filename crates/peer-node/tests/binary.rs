@@ -1,0 +1,171 @@
+//! The `peer-node` program: start-up errors a user sees, and graceful
+//! shutdown on SIGTERM and SIGINT.
+// Test code: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_peer-node");
+
+fn node(data_dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .args(extra)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a command that must fail fast; returns its output.
+fn run_to_end(mut cmd: Command) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "peer-node did not exit: {:?}",
+                child.wait_with_output().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_file(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "peer-node exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_taken_port_is_one_clear_error_with_exit_code_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = private_dir();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--api",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir.path().join("d"))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = run_to_end(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on 127.0.0.1:"), "{stderr}");
+}
+
+#[test]
+fn a_bootstrap_address_that_does_not_resolve_is_a_clear_error() {
+    // An invalid port fails resolution without asking any name server.
+    let dir = private_dir();
+    let out = run_to_end(node(
+        &dir.path().join("d"),
+        &["--bootstrap", "localhost:99999"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not resolve"), "{stderr}");
+}
+
+#[test]
+fn a_data_dir_writable_by_others_is_refused() {
+    let dir = private_dir();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = run_to_end(node(&open, &[]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_locked_data_dir_is_refused_and_sigterm_shuts_down_in_order() {
+    let dir = private_dir();
+    let data = dir.path().join("d");
+    let mut first = node(&data, &[]).spawn().unwrap();
+    let api_addr = data.join("api-addr");
+    wait_for_file(&api_addr, &mut first);
+    // A second node on the same data dir: one clear error.
+    let out = run_to_end(node(&data, &[]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another process"),
+        "{out:?}"
+    );
+    // The token file is private.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("api-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    for signal in ["TERM", "INT"] {
+        if signal == "INT" {
+            first = node(&data, &[]).spawn().unwrap();
+            wait_for_file(&api_addr, &mut first);
+        }
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &first.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = run_to_end_child(first);
+        assert_eq!(out.status.code(), Some(0), "{signal}: {out:?}");
+        assert!(!api_addr.exists(), "api-addr removed at clean shutdown");
+        assert!(data.join("peers.json").exists(), "peers saved at shutdown");
+        first = Command::new("true").spawn().unwrap();
+    }
+    let _ = first.wait();
+}
+
+fn run_to_end_child(mut child: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after the signal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Demo swarm on loopback: one bootstrap-server and N peer-nodes (default 5),
+# each in its own data dir under a private temp dir. Waits until every node
+# has at least min(4, N-1) connected peers, printing who is connected, then
+# keeps showing the table until Ctrl-C / SIGTERM, when it stops everything it
+# started and removes the temp dir.
+#
+#   scripts/demo-swarm.sh [N] [--once] [--keep]
+#     --once   (or DEMO_ONCE=1) exit 0 as soon as the swarm has formed
+#     --keep   (or DEMO_KEEP=1) keep the temp dir (logs, data dirs) at exit
+#   DEMO_TIMEOUT=60  seconds the swarm may take to form (exit 1 after that)
+#   DEMO_REFRESH=5   seconds between tables once formed
+#
+# Needs only bash, curl, coreutils and the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+  sed -n '2,14s/^# \{0,1\}//p' "$0" >&2
+  exit "$1"
+}
+
+n=5
+once=${DEMO_ONCE:-0}
+keep=${DEMO_KEEP:-0}
+form_timeout=${DEMO_TIMEOUT:-60}
+refresh=${DEMO_REFRESH:-5}
+for arg in "$@"; do
+  case $arg in
+    --once) once=1 ;;
+    --keep) keep=1 ;;
+    -h | --help) usage 0 ;;
+    *[!0-9]* | '') echo "demo-swarm: unknown argument '$arg'" >&2 && usage 2 ;;
+    *) n=$((10#$arg)) ;;
+  esac
+done
+if ((n < 2 || n > 500)); then
+  echo "demo-swarm: N must be between 2 and 500 (got $n)" >&2
+  exit 2
+fi
+want=$((n - 1 < 4 ? n - 1 : 4))
+for tool in curl cargo; do
+  command -v "$tool" >/dev/null || {
+    echo "demo-swarm: '$tool' not found: install it (curl: apt-get install curl; cargo: https://rustup.rs)" >&2
+    exit 2
+  }
+done
+
+echo "demo-swarm: building release binaries..." >&2
+cargo build --release -p bootstrap-server -p peer-node
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4) || true
+bin=${target_dir:-target}/release
+
+work=""
+pids=()
+sleeper=""
+
+now_ms() {
+  if [ -n "${EPOCHREALTIME:-}" ]; then
+    local t=${EPOCHREALTIME/[.,]/}
+    echo $((t / 1000))
+  else
+    echo $(($(date +%s%N) / 1000000))
+  fi
+}
+
+# Whether a process we started is still running (not exited, not a zombie).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat:0:1}" != Z ]
+}
+
+stop_all() {
+  local pid deadline
+  ((${#pids[@]})) || return 0
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Nodes close their connections within a 5 s grace period, then save peers.
+  deadline=$(($(now_ms) + 8000))
+  for pid in "${pids[@]}"; do
+    while alive "$pid" && (($(now_ms) < deadline)); do sleep 0.1; done
+    if alive "$pid"; then
+      echo "demo-swarm: process $pid did not stop in time: killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+
+cleaned=0
+cleanup() {
+  ((cleaned)) && return
+  cleaned=1
+  trap '' INT TERM
+  [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null || true
+  stop_all
+  if [ -z "$work" ]; then
+    :
+  elif ((keep)); then
+    echo "demo-swarm: kept $work (logs: $work/*.log)" >&2
+  else
+    rm -rf -- "$work"
+  fi
+}
+trap cleanup EXIT
+trap 'echo >&2; echo "demo-swarm: stopping..." >&2; exit 130' INT
+trap 'echo "demo-swarm: stopping..." >&2; exit 143' TERM
+
+fail() {
+  echo "demo-swarm: $*" >&2
+  exit 1
+}
+
+# Private temp dir: it holds the nodes' API tokens.
+umask 077
+work=$(mktemp -d "${TMPDIR:-/tmp}/p2p-demo.XXXXXX")
+chmod 700 "$work"
+
+# The value of `key=` in the first log line that has it (colours off).
+log_field() {
+  { grep -o "$2=[^ ]*" "$1" 2>/dev/null || true; } | head -n 1 | cut -d= -f2-
+}
+
+# How many times $2 occurs in $1.
+count() {
+  local rest=${1//"$2"/}
+  echo $(((${#1} - ${#rest}) / ${#2}))
+}
+
+export NO_COLOR=1
+start_ms=$(now_ms)
+"$bin/bootstrap-server" --listen 127.0.0.1:0 --data-dir "$work/bootstrap" \
+  2>"$work/bootstrap.log" &
+pids+=($!)
+server_pid=$!
+server=""
+deadline=$(($(now_ms) + 10000))
+while [ -z "$server" ]; do
+  alive "$server_pid" || { cat "$work/bootstrap.log" >&2; fail "bootstrap-server exited"; }
+  (($(now_ms) < deadline)) || fail "bootstrap-server did not start in 10 s (log: $work/bootstrap.log)"
+  server=$(log_field "$work/bootstrap.log" listen)
+  [ -n "$server" ] || sleep 0.05
+done
+
+for k in $(seq 1 "$n"); do
+  "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 \
+    --data-dir "$work/node$k" --bootstrap "$server" 2>"$work/node$k.log" &
+  pids+=($!)
+done
+node_pid() { echo "${pids[$1]}"; }
+
+# Each node is ready once it has written api-addr; its token goes into a
+# header file (not curl's command line, which other users can read).
+declare -a listen api
+deadline=$(($(now_ms) + 15000))
+for k in $(seq 1 "$n"); do
+  while [ ! -s "$work/node$k/api-addr" ]; do
+    alive "$(node_pid "$k")" || { tail -n 5 "$work/node$k.log" >&2; fail "node$k exited at start-up"; }
+    (($(now_ms) < deadline)) || fail "node$k did not start in 15 s (log: $work/node$k.log)"
+    sleep 0.05
+  done
+  api[k]=$(head -n 1 "$work/node$k/api-addr")
+  listen[k]=$(log_field "$work/node$k.log" listen)
+  printf 'Authorization: Bearer %s\n' "$(head -n 1 "$work/node$k/api-token")" >"$work/node$k.auth"
+done
+echo "demo-swarm: bootstrap-server on $server, $n nodes started in $work" >&2
+
+declare -a peers known
+# Fills peers[k] (connected) and known[k] (every table entry) from the API.
+poll() {
+  local k body
+  for k in $(seq 1 "$n"); do
+    if ! alive "$(node_pid "$k")"; then
+      peers[k]=-1 known[k]=-1
+      continue
+    fi
+    body=$(curl -sS --fail --max-time 2 -H "@$work/node$k.auth" \
+      "http://${api[k]}/api/v1/peers" 2>/dev/null) || body=""
+    peers[k]=$(count "$body" '"state":"connected"')
+    known[k]=$(count "$body" '"addr":')
+  done
+}
+
+ready_count() {
+  local k c=0
+  for k in $(seq 1 "$n"); do ((peers[k] >= want)) && c=$((c + 1)); done
+  echo "$c"
+}
+
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
+table() {
+  local k bar
+  printf '\n[%5s s] %d/%d nodes have >= %d peers\n' "$(secs $(($(now_ms) - start_ms)))" \
+    "$(ready_count)" "$n" "$want"
+  printf '  %-7s %-21s %5s %5s\n' node listen peers known
+  for k in $(seq 1 "$n"); do
+    if ((peers[k] < 0)); then
+      printf '  %-7s %-21s %s\n' "node$k" "${listen[k]}" "EXITED (log: $work/node$k.log)"
+      continue
+    fi
+    bar=$(printf '%*s' "${peers[k]}" '' | tr ' ' '#')
+    printf '  %-7s %-21s %5d %5d %s\n' "node$k" "${listen[k]}" "${peers[k]}" "${known[k]}" "$bar"
+  done
+}
+
+# Formation: show the table whenever the counts change (at most once a second).
+form_deadline=$((start_ms + form_timeout * 1000))
+last_shown="" last_ms=0
+while :; do
+  poll
+  state="${peers[*]}"
+  for k in $(seq 1 "$n"); do
+    ((peers[k] >= 0)) || { table; tail -n 5 "$work/node$k.log" >&2; fail "node$k exited"; }
+  done
+  if (($(ready_count) == n)); then
+    formed_ms=$(($(now_ms) - start_ms))
+    table
+    echo
+    echo "swarm formed in $(secs "$formed_ms") s ($n nodes, each with >= $want connected peers)"
+    break
+  fi
+  if (($(now_ms) >= form_deadline)); then
+    table
+    shown=0
+    for k in $(seq 1 "$n"); do
+      ((peers[k] < want && shown < 3)) || continue
+      echo "--- node$k.log (last lines)" >&2
+      tail -n 5 "$work/node$k.log" >&2
+      shown=$((shown + 1))
+    done
+    ((keep)) || echo "demo-swarm: run with --keep to keep every log" >&2
+    fail "the swarm did not form within $form_timeout s"
+  fi
+  if [ "$state" != "$last_shown" ] && (($(now_ms) - last_ms >= 1000)); then
+    table
+    last_shown=$state last_ms=$(now_ms)
+  fi
+  sleep 0.2
+done
+
+if ((once)); then
+  exit 0
+fi
+echo "demo-swarm: running; the table refreshes every $refresh s. Ctrl-C stops everything." >&2
+while :; do
+  # `sleep & wait` so that a signal runs its trap at once.
+  sleep "$refresh" &
+  sleeper=$!
+  wait "$sleeper" || true
+  sleeper=""
+  poll
+  table
+done
