@@ -27,18 +27,6 @@ struct Args {
     legacy: bool,
 }
 
-async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 async fn run(args: Args) -> Result<(), String> {
     // The same rules as a node's data dir: created 0700, refused when
     // another user owns it or others may write it.
@@ -66,19 +54,12 @@ async fn run(args: Args) -> Result<(), String> {
         args.max_peers,
         (args.max_peers * 300) >> 20
     );
-    server.run(shutdown_signal()).await;
+    server.run(peer_node::process::shutdown_signal()).await;
     Ok(())
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    peer_node::process::init_logging();
     let args = Args::parse();
     let Ok(runtime) = tokio::runtime::Runtime::new() else {
         eprintln!("bootstrap-server: cannot start the async runtime");

@@ -6,8 +6,8 @@
 //!   decoder would reject.
 //! * [`write_message`] writes a frame; a GIVE goes out as header + piece in
 //!   one vectored write, with the progress deadline of a stuck reader.
-//! * [`accept_handshake`] / [`dial_handshake`] run the HELLO exchange and
-//!   legacy detection of PROTOCOL.md §3.
+//! * [`read_first_frame`] classifies a peer by its first frame (the HELLO exchange and
+//!   legacy detection of PROTOCOL.md §3); the node and server sequence it.
 //! * [`probe`] is the dial-back probe both programs use.
 
 use std::io;

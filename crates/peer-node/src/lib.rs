@@ -1,6 +1,6 @@
-//! The peer node: connections, HELLO, peer table, peer exchange, serving,
-//! fetching and the local API. Work in progress: today it holds the
-//! connection layer that the node and the bootstrap server share.
+//! The peer node: connections, HELLO, peer table, peer exchange and the
+//! local API (serving and fetching pieces come next). Its connection layer
+//! is shared with the bootstrap server.
 //!
 //! # Layout
 //! * [`conn`] — framing over a socket, the HELLO exchange and legacy
@@ -10,11 +10,17 @@
 //! * [`metrics`] — counters and gauges, rendered for `/metrics` and
 //!   `/api/v1/stats`.
 //! * [`api`] — the local HTTP API: Host and token guards, routes.
+//! * [`table`] — the peer table: PEX drop rules, quotas, caps, backoff.
+//! * [`node`] — the node: listener, limits, dialler, announcer, persistence.
+//! * `session` (private) — one connection from HELLO to close: handshake,
+//!   duplicate rule, close-or-count rules, writer.
+//! * [`process`] — logging and signal handling shared by both programs.
 
 pub mod api;
 pub mod conn;
 pub mod datadir;
 pub mod metrics;
 pub mod node;
+pub mod process;
 mod session;
 pub mod table;

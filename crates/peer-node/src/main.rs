@@ -37,27 +37,6 @@ struct Args {
     legacy: bool,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 async fn run(args: Args) -> Result<(), String> {
     let dir_path = match args.data_dir {
         Some(path) => path,
@@ -113,7 +92,7 @@ async fn run(args: Args) -> Result<(), String> {
             let _ = api_stopped.await;
         },
     ));
-    node.run(shutdown_signal()).await;
+    node.run(peer_node::process::shutdown_signal()).await;
     let _ = stop_api.send(());
     let _ = api.await;
     let _ = dir.remove_api_addr();
@@ -123,14 +102,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    peer_node::process::init_logging();
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

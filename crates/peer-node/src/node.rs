@@ -166,6 +166,14 @@ impl Shared {
             .collect()
     }
 
+    /// Adds an address to dial, as if named by the operator (`source:
+    /// config`). Filters for never-dialable addresses and ourselves apply.
+    pub fn add_candidate(&self, addr: PeerAddr) {
+        self.state()
+            .table
+            .insert_trusted(addr, Source::Config, None, Instant::now());
+    }
+
     /// Number of connections open now.
     pub fn connection_count(&self) -> usize {
         self.state().conns.len()
@@ -469,7 +477,7 @@ fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr
     }
     let _ = stream.set_nodelay(true);
     shared.metrics.incr(Metric::ConnectionsInboundTotal);
-    let span = info_span!("conn", peer = %remote, dir = "in");
+    let span = info_span!("conn", peer = %remote, dir = "in", conn = session::next_span_id());
     let shared = Arc::clone(shared);
     tokio::spawn(
         async move {
@@ -485,7 +493,8 @@ async fn dial(shared: Arc<Shared>, addr: PeerAddr) {
     match conn::connect(addr.socket_addr()).await {
         Ok(stream) => {
             shared.metrics.incr(Metric::ConnectionsOutboundTotal);
-            let span = info_span!("conn", peer = %addr, dir = "out");
+            let span =
+                info_span!("conn", peer = %addr, dir = "out", conn = session::next_span_id());
             let _ = session::run(
                 Arc::clone(&shared),
                 stream,

@@ -24,6 +24,12 @@ use crate::metrics::{Family, Metric};
 use crate::node::{ConnEntry, Shared, WRITE_QUEUE_FRAMES};
 use crate::table::Source;
 
+/// A process-wide number for each connection's tracing span.
+pub(crate) fn next_span_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Why the connection was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -42,7 +48,8 @@ pub(crate) async fn announce(shared: &Arc<Shared>, server: &str) -> Result<(), S
         .next()
         .ok_or_else(|| format!("{server} resolves to nothing"))?;
     let stream = conn::connect(addr).await.map_err(|e| e.to_string())?;
-    let span = info_span!("conn", peer = %addr, dir = "out", purpose = "announce");
+    let span =
+        info_span!("conn", peer = %addr, dir = "out", conn = next_span_id(), purpose = "announce");
     run(
         Arc::clone(shared),
         stream,
@@ -122,7 +129,13 @@ pub(crate) async fn run(
     if let Some(hello) = &hello {
         shared.metrics.incr(Metric::HelloReceivedTotal);
         if hello.node_id() == shared.node_id {
-            shared.metrics.incr(Metric::SelfConnectionsTotal);
+            // Both ends of a self-connection see it; count it once, at the
+            // dialler, and answer our HELLO so the dialler sees it too.
+            if direction == Direction::Out {
+                shared.metrics.incr(Metric::SelfConnectionsTotal);
+            } else {
+                let _ = conn::write_message(&mut wr, &our_hello).await;
+            }
             if let Some(addr) = dialed {
                 shared.state().table.mark_ours(addr);
             }
@@ -134,15 +147,11 @@ pub(crate) async fn run(
     }
 
     if direction == Direction::In {
-        // A legacy peer gets our address first (it learns whom to ask) and
-        // only loopback entries (it makes a blocking connect to each).
+        // Our own address comes first in the first PEERS on every connection;
+        // a legacy peer gets only loopback entries (it makes a blocking
+        // connect to each).
         let legacy = hello.is_none();
-        let peers = first_peers(
-            &shared,
-            if legacy { me } else { None },
-            hello.map(|h| h.node_id()),
-            legacy,
-        );
+        let peers = first_peers(&shared, me, hello.map(|h| h.node_id()), legacy);
         for m in [&our_hello, &peers] {
             if let Err(err) = conn::write_message(&mut wr, m).await {
                 count_close(&shared, &err);

@@ -102,6 +102,21 @@ impl Api {
         Self::start_on("127.0.0.1:0").await.unwrap()
     }
 
+    /// The API over a real node's state.
+    async fn start_for(backend: Arc<dyn ApiBackend>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(api::serve(listener, TOKEN.to_owned(), backend, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     async fn start_on(bind: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
@@ -640,4 +655,71 @@ async fn empty_token_is_refused() {
     });
     let result = api::serve(listener, String::new(), backend, std::future::pending()).await;
     assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_node_lists_its_connected_peer() {
+    use peer_node::node::{Node, NodeConfig};
+    let mut nodes = Vec::new();
+    let mut first_addr = None;
+    for _ in 0..2 {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.bootstrap = first_addr
+            .iter()
+            .map(|a: &SocketAddr| a.to_string())
+            .collect();
+        let node = Node::bind(config).await.unwrap();
+        first_addr.get_or_insert(node.local_addr());
+        let shared = node.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.run(async move {
+            let _ = stopped.await;
+        }));
+        nodes.push((shared, stop, task));
+    }
+    let (a, b) = (Arc::clone(&nodes[0].0), Arc::clone(&nodes[1].0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while a.connected_node_ids() != vec![b.node_id()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let api = Api::start_for(Arc::clone(&a) as Arc<dyn ApiBackend>).await;
+    let response = api.get_authorized("/api/v1/peers").await;
+    assert_eq!(response.status, 200);
+    let json = response.json();
+    let peers = json["peers"].as_array().unwrap();
+    let b_id = b.node_id().to_string();
+    let row = peers
+        .iter()
+        .find(|p| p["node_id"] == b_id.as_str())
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(row["state"], "connected");
+    assert!(
+        row["direction"] == "in" || row["direction"] == "out",
+        "{row}"
+    );
+    assert_eq!(row["legacy"], false);
+    assert!(row["connected_since"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(row["ban"], Value::Null);
+    // One row per connected node.
+    assert_eq!(
+        peers
+            .iter()
+            .filter(|p| p["node_id"] == b_id.as_str())
+            .count(),
+        1
+    );
+    let stats = api.get_authorized("/api/v1/stats").await.json();
+    assert!(
+        stats["hello_received_total"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    api.shutdown().await;
+    for (_, stop, task) in nodes {
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
 }

@@ -169,3 +169,19 @@ fn run_to_end_child(mut child: Child) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+#[test]
+fn an_unusable_data_dir_path_is_one_clear_error() {
+    // Root may write anywhere, so "unwritable" is shown with a path whose
+    // parent is a regular file: nobody can create a directory there.
+    let dir = private_dir();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = run_to_end(node(&file.join("data"), &[]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a-file/data"),
+        "the message names the path: {stderr}"
+    );
+}

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use peer_node::metrics::Metric;
 use peer_node::node::{Node, NodeConfig, Shared};
 use tokio::sync::oneshot;
 
@@ -69,7 +70,7 @@ async fn twenty_nodes_find_each_other_through_one_node_as_bootstrap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simultaneous_connections_end_as_exactly_one() {
+async fn a_node_and_its_bootstrap_node_end_with_one_connection() {
     let a = start(Vec::new()).await;
     let b = start(vec![a.addr.to_string()]).await;
     // Make a dial b as well: its PEERS from b names b.
@@ -91,25 +92,57 @@ async fn simultaneous_connections_end_as_exactly_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_bootstrapping_from_itself_detects_it_and_never_retries() {
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-    config.bootstrap = vec![];
-    let node = Node::bind(config).await.unwrap();
-    let addr = node.local_addr();
-    let shared = node.shared();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node.run(async move {
-        let _ = stopped.await;
-    }));
-    // Another node tells it about its own address.
-    let other = start(vec![addr.to_string()]).await;
+async fn a_self_connection_is_detected_and_never_retried() {
+    let node = start(Vec::new()).await;
+    // The node learns its own address (as if a peer had told it).
+    node.shared.add_candidate(node.addr.into());
+    let metrics = node.shared.metrics();
     assert!(
-        wait_for(Duration::from_secs(20), || shared
-            .connected_node_ids()
-            .len()
+        wait_for(Duration::from_secs(10), || metrics
+            .value(Metric::SelfConnectionsTotal)
             == 1)
         .await
     );
-    let _ = (stop.send(()), task.await);
-    drop(other);
+    // Many dial ticks and more than the first backoff later: never again,
+    // and the address is not offered back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(metrics.value(Metric::SelfConnectionsTotal), 1);
+    assert_eq!(metrics.value(Metric::DialAttemptsTotal), 1);
+    node.shared.add_candidate(node.addr.into());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metrics.value(Metric::DialAttemptsTotal), 1);
+    assert_eq!(node.shared.connection_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_dialling_each_other_at_once_keep_exactly_one_connection() {
+    for _ in 0..10 {
+        let a = start(Vec::new()).await;
+        let b = start(Vec::new()).await;
+        // Both learn of each other in the same instant, so both dialers pick
+        // the other up on their next tick: two connections race.
+        a.shared.add_candidate(b.addr.into());
+        b.shared.add_candidate(a.addr.into());
+        assert!(
+            wait_for(Duration::from_secs(20), || {
+                a.shared.connected_node_ids() == vec![b.shared.node_id()]
+                    && b.shared.connected_node_ids() == vec![a.shared.node_id()]
+                    && a.shared.connection_count() == 1
+                    && b.shared.connection_count() == 1
+            })
+            .await
+        );
+        // And it stays that way: neither side redials the survivor away.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert_eq!(
+                (a.shared.connection_count(), b.shared.connection_count()),
+                (1, 1)
+            );
+        }
+        for mut n in [a, b] {
+            let _ = n.stop.take().unwrap().send(());
+            n.task.await.unwrap();
+        }
+    }
 }
