@@ -577,23 +577,6 @@ impl DiskStore {
         let size = piece.len() as u64;
         let background =
             durability == Durability::Background && inner.config.fsync == FsyncPolicy::Batch;
-        {
-            let mut state = inner.state();
-            if let Some(entry) = state.index.get(&id).copied() {
-                if pinned && !entry.pinned {
-                    inner.write_pin_marker(&id, true)?;
-                    state.index.set_pinned(&id, true);
-                }
-                state.index.touch(&id);
-                return Ok(None);
-            }
-            let victims = state.index.make_room(size)?;
-            inner.delete_victims(&victims);
-            // In the index before the data is in place, so concurrent puts
-            // count its bytes; uncommitted entries are never evicted.
-            state.index.insert(id, size, pinned, false, true);
-            state.pending.insert(id, piece.bytes().clone());
-        }
         let wait_bytes = |state: &mut State| {
             if background && state.pending_background_bytes + size <= BATCH_MAX_PENDING_BYTES {
                 state.pending_background_bytes += size;
@@ -602,20 +585,10 @@ impl DiskStore {
                 0
             }
         };
-        let prepared = (|| {
-            if pinned {
-                // Marker first: a crash then leaves a marker without a piece
-                // (dropped at open), never a pinned piece that looks cached.
-                inner.write_pin_marker(&id, inner.config.fsync == FsyncPolicy::Always)?;
-            }
-            inner.write_temp(&piece)
-        })();
-        let (file, tmp) = match prepared {
-            Ok(ok) => ok,
-            Err(err) => {
-                self.inner.abandon(&id, 0);
-                return Err(err);
-            }
+        let Some((file, tmp)) =
+            self.prepare(&piece, retention, inner.config.fsync == FsyncPolicy::Always)?
+        else {
+            return Ok(None);
         };
         match inner.config.fsync {
             FsyncPolicy::Always | FsyncPolicy::Never => {
@@ -797,16 +770,19 @@ impl PieceStore for DiskStore {
 }
 
 impl DiskStore {
-    /// Like `put_one` under `batch`, but queues without leading a commit:
-    /// the caller commits the whole group.
-    fn put_one_deferred(
+    /// The first half of every put: updates a held piece (returns `None`),
+    /// or reserves room, indexes the piece as pending, writes its pin marker
+    /// (durable at once if `sync_marker`) and its temp file.
+    fn prepare(
         &self,
-        piece: VerifiedPiece,
+        piece: &VerifiedPiece,
         retention: Retention,
-    ) -> Result<Option<Receiver<Result<(), String>>>, StoreError> {
+        sync_marker: bool,
+    ) -> Result<Option<(File, PathBuf)>, StoreError> {
         let inner = &self.inner;
         let id = piece.id();
         let pinned = retention == Retention::Pinned;
+        let size = piece.len() as u64;
         {
             let mut state = inner.state();
             if let Some(entry) = state.index.get(&id).copied() {
@@ -817,25 +793,42 @@ impl DiskStore {
                 state.index.touch(&id);
                 return Ok(None);
             }
-            let victims = state.index.make_room(piece.len() as u64)?;
+            let victims = state.index.make_room(size)?;
             inner.delete_victims(&victims);
-            state
-                .index
-                .insert(id, piece.len() as u64, pinned, false, true);
+            // In the index before the data is in place, so concurrent puts
+            // count its bytes; uncommitted entries are never evicted.
+            state.index.insert(id, size, pinned, false, true);
             state.pending.insert(id, piece.bytes().clone());
         }
         let prepared = (|| {
             if pinned {
-                inner.write_pin_marker(&id, false)?;
+                // Marker first: a crash then leaves a marker without a piece
+                // (dropped at open), never a pinned piece that looks cached.
+                inner.write_pin_marker(&id, sync_marker)?;
             }
-            inner.write_temp(&piece)
+            inner.write_temp(piece)
         })();
-        let (file, tmp) = match prepared {
-            Ok(ok) => ok,
+        match prepared {
+            Ok(ok) => Ok(Some(ok)),
             Err(err) => {
                 inner.abandon(&id, 0);
-                return Err(err);
+                Err(err)
             }
+        }
+    }
+
+    /// Like `put_one` under `batch`, but queues without leading a commit:
+    /// the caller commits the whole group.
+    fn put_one_deferred(
+        &self,
+        piece: VerifiedPiece,
+        retention: Retention,
+    ) -> Result<Option<Receiver<Result<(), String>>>, StoreError> {
+        let inner = &self.inner;
+        let id = piece.id();
+        let pinned = retention == Retention::Pinned;
+        let Some((file, tmp)) = self.prepare(&piece, retention, false)? else {
+            return Ok(None);
         };
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&inner.queue).writes.push(PendingWrite {
