@@ -140,6 +140,8 @@ pub struct Shared {
     pub(crate) listen_port: u16,
     pub(crate) metrics: Metrics,
     pub(crate) state: Mutex<State>,
+    /// Set once at shutdown: every connection closes.
+    pub(crate) closing: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -171,7 +173,7 @@ impl Shared {
     pub fn add_candidate(&self, addr: PeerAddr) {
         self.state()
             .table
-            .insert_trusted(addr, Source::Config, None, Instant::now());
+            .insert_trusted(addr, Source::Config, None, now());
     }
 
     /// Number of connections open now.
@@ -203,7 +205,7 @@ impl Shared {
     /// The table as the API shows it.
     pub fn peer_views(&self) -> Vec<PeerView> {
         let state = self.state();
-        let now = Instant::now();
+        let now = now();
         let mut views = Vec::new();
         let mut shown = HashSet::new();
         for c in state.conns.values() {
@@ -294,6 +296,13 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// The current instant on the runtime's clock: the real clock in
+/// production, and tokio's paused clock in tests, so every window, backoff
+/// and deadline of the node moves on one clock.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn random_node_id() -> NodeId {
     NodeId(rand::random())
 }
@@ -313,7 +322,7 @@ impl Node {
         if let Some(path) = &config.peers_file {
             for saved in load_peers(path) {
                 if let Ok(addr) = saved.addr.parse::<PeerAddr>() {
-                    table.insert_trusted(addr, Source::Saved, None, Instant::now());
+                    table.insert_trusted(addr, Source::Saved, None, now());
                 }
             }
         }
@@ -327,6 +336,7 @@ impl Node {
                 table,
                 next_conn: 0,
             }),
+            closing: watch::Sender::new(false),
             config,
         });
         Ok(Self { shared, listener })
@@ -372,22 +382,19 @@ impl Node {
         let _ = stop_tx.send(true);
         drop(listener);
         for task in [dialler, announcer, saver] {
+            // None of them holds state that needs finishing; an announce in
+            // flight is simply dropped.
+            task.abort();
             let _ = task.await;
         }
-        let closers: Vec<_> = shared
-            .state()
-            .conns
-            .values()
-            .map(|c| c.close.clone())
-            .collect();
-        for close in closers {
-            let _ = close.send(true);
-        }
-        let deadline = Instant::now() + wire_format::limits::SHUTDOWN_GRACE;
-        while shared.connection_count() > 0 && Instant::now() < deadline {
+        // Who we know, taken while connections are still up.
+        let peers = known_peers(&shared);
+        shared.closing.send_replace(true);
+        let deadline = now() + wire_format::limits::SHUTDOWN_GRACE;
+        while shared.connection_count() > 0 && now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        save_peers(&shared);
+        write_peers(&shared, &peers);
     }
 }
 
@@ -406,33 +413,39 @@ fn load_peers(path: &std::path::Path) -> Vec<SavedPeer> {
     }
 }
 
+/// Dialable addresses worth saving: connected peers, and candidates whose
+/// last dial did not fail.
+fn known_peers(shared: &Shared) -> Vec<SavedPeer> {
+    let state = shared.state();
+    let mut addrs: HashSet<PeerAddr> = state.conns.values().filter_map(|c| c.dialable).collect();
+    addrs.extend(
+        state
+            .table
+            .iter()
+            .filter(|(_, c)| c.failures == 0)
+            .map(|(a, _)| *a),
+    );
+    addrs
+        .into_iter()
+        .map(|a| SavedPeer {
+            addr: a.to_string(),
+            node_id: None,
+        })
+        .collect()
+}
+
 fn save_peers(shared: &Shared) {
+    write_peers(shared, &known_peers(shared));
+}
+
+fn write_peers(shared: &Shared, peers: &[SavedPeer]) {
     let Some(path) = &shared.config.peers_file else {
         return;
-    };
-    let peers: Vec<SavedPeer> = {
-        let state = shared.state();
-        let mut addrs: HashSet<PeerAddr> =
-            state.conns.values().filter_map(|c| c.dialable).collect();
-        addrs.extend(
-            state
-                .table
-                .iter()
-                .filter(|(_, c)| c.failures == 0)
-                .map(|(a, _)| *a),
-        );
-        addrs
-            .into_iter()
-            .map(|a| SavedPeer {
-                addr: a.to_string(),
-                node_id: None,
-            })
-            .collect()
     };
     // A unique temp file created like a secret (create_new, 0600, no-follow),
     // then renamed over the old list: a planted link is never followed.
     let tmp = path.with_extension(format!("json.{:016x}.tmp", rand::random::<u64>()));
-    let result = serde_json::to_vec(&peers)
+    let result = serde_json::to_vec(peers)
         .map_err(|e| e.to_string())
         .and_then(|bytes| crate::datadir::write_new_secret(&tmp, &bytes).map_err(|e| e.to_string()))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
@@ -510,7 +523,7 @@ async fn dial(shared: Arc<Shared>, addr: PeerAddr) {
             shared
                 .state()
                 .table
-                .dial_failed(&addr, err.to_string(), Instant::now());
+                .dial_failed(&addr, err.to_string(), now());
         }
     }
     shared.state().dialing.remove(&addr);
@@ -548,7 +561,7 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     skip.insert(*addr);
                 }
             }
-            let due = state.table.due(Instant::now(), &skip, want);
+            let due = state.table.due(now(), &skip, want);
             state.dialing.extend(due.iter().copied());
             due
         };

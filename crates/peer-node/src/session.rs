@@ -21,7 +21,7 @@ use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
 use crate::api::Direction;
 use crate::conn::{self, ConnError, FrameReader, PeerKind};
 use crate::metrics::{Family, Metric};
-use crate::node::{ConnEntry, Shared, WRITE_QUEUE_FRAMES};
+use crate::node::{ConnEntry, Shared, WRITE_QUEUE_FRAMES, now};
 use crate::table::Source;
 
 /// A process-wide number for each connection's tracing span.
@@ -160,12 +160,9 @@ pub(crate) async fn run(
         }
         shared.metrics.incr(Metric::PexFramesSentTotal);
     }
-    if hello.is_some_and(|h| h.flags().client()) {
-        // Probes and tools get the same answers but are never recorded.
-        let mut sink = reader.into_parts().0;
-        let _ = conn::drain(&mut sink, IDLE_TIMEOUT).await;
-        return Ok(());
-    }
+    // Probes and tools (CLIENT) get the same answers as anyone but are never
+    // recorded, listed, dialled back or deduplicated.
+    let record = !hello.is_some_and(|h| h.flags().client());
     if purpose == Purpose::Announce {
         if hello.is_some() {
             return read_bootstrap_answer(&shared, &mut reader, remote).await;
@@ -183,6 +180,7 @@ pub(crate) async fn run(
                     dialed,
                     hello,
                     legacy_first,
+                    true,
                 )
                 .await;
             }
@@ -199,6 +197,7 @@ pub(crate) async fn run(
         dialed,
         hello,
         legacy_first,
+        record,
     )
     .await
 }
@@ -210,7 +209,7 @@ fn fail(shared: &Shared, dialed: Option<PeerAddr>, err: &ConnError) -> String {
         shared
             .state()
             .table
-            .dial_failed(&addr, err.to_string(), Instant::now());
+            .dial_failed(&addr, err.to_string(), now());
     }
     debug!(%err, "handshake failed");
     err.to_string()
@@ -242,11 +241,10 @@ fn offer(shared: &Shared, sender: std::net::IpAddr, peers: &Peers, source: Sourc
     let entries = peers.entries();
     let considered = &entries[..entries.len().min(PEX_MAX_ENTRIES)];
     let excess = entries.len() - considered.len();
-    let (accepted, dropped) =
-        shared
-            .state()
-            .table
-            .offer(sender, considered, source, Instant::now());
+    let (accepted, dropped) = shared
+        .state()
+        .table
+        .offer(sender, considered, source, now());
     shared
         .metrics
         .add(Metric::PexEntriesAcceptedTotal, accepted as u64);
@@ -356,12 +354,9 @@ fn probe_inbound(shared: &Arc<Shared>, conn_id: u64, remote: PeerAddr, hello: He
                 if let Some(c) = state.conns.get_mut(&conn_id) {
                     c.dialable = Some(addr);
                 }
-                state.table.insert_trusted(
-                    addr,
-                    Source::Inbound,
-                    Some(hello.node_id()),
-                    Instant::now(),
-                );
+                state
+                    .table
+                    .insert_trusted(addr, Source::Inbound, Some(hello.node_id()), now());
             }
             Err(err) => {
                 shared.metrics.incr(Metric::ProbeFailuresTotal);
@@ -381,20 +376,27 @@ async fn serve(
     dialed: Option<PeerAddr>,
     hello: Option<Hello>,
     legacy_first: Option<Message>,
+    record: bool,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let (close_tx, mut close_rx) = watch::channel(false);
+    let mut node_closing = shared.closing.subscribe();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let Some(conn_id) = register(
-        &shared,
-        remote,
-        direction,
-        dialed,
-        hello,
-        close_tx,
-        (Arc::clone(&bytes_in), Arc::clone(&bytes_out)),
-    ) else {
+    let registered = if record {
+        register(
+            &shared,
+            remote,
+            direction,
+            dialed,
+            hello,
+            close_tx,
+            (Arc::clone(&bytes_in), Arc::clone(&bytes_out)),
+        )
+    } else {
+        Some(0)
+    };
+    let Some(conn_id) = registered else {
         debug!("duplicate connection closed by the node_id rule");
         shared
             .metrics
@@ -409,7 +411,8 @@ async fn serve(
         legacy,
         "connected"
     );
-    if direction == Direction::In
+    if record
+        && direction == Direction::In
         && let Some(hello) = hello
     {
         probe_inbound(&shared, conn_id, remote, hello);
@@ -437,6 +440,9 @@ async fn serve(
                     Ok(result) => result?,
                 },
                 _ = close_rx.changed() => return Err(ConnError::Rule("closed_by_node")),
+                _ = node_closing.wait_for(|closing| *closing) => {
+                    return Err(ConnError::Rule("node_shutdown"));
+                }
             };
             bytes_in.store(reader.bytes_in(), Ordering::Relaxed);
             let Some(message) = message else {
@@ -447,7 +453,9 @@ async fn serve(
     }
     .await;
     shared.metrics.add(Metric::BytesInTotal, reader.bytes_in());
-    remove(&shared, conn_id);
+    if record {
+        remove(&shared, conn_id);
+    }
     drop(tx);
     // Let queued answers go out before the socket closes, within bounds.
     let _ = timeout(wire_format::limits::SHUTDOWN_GRACE, writer).await;
@@ -499,7 +507,7 @@ impl Rules {
         legacy: bool,
         message: Message,
     ) -> Result<(), ConnError> {
-        let now = Instant::now();
+        let now = now();
         match message {
             Message::Hello(_) => return Err(ConnError::Rule("hello_not_first")),
             m if legacy && m.kind().is_extension() => {

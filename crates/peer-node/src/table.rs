@@ -153,11 +153,7 @@ impl PeerTable {
         if class == AddrClass::Loopback && sender_class != AddrClass::Loopback {
             return Some(DropReason::Loopback);
         }
-        // A sender on this machine (loopback) may name private addresses too.
-        if class == AddrClass::Private
-            && !self.allow_private
-            && !matches!(sender_class, AddrClass::Private | AddrClass::Loopback)
-        {
+        if class == AddrClass::Private && !self.allow_private && sender_class != AddrClass::Private {
             return Some(DropReason::Private);
         }
         if self.ours.contains(entry) {
