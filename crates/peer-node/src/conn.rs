@@ -339,6 +339,38 @@ mod tests {
         ));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn connect_gives_up_at_the_connect_deadline() {
+        // A listener whose accept queue is full: the kernel drops further
+        // SYNs, so a connect there hangs (all on loopback).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        let mut timed_out = false;
+        // Fill the queue; the first connect that does not complete in time
+        // must fail with the connect deadline, measured on the paused clock.
+        for _ in 0..16 {
+            let start = tokio::time::Instant::now();
+            match connect(addr).await {
+                Ok(stream) => held.push(stream),
+                Err(ConnError::Timeout {
+                    what: "connect",
+                    after,
+                }) => {
+                    assert_eq!(after, CONNECT_TIMEOUT);
+                    assert_eq!(start.elapsed(), CONNECT_TIMEOUT);
+                    timed_out = true;
+                    break;
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert!(timed_out, "the accept queue never filled");
+        drop(listener);
+    }
+
     #[tokio::test]
     async fn first_frame_other_than_hello_is_legacy_only_where_allowed() {
         for allowed in [true, false] {

@@ -153,7 +153,8 @@ impl PeerTable {
         if class == AddrClass::Loopback && sender_class != AddrClass::Loopback {
             return Some(DropReason::Loopback);
         }
-        if class == AddrClass::Private && !self.allow_private && sender_class != AddrClass::Private {
+        if class == AddrClass::Private && !self.allow_private && sender_class != AddrClass::Private
+        {
             return Some(DropReason::Private);
         }
         if self.ours.contains(entry) {

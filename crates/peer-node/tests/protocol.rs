@@ -815,3 +815,32 @@ async fn a_client_hello_gets_the_same_answers_and_is_never_recorded() {
     assert_eq!(node.shared.connection_count(), 0);
     assert_eq!(node.metric(Metric::ProbesTotal), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dual_stack_listener_sees_ipv4_peers_in_canonical_form() {
+    // Listening on [::] with IPV6_V6ONLY off: an IPv4 peer arrives as
+    // ::ffff:127.0.0.1, and only its canonical form (127.0.0.1, loopback)
+    // earns the loopback exemption that lets a silent peer be legacy.
+    let node = TestNode::start(|config| config.listen = "[::]:0".parse().unwrap()).await;
+    let v4 = SocketAddr::from(([127, 0, 0, 1], node.addr.port()));
+    let start = Instant::now();
+    let mut peer = RawPeer::connect(v4).await;
+    match read_one(&mut peer.reader, HELLO_TIMEOUT + SLACK).await {
+        Ok(Some(Message::Hello(_))) => {}
+        other => panic!("expected the node's HELLO, got {other:?}"),
+    }
+    assert!(start.elapsed() >= HELLO_TIMEOUT);
+    let Message::Peers(first) = peer.recv().await else {
+        panic!("the second frame must be PEERS");
+    };
+    // Our own address as the peer sees it: IPv4, not the mapped form.
+    assert!(
+        first
+            .entries()
+            .iter()
+            .any(|e| e.ip() == ip("127.0.0.1") && e.port() == node.addr.port()),
+        "{first:?}"
+    );
+    assert_eq!(node.metric(Metric::LegacyPeersTotal), 1);
+    assert_eq!(node.shared.connection_count(), 1);
+}
