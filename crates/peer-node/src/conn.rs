@@ -12,6 +12,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -75,6 +77,9 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     decoder: Decoder,
     bytes_in: u64,
+    /// Shared copy of `bytes_in`, updated after every read (not only after
+    /// whole frames), so others can see a large frame making progress.
+    progress: Option<Arc<AtomicU64>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -85,7 +90,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             decoder: Decoder::new(),
             bytes_in: 0,
+            progress: None,
         }
+    }
+
+    /// Publishes the bytes received into `counter` after every read.
+    pub fn set_progress_counter(&mut self, counter: Arc<AtomicU64>) {
+        self.progress = Some(counter);
     }
 
     /// A reader that starts with bytes already read from `io`.
@@ -125,6 +136,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
             self.bytes_in += n as u64;
+            if let Some(progress) = &self.progress {
+                progress.store(self.bytes_in, Ordering::Relaxed);
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use peer_node::datadir::{DataDir, default_path};
 use peer_node::node::{DEFAULT_MAX_CONNECTIONS, Node, NodeConfig};
+use piece_store::{DiskStore, DiskStoreConfig, FsyncPolicy};
 use tracing::{error, info};
 
 /// A peer of the p2p piece exchange.
@@ -35,6 +36,39 @@ struct Args {
     /// Treat non-loopback peers that never send HELLO as legacy peers.
     #[arg(long, env = "P2P_LEGACY")]
     legacy: bool,
+    /// Largest size of the piece store (e.g. 10GiB); cached pieces are
+    /// evicted least-recently-used to stay under it.
+    #[arg(long, env = "P2P_MAX_STORE", default_value = "10GiB", value_parser = parse_size)]
+    max_store: u64,
+    /// When stored pieces are forced to disk: always, batch or never.
+    #[arg(long, env = "P2P_FSYNC", default_value = "batch")]
+    fsync: FsyncPolicy,
+    /// Hash every piece on every read, not only the first after a start.
+    #[arg(long, env = "P2P_VERIFY_ON_READ")]
+    verify_on_read: bool,
+    /// Global limit on piece bytes given to peers (e.g. 50MiB/s; default unlimited).
+    #[arg(long, env = "P2P_MAX_UPLOAD_RATE", default_value = "unlimited", value_parser = parse_rate)]
+    max_upload_rate: Rate,
+    /// Global limit on piece bytes fetched from peers (default unlimited).
+    #[arg(long, env = "P2P_MAX_DOWNLOAD_RATE", default_value = "unlimited", value_parser = parse_rate)]
+    max_download_rate: Rate,
+    /// Total deadline of one piece fetch, in seconds.
+    #[arg(long, env = "P2P_FETCH_TIMEOUT", default_value_t = wire_format::limits::FETCH_TIMEOUT.as_secs_f64())]
+    fetch_timeout: f64,
+}
+
+/// A rate flag's value: bytes per second, `None` for unlimited.
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<u64>);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    peer_node::ratelimit::parse_rate(s)
+        .map(Rate)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    peer_node::ratelimit::parse_size(s).map_err(|e| e.to_string())
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -43,7 +77,13 @@ async fn run(args: Args) -> Result<(), String> {
         None => default_path().map_err(|e| e.to_string())?,
     };
     let dir = DataDir::prepare(&dir_path).map_err(|e| e.to_string())?;
-    let lock = piece_store::DirLock::acquire(dir.path()).map_err(|e| e.to_string())?;
+    // The store lives in the data dir and holds its lock (`DATA/lock`):
+    // two nodes on one data dir is a clear error, and tools trust
+    // `api-addr` only while that lock is held.
+    let mut store_config = DiskStoreConfig::new(args.max_store);
+    store_config.fsync = args.fsync;
+    store_config.verify_on_read = args.verify_on_read;
+    let store = DiskStore::open(dir.path(), store_config).map_err(|e| e.to_string())?;
     let token = dir.load_or_create_token().map_err(|e| e.to_string())?;
     let mut config = NodeConfig::new(args.listen);
     config.bootstrap = args.bootstrap;
@@ -51,6 +91,15 @@ async fn run(args: Args) -> Result<(), String> {
     config.max_connections = args.max_connections;
     config.allow_private = args.allow_private;
     config.legacy = args.legacy;
+    config.max_upload_rate = args.max_upload_rate.0;
+    config.max_download_rate = args.max_download_rate.0;
+    if !(args.fetch_timeout.is_finite() && args.fetch_timeout > 0.0) {
+        return Err(format!(
+            "--fetch-timeout must be a positive number of seconds, got {}",
+            args.fetch_timeout
+        ));
+    }
+    config.fetch_timeout = std::time::Duration::from_secs_f64(args.fetch_timeout);
     for server in &config.bootstrap {
         if tokio::net::lookup_host(server.as_str()).await.is_err() {
             return Err(format!(
@@ -58,7 +107,9 @@ async fn run(args: Args) -> Result<(), String> {
             ));
         }
     }
-    let node = Node::bind(config).await.map_err(|e| e.to_string())?;
+    let node = Node::bind_with_store(config, Arc::new(store))
+        .await
+        .map_err(|e| e.to_string())?;
     let api_listener = tokio::net::TcpListener::bind(args.api).await.map_err(|e| {
         format!(
             "cannot listen for the API on {}: {e} (use --api to pick another)",
@@ -87,7 +138,8 @@ async fn run(args: Args) -> Result<(), String> {
     let api = tokio::spawn(peer_node::api::serve(
         api_listener,
         token,
-        Arc::clone(&shared) as Arc<dyn peer_node::api::ApiBackend>,
+        Arc::new(peer_node::node::NodeApi(Arc::clone(&shared)))
+            as Arc<dyn peer_node::api::ApiBackend>,
         async move {
             let _ = api_stopped.await;
         },
@@ -96,7 +148,6 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = stop_api.send(());
     let _ = api.await;
     let _ = dir.remove_api_addr();
-    drop(lock);
     info!("stopped");
     Ok(())
 }

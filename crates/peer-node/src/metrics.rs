@@ -132,6 +132,44 @@ metric_list! {
         "Announcements to a bootstrap server that got its answer.";
     UnsolicitedGivesTotal => "unsolicited_gives_total", Counter,
         "GIVE frames that answer no ASK of ours (dropped).";
+    PiecesServedTotal => "pieces_served_total", Counter,
+        "Pieces given to peers.";
+    PieceBytesServedTotal => "piece_bytes_served_total", Counter,
+        "Piece bytes given to peers.";
+    PiecesFetchedTotal => "pieces_fetched_total", Counter,
+        "Pieces received from peers and verified (duplicates included).";
+    PieceBytesFetchedTotal => "piece_bytes_fetched_total", Counter,
+        "Piece bytes received from peers and verified (duplicates included).";
+    DuplicateBytesTotal => "duplicate_bytes_total", Counter,
+        "Verified piece bytes that arrived late (after a hedge, CANCEL or deadline).";
+    FetchesStartedTotal => "fetches_started_total", Counter,
+        "Swarm fetches started for the local user.";
+    FetchesJoinedTotal => "fetches_joined_total", Counter,
+        "Requests that joined a fetch already running for the same piece.";
+    FetchesSucceededTotal => "fetches_succeeded_total", Counter,
+        "Fetches that ended with the verified piece.";
+    FetchesNotFoundTotal => "fetches_not_found_total", Counter,
+        "Fetches that ended 'not found' (every peer asked said no).";
+    FetchesDeadlineTotal => "fetches_deadline_total", Counter,
+        "Fetches that ended at their deadline.";
+    FetchWidensTotal => "fetch_widens_total", Counter,
+        "Fetches that dialled more peers because no connected peer had the piece.";
+    HedgesTotal => "hedges_total", Counter,
+        "ASKs sent to a second holder because the first made no progress.";
+    CancelsSentTotal => "cancels_sent_total", Counter,
+        "CANCELs sent (hedge losers, deadlines).";
+    CancelsReceivedTotal => "cancels_received_total", Counter,
+        "CANCELs received that dropped a queued answer.";
+    WantHaveSentTotal => "want_have_sent_total", Counter,
+        "WANT_HAVE frames sent.";
+    WantHaveReceivedTotal => "want_have_received_total", Counter,
+        "WANT_HAVE frames received.";
+    HaveReceivedTotal => "have_received_total", Counter,
+        "HAVE frames received in answer to our WANT_HAVE.";
+    DontHaveReceivedTotal => "dont_have_received_total", Counter,
+        "DONT_HAVE frames received in answer to our WANT_HAVE or ASK.";
+    BansTotal => "bans_total", Counter,
+        "Peers banned for sending a piece that does not match its name.";
 }
 
 /// Declares [`Family`]: one variant per labelled counter family, with its

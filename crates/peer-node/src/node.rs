@@ -9,16 +9,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use piece_store::{Durability, MemStore, PieceStore, Retention, StoreError};
 use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use wire_format::limits::{DIAL_RATE_PER_SEC, HELLO_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL};
-use wire_format::{AddrClass, NodeId, PeerAddr};
+use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, VerifiedPiece};
 
 use crate::api::{Direction, PeerSource, PeerState, PeerView};
+use crate::bans::{BanTarget, Bans};
 use crate::conn;
+use crate::fetch::{FETCH_BUDGET_BYTES, FetchHandle};
+use crate::link::Link;
 use crate::metrics::{Metric, Metrics};
+use crate::ratelimit::RateLimiter;
+use crate::serve::{BUDGET_UNIT, SERVE_BUDGET_BYTES};
 use crate::session::{self, Purpose};
 use crate::table::{PeerTable, SavedPeer, Source};
 
@@ -37,6 +43,12 @@ const DIAL_TICK: Duration = Duration::from_millis(100);
 /// First quick re-announce while the node knows too few peers; doubles
 /// each time up to the re-announce interval.
 pub const HUNGRY_ANNOUNCE_FIRST: Duration = Duration::from_millis(500);
+/// Capacity of the memory store a node gets from [`Node::bind`].
+pub const DEFAULT_MEMORY_STORE_BYTES: u64 = 1 << 30;
+/// Pieces received and waiting for verification, node-wide; a reader that
+/// finds them all taken waits (bounding unverified bytes in memory to this
+/// many pieces).
+pub const VERIFY_QUEUE_PIECES: usize = 32;
 /// How often `peers.json` is saved.
 pub const PEERS_SAVE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
@@ -66,6 +78,13 @@ pub struct NodeConfig {
     /// set it false to see how a peer from another host is treated without
     /// needing a second host.
     pub loopback_is_local: bool,
+    /// Global limit on piece bytes given to peers, per second (`None`: unlimited).
+    pub max_upload_rate: Option<u64>,
+    /// Global limit on piece bytes asked from peers, per second (`None`:
+    /// unlimited). Charged when an ASK is sent, at the full piece size.
+    pub max_download_rate: Option<u64>,
+    /// Total deadline of one piece fetch when the requester names none.
+    pub fetch_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -90,6 +109,9 @@ impl NodeConfig {
             hello_timeout: HELLO_TIMEOUT,
             reannounce: REANNOUNCE_INTERVAL,
             loopback_is_local: true,
+            max_upload_rate: None,
+            max_download_rate: None,
+            fetch_timeout: wire_format::limits::FETCH_TIMEOUT,
         }
     }
 }
@@ -119,7 +141,8 @@ pub(crate) struct ConnEntry {
     /// Which node opened it (for the duplicate rule).
     pub(crate) opener: Option<NodeId>,
     pub(crate) since: SystemTime,
-    pub(crate) close: watch::Sender<bool>,
+    /// The connection's shared context (write queue, books, close signal).
+    pub(crate) link: Arc<Link>,
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) bytes_out: Arc<AtomicU64>,
 }
@@ -129,11 +152,9 @@ pub(crate) struct State {
     pub(crate) conns: HashMap<u64, ConnEntry>,
     pub(crate) dialing: HashSet<PeerAddr>,
     pub(crate) table: PeerTable,
-    pub(crate) next_conn: u64,
 }
 
 /// What the node shares between its tasks.
-#[derive(Debug)]
 pub struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) node_id: NodeId,
@@ -142,11 +163,111 @@ pub struct Shared {
     pub(crate) state: Mutex<State>,
     /// Set once at shutdown: every connection closes.
     pub(crate) closing: watch::Sender<bool>,
+    /// Where pieces live (blocking API: call through the blocking pool).
+    pub(crate) store: Arc<dyn PieceStore>,
+    /// Serving budget ([`crate::serve::SERVE_BUDGET_BYTES`], in KiB units).
+    pub(crate) serve_budget: Arc<Semaphore>,
+    /// In-flight fetch budget ([`crate::fetch::FETCH_BUDGET_BYTES`], in KiB units).
+    pub(crate) fetch_budget: Arc<Semaphore>,
+    /// Pieces received and waiting for (or in) verification, across all
+    /// connections: bounds the memory of unverified bytes.
+    pub(crate) verify_slots: Arc<Semaphore>,
+    /// Fetches in progress, by piece.
+    pub(crate) fetches: Mutex<HashMap<PieceId, FetchHandle>>,
+    /// Peers that lied, for an hour.
+    pub(crate) bans: Mutex<Bans>,
+    /// `--max-upload-rate`: piece bytes we give.
+    pub(crate) upload: Arc<RateLimiter>,
+    /// `--max-download-rate`: piece bytes we ask for.
+    pub(crate) download: Arc<RateLimiter>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node_id", &self.node_id)
+            .field("listen_port", &self.listen_port)
+            .field("store", &self.store.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn fetches(&self) -> MutexGuard<'_, HashMap<PieceId, FetchHandle>> {
+        self.fetches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn bans(&self) -> MutexGuard<'_, Bans> {
+        self.bans.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bans the peer behind `link` for a lie (PROTOCOL.md "Bans"), and
+    /// forgets its address as a dial candidate.
+    pub(crate) fn ban(&self, link: &Link, reason: String, digest: Option<PieceId>) {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let target = BanTarget::new(link.remote.ip(), link.listen_port, link.node_id);
+        self.bans().ban(target, reason, digest, now(), unix);
+        if let Some(port) = link.listen_port {
+            let mut state = self.state();
+            let addr = PeerAddr::new(link.remote.ip(), port);
+            state.table.remove(&addr);
+        }
+    }
+
+    /// Whether a peer is banned (an IP-only check bans only public peers).
+    pub(crate) fn is_banned(
+        &self,
+        ip: IpAddr,
+        listen_port: Option<u16>,
+        node_id: Option<NodeId>,
+    ) -> bool {
+        self.bans()
+            .is_banned(ip, listen_port, node_id, now())
+            .is_some()
+    }
+
+    /// The live recorded connections.
+    pub(crate) fn links(&self) -> Vec<Arc<Link>> {
+        self.state()
+            .conns
+            .values()
+            .map(|c| Arc::clone(&c.link))
+            .collect()
+    }
+
+    /// The node's piece store.
+    pub fn store(&self) -> &Arc<dyn PieceStore> {
+        &self.store
+    }
+
+    /// Dials up to `max` table candidates that are neither connected nor
+    /// being dialled (a fetch widening its search); returns how many.
+    pub(crate) fn widen(self: &Arc<Self>, max: usize) -> usize {
+        let todo = {
+            let mut state = self.state();
+            let mut skip: HashSet<PeerAddr> = state.dialing.clone();
+            skip.extend(state.conns.values().filter_map(|c| c.dialable));
+            let connected: HashSet<NodeId> =
+                state.conns.values().filter_map(|c| c.node_id).collect();
+            for (addr, c) in state.table.iter() {
+                if c.node_id.is_some_and(|id| connected.contains(&id)) {
+                    skip.insert(*addr);
+                }
+            }
+            let due = state.table.due(now(), &skip, max);
+            state.dialing.extend(due.iter().copied());
+            due
+        };
+        for addr in &todo {
+            tokio::spawn(dial(Arc::clone(self), *addr));
+        }
+        todo.len()
     }
 
     /// The node's id.
@@ -260,17 +381,73 @@ impl Shared {
                 ban: None,
             });
         }
+        // Banned peers, with the reason, digest and end of the ban.
+        for record in self.bans().records(now) {
+            let Some(port) = record.target.listen_port else {
+                continue;
+            };
+            views.push(PeerView {
+                addr: SocketAddr::new(record.target.ip, port),
+                node_id: record.target.node_id,
+                direction: None,
+                state: PeerState::Banned,
+                legacy: false,
+                source: PeerSource::Inbound,
+                connected_since: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                last_error: Some(record.reason.clone()),
+                ban: Some(record.view()),
+            });
+        }
         views
     }
 }
 
-impl crate::api::ApiBackend for Shared {
+/// The node as the local API sees it.
+#[derive(Debug, Clone)]
+pub struct NodeApi(pub Arc<Shared>);
+
+impl crate::api::ApiBackend for NodeApi {
     fn peers(&self) -> Vec<PeerView> {
-        self.peer_views()
+        self.0.peer_views()
     }
 
     fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.0.metrics
+    }
+
+    fn fetch_piece(
+        &self,
+        id: PieceId,
+        timeout: Duration,
+    ) -> crate::api::BoxFuture<'static, Result<bytes::Bytes, crate::api::FetchError>> {
+        let shared = Arc::clone(&self.0);
+        Box::pin(async move { shared.fetch(id, timeout).await })
+    }
+
+    fn put_piece(
+        &self,
+        bytes: bytes::Bytes,
+    ) -> crate::api::BoxFuture<'static, Result<PieceId, crate::api::PutError>> {
+        let store = Arc::clone(&self.0.store);
+        Box::pin(async move {
+            let stored = tokio::task::spawn_blocking(move || {
+                // Hashing 1 MiB takes about half a millisecond: blocking pool.
+                let piece = VerifiedPiece::new(bytes)
+                    .map_err(|e| crate::api::PutError::Invalid(e.to_string()))?;
+                let id = piece.id();
+                store
+                    .put(piece, Retention::Pinned, Durability::Wait)
+                    .map_err(|e| match e {
+                        StoreError::Full { .. } => crate::api::PutError::Full(e.to_string()),
+                        other => crate::api::PutError::Store(other.to_string()),
+                    })?;
+                Ok(id)
+            })
+            .await;
+            stored.unwrap_or_else(|e| Err(crate::api::PutError::Store(e.to_string())))
+        })
     }
 }
 
@@ -308,8 +485,17 @@ fn random_node_id() -> NodeId {
 }
 
 impl Node {
-    /// Binds the listener and loads `peers.json`.
+    /// Binds the listener and loads `peers.json`, with pieces kept in
+    /// memory (at most [`DEFAULT_MEMORY_STORE_BYTES`]).
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
+        Self::bind_with_store(config, Arc::new(MemStore::new(DEFAULT_MEMORY_STORE_BYTES))).await
+    }
+
+    /// Binds the listener and loads `peers.json`; pieces live in `store`.
+    pub async fn bind_with_store(
+        config: NodeConfig,
+        store: Arc<dyn PieceStore>,
+    ) -> Result<Self, NodeError> {
         let listener = bind_listener(config.listen).map_err(|source| NodeError::Bind {
             addr: config.listen,
             source,
@@ -334,9 +520,16 @@ impl Node {
                 conns: HashMap::new(),
                 dialing: HashSet::new(),
                 table,
-                next_conn: 0,
             }),
             closing: watch::Sender::new(false),
+            store,
+            serve_budget: Arc::new(Semaphore::new(SERVE_BUDGET_BYTES / BUDGET_UNIT)),
+            fetch_budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES / BUDGET_UNIT)),
+            verify_slots: Arc::new(Semaphore::new(VERIFY_QUEUE_PIECES)),
+            fetches: Mutex::new(HashMap::new()),
+            bans: Mutex::new(Bans::new()),
+            upload: Arc::new(RateLimiter::new(config.max_upload_rate)),
+            download: Arc::new(RateLimiter::new(config.max_download_rate)),
             config,
         });
         Ok(Self { shared, listener })
@@ -482,7 +675,8 @@ fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr
         let over_inbound = inbound >= shared.config.max_inbound();
         let over_ip = remote.class() != AddrClass::Loopback
             && per_ip_count(&state, remote.ip()) >= MAX_CONNECTIONS_PER_IP;
-        if over_global || over_inbound || over_ip {
+        let banned = shared.is_banned(remote.ip(), None, None);
+        if over_global || over_inbound || over_ip || banned {
             shared.metrics.incr(Metric::ConnectionsRejectedTotal);
             debug!(peer = %remote, over_global, over_inbound, over_ip, "connection refused by limit");
             return;
@@ -537,7 +731,7 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(DIAL_TICK) => {}
         }
         let todo = {
-            let mut state = shared.state();
+            let state = shared.state();
             let outbound = state
                 .conns
                 .values()
@@ -561,8 +755,10 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     skip.insert(*addr);
                 }
             }
-            let due = state.table.due(now(), &skip, want);
-            state.dialing.extend(due.iter().copied());
+            let mut due = state.table.due(now(), &skip, want);
+            drop(state);
+            due.retain(|addr| !shared.bans().is_addr_banned(*addr, now()));
+            shared.state().dialing.extend(due.iter().copied());
             due
         };
         for addr in todo {

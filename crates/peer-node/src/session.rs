@@ -3,10 +3,11 @@
 //! rule, the read loop with the close-or-count rules, and the writer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use piece_store::{Durability, Retention};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -16,13 +17,15 @@ use wire_format::limits::{
     IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_UNSOLICITED_GIVES_PER_MINUTE, PEX_INTERVAL,
     PEX_MAX_ENTRIES, PEX_MAX_FRAMES_PER_INTERVAL,
 };
-use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
+use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers, PieceId, VerifiedPiece};
 
 use crate::api::Direction;
 use crate::conn::{self, ConnError, FrameReader, PeerKind};
+use crate::fetch::FetchEvent;
+use crate::link::{Answered, AskBook, Link, Outgoing, ServeBook};
 use crate::metrics::{Family, Metric};
 use crate::node::{ConnEntry, Shared, WRITE_QUEUE_FRAMES, now};
-use crate::table::Source;
+use crate::table::{DropReason, Source};
 
 /// A process-wide number for each connection's tracing span.
 pub(crate) fn next_span_id() -> u64 {
@@ -145,6 +148,12 @@ pub(crate) async fn run(
     } else {
         shared.metrics.incr(Metric::LegacyPeersTotal);
     }
+    if let Some(hello) = &hello
+        && shared.is_banned(remote.ip(), hello.listen_port(), Some(hello.node_id()))
+    {
+        shared.metrics.incr(Metric::ConnectionsRejectedTotal);
+        return Err(fail(&shared, dialed, &ConnError::Rule("banned")));
+    }
 
     if direction == Direction::In {
         // Our own address comes first in the first PEERS on every connection;
@@ -241,10 +250,14 @@ fn offer(shared: &Shared, sender: std::net::IpAddr, peers: &Peers, source: Sourc
     let entries = peers.entries();
     let considered = &entries[..entries.len().min(PEX_MAX_ENTRIES)];
     let excess = entries.len() - considered.len();
-    let (accepted, dropped) = shared
-        .state()
-        .table
-        .offer(sender, considered, source, now());
+    let (allowed, banned): (Vec<PeerAddr>, Vec<PeerAddr>) = {
+        let bans = shared.bans();
+        considered
+            .iter()
+            .partition(|entry| !bans.is_addr_banned(**entry, now()))
+    };
+    let (accepted, mut dropped) = shared.state().table.offer(sender, &allowed, source, now());
+    dropped.extend(banned.iter().map(|_| DropReason::Banned));
     shared
         .metrics
         .add(Metric::PexEntriesAcceptedTotal, accepted as u64);
@@ -276,16 +289,15 @@ pub(crate) fn keep_new(existing_opener: Option<NodeId>, new_opener: NodeId) -> b
     }
 }
 
-/// Registers the connection, or returns `None` if it loses the duplicate rule.
+/// Registers the connection, or returns false if it loses the duplicate rule.
 fn register(
     shared: &Shared,
-    remote: PeerAddr,
+    link: &Arc<Link>,
     direction: Direction,
     dialed: Option<PeerAddr>,
     hello: Option<Hello>,
-    close: watch::Sender<bool>,
     bytes: (Arc<AtomicU64>, Arc<AtomicU64>),
-) -> Option<u64> {
+) -> bool {
     let node_id = hello.map(|h| h.node_id());
     let opener = match direction {
         Direction::Out => Some(shared.node_id),
@@ -300,37 +312,45 @@ fn register(
             .conns
             .iter()
             .find(|(_, c)| c.node_id == Some(peer))
-            .map(|(id, c)| (*id, c.opener, c.close.clone()));
-        if let Some((old_id, old_opener, old_close)) = existing {
+            .map(|(id, c)| (*id, c.opener, Arc::clone(&c.link)));
+        if let Some((old_id, old_opener, old_link)) = existing {
             shared.metrics.incr(Metric::DuplicateConnectionsTotal);
             if !keep_new(old_opener, opener) {
-                return None;
+                return false;
             }
-            let _ = old_close.send(true);
+            let _ = old_link.close.send(true);
             if state.conns.remove(&old_id).is_some() {
                 shared.metrics.decr(Metric::ConnectionsOpen);
             }
         }
     }
-    state.next_conn += 1;
-    let id = state.next_conn;
     state.conns.insert(
-        id,
+        link.id,
         ConnEntry {
             node_id,
-            remote,
+            remote: link.remote,
             dialable: if hello.is_some() { dialed } else { None },
             direction,
             legacy: hello.is_none(),
             opener,
             since: SystemTime::now(),
-            close,
+            link: Arc::clone(link),
             bytes_in: bytes.0,
             bytes_out: bytes.1,
         },
     );
+    drop(state);
     shared.metrics.incr(Metric::ConnectionsOpen);
-    Some(id)
+    // Fetches that are widening their search want to hear of it.
+    let senders: Vec<_> = shared
+        .fetches()
+        .values()
+        .map(|h| h.events.clone())
+        .collect();
+    for events in senders {
+        let _ = events.try_send(FetchEvent::Connected(Arc::clone(link)));
+    }
+    true
 }
 
 fn remove(shared: &Shared, id: u64) {
@@ -383,27 +403,37 @@ async fn serve(
     let mut node_closing = shared.closing.subscribe();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let registered = if record {
-        register(
+    reader.set_progress_counter(Arc::clone(&bytes_in));
+    let legacy = hello.is_none();
+    let link = Arc::new(Link {
+        id: next_span_id(),
+        remote,
+        node_id: hello.map(|h| h.node_id()),
+        legacy,
+        tx,
+        close: close_tx,
+        progress: Arc::clone(&bytes_in),
+        serve: Mutex::new(ServeBook::default()),
+        asks: Mutex::new(AskBook::new(legacy, now())),
+        listen_port: hello.and_then(|h| h.listen_port()),
+    });
+    if record
+        && !register(
             &shared,
-            remote,
+            &link,
             direction,
             dialed,
             hello,
-            close_tx,
             (Arc::clone(&bytes_in), Arc::clone(&bytes_out)),
         )
-    } else {
-        Some(0)
-    };
-    let Some(conn_id) = registered else {
+    {
         debug!("duplicate connection closed by the node_id rule");
         shared
             .metrics
             .incr_labelled(Family::ConnectionsClosedTotal, "duplicate");
         return Ok(());
-    };
-    let legacy = hello.is_none();
+    }
+    let conn_id = link.id;
     info!(
         conn = conn_id,
         node = %hello.map_or_else(|| "legacy".to_owned(), |h| h.node_id().to_string()),
@@ -420,10 +450,9 @@ async fn serve(
     let writer = tokio::spawn(
         run_writer(
             Arc::clone(&shared),
+            Arc::clone(&link),
             wr,
             rx,
-            hello.map(|h| h.node_id()),
-            legacy,
             Arc::clone(&bytes_out),
         )
         .in_current_span(),
@@ -431,7 +460,7 @@ async fn serve(
     let mut rules = Rules::default();
     let result = async {
         if let Some(first) = legacy_first {
-            rules.handle(&shared, &tx, remote, legacy, first)?;
+            rules.handle(&shared, &link, first).await?;
         }
         loop {
             let message = tokio::select! {
@@ -439,24 +468,36 @@ async fn serve(
                     Err(_) => return Err(ConnError::Timeout { what: "idle", after: IDLE_TIMEOUT }),
                     Ok(result) => result?,
                 },
-                _ = close_rx.changed() => return Err(ConnError::Rule("closed_by_node")),
+                _ = close_rx.wait_for(|closed| *closed) => return Err(ConnError::Rule("closed_by_node")),
                 _ = node_closing.wait_for(|closing| *closing) => {
                     return Err(ConnError::Rule("node_shutdown"));
                 }
             };
-            bytes_in.store(reader.bytes_in(), Ordering::Relaxed);
             let Some(message) = message else {
                 return Ok(());
             };
-            rules.handle(&shared, &tx, remote, legacy, message)?;
+            rules.handle(&shared, &link, message).await?;
         }
     }
     .await;
+    let _ = link.close.send(true);
     shared.metrics.add(Metric::BytesInTotal, reader.bytes_in());
     if record {
         remove(&shared, conn_id);
     }
-    drop(tx);
+    // Fetches using this connection look elsewhere.
+    let asked: Vec<PieceId> = {
+        let book = link.ask_book();
+        book.outstanding
+            .iter()
+            .map(|a| a.id)
+            .chain(book.wanted.iter().copied())
+            .collect()
+    };
+    for id in asked {
+        shared.fetch_event(&id, FetchEvent::Failed(conn_id));
+    }
+    drop(link);
     // Let queued answers go out before the socket closes, within bounds.
     let _ = timeout(wire_format::limits::SHUTDOWN_GRACE, writer).await;
     match result {
@@ -499,15 +540,14 @@ fn count_in_window(window: &mut Option<Instant>, count: &mut usize, now: Instant
 }
 
 impl Rules {
-    fn handle(
+    async fn handle(
         &mut self,
-        shared: &Shared,
-        tx: &mpsc::Sender<Message>,
-        remote: PeerAddr,
-        legacy: bool,
+        shared: &Arc<Shared>,
+        link: &Arc<Link>,
         message: Message,
     ) -> Result<(), ConnError> {
-        let now = now();
+        let at = now();
+        let legacy = link.legacy;
         match message {
             Message::Hello(_) => return Err(ConnError::Rule("hello_not_first")),
             m if legacy && m.kind().is_extension() => {
@@ -518,7 +558,7 @@ impl Rules {
                 if peers.entries().is_empty() {
                     return Ok(()); // keepalive
                 }
-                let frames = count_in_window(&mut self.pex_window, &mut self.pex_frames, now);
+                let frames = count_in_window(&mut self.pex_window, &mut self.pex_frames, at);
                 if frames > PEX_MAX_FRAMES_PER_INTERVAL {
                     if legacy {
                         // The reference repeats itself every few seconds: ignore, don't punish.
@@ -530,51 +570,188 @@ impl Rules {
                 if legacy {
                     // A legacy candidate is (observed IP, port from its PEERS); it is
                     // never relayed to extended peers, and this version does not dial it.
-                    shared.metrics.incr(Metric::IgnoredFramesTotal);
                     return Ok(());
                 }
-                offer(shared, remote.ip(), &peers, Source::Pex);
+                offer(shared, link.remote.ip(), &peers, Source::Pex);
             }
-            Message::Give(_) => {
-                // This node asks for nothing yet, so every GIVE is unsolicited.
-                shared.metrics.incr(Metric::UnsolicitedGivesTotal);
-                let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, now);
-                if !legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
-                    return Err(ConnError::Rule("too_many_unsolicited_gives"));
+            Message::Give(give) => {
+                let (answered, next) = link.ask_book().on_answer(&give.id(), at);
+                if let Some(next) = next {
+                    link.send(next);
                 }
+                if answered == Answered::Unsolicited {
+                    shared.metrics.incr(Metric::UnsolicitedGivesTotal);
+                    let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, at);
+                    if !legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
+                        return Err(ConnError::Rule("too_many_unsolicited_gives"));
+                    }
+                    return Ok(());
+                }
+                receive_give(shared, link, give, answered == Answered::Late).await;
             }
-            Message::Ask(id) | Message::WantHave(id) => {
-                // This node holds no pieces yet: the honest answer is DONT_HAVE
-                // (nothing at all to a legacy peer).
-                if legacy {
+            Message::Ask(id) => crate::serve::on_ask(shared, link, id)?,
+            Message::WantHave(id) => {
+                shared.metrics.incr(Metric::WantHaveReceivedTotal);
+                crate::serve::on_want_have(shared, link, id)?;
+            }
+            Message::Cancel(id) => crate::serve::on_cancel(shared, link, id),
+            Message::Have(id) => {
+                if link.ask_book().wanted.remove(&id) {
+                    shared.metrics.incr(Metric::HaveReceivedTotal);
+                    shared.fetch_event(&id, FetchEvent::Have(link.id));
+                } else {
                     shared.metrics.incr(Metric::IgnoredFramesTotal);
-                } else if tx.try_send(Message::DontHave(id)).is_err() {
-                    return Err(ConnError::Rule("write_queue_full"));
                 }
             }
-            Message::DontHave(_) | Message::Have(_) | Message::Cancel(_) => {
-                // Answers to questions we did not ask; CANCEL of nothing queued.
-                shared.metrics.incr(Metric::IgnoredFramesTotal);
+            Message::DontHave(id) => {
+                let wanted = link.ask_book().wanted.remove(&id);
+                let (answered, next) = if wanted {
+                    (Answered::Outstanding, None)
+                } else {
+                    link.ask_book().on_answer(&id, at)
+                };
+                if let Some(next) = next {
+                    link.send(next);
+                }
+                if answered == Answered::Outstanding {
+                    shared.metrics.incr(Metric::DontHaveReceivedTotal);
+                    shared.fetch_event(&id, FetchEvent::DontHave(link.id));
+                } else {
+                    // For a digest we did not ask (or no longer wait for): count.
+                    shared.metrics.incr(Metric::IgnoredFramesTotal);
+                }
             }
         }
         Ok(())
     }
 }
 
+/// A GIVE that answers one of our ASKs (or is a late answer to one): wait
+/// for a verification slot (bounding unverified bytes node-wide), then hash
+/// on the blocking pool while this connection goes on reading.
+async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format::Give, late: bool) {
+    let Ok(slot) = Arc::clone(&shared.verify_slots).acquire_owned().await else {
+        return;
+    };
+    let shared = Arc::clone(shared);
+    let link = Arc::clone(link);
+    tokio::spawn(async move {
+        let (id, bytes) = give.into_parts();
+        let len = bytes.len() as u64;
+        let verified = tokio::task::spawn_blocking(move || VerifiedPiece::verify(id, bytes)).await;
+        drop(slot);
+        match verified {
+            Ok(Ok(piece)) => {
+                shared.metrics.incr(Metric::PiecesFetchedTotal);
+                shared.metrics.add(Metric::PieceBytesFetchedTotal, len);
+                if late {
+                    shared.metrics.add(Metric::DuplicateBytesTotal, len);
+                }
+                let store = Arc::clone(&shared.store);
+                let copy = piece.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if !store.has(&copy.id()) {
+                        // A cache copy: the user gets the piece at once, the
+                        // store makes it durable with the next group commit.
+                        let _ = store.put(copy, Retention::Cached, Durability::Background);
+                    }
+                })
+                .await;
+                shared.fetch_event(&id, FetchEvent::Gave(link.id, piece));
+            }
+            Ok(Err(err)) => {
+                // Proof of a lie: ban, close, and let the fetch go elsewhere.
+                shared.metrics.incr(Metric::BansTotal);
+                warn!(conn = link.id, %id, %err, "peer sent a piece that does not match its name; banned");
+                shared.ban(
+                    &link,
+                    format!("sent a piece that does not match its name ({err})"),
+                    Some(id),
+                );
+                let _ = link.close.send(true);
+                shared.fetch_event(&id, FetchEvent::Failed(link.id));
+            }
+            Err(_) => {}
+        }
+    });
+}
+
+/// A GIVE waiting for upload tokens, with its serving budget.
+type WaitingGive = (Message, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// The connection's writer: control frames go out at once; GIVEs wait for
+/// the upload rate limit in their own line, so a rate limit never delays
+/// a control frame behind a piece.
 async fn run_writer(
     shared: Arc<Shared>,
+    link: Arc<Link>,
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Message>,
-    peer: Option<NodeId>,
-    legacy: bool,
+    mut rx: mpsc::Receiver<Outgoing>,
     bytes_out: Arc<AtomicU64>,
 ) {
+    let peer = link.node_id;
+    let legacy = link.legacy;
     let mut last_sent = tokio::time::Instant::now();
     let mut next_pex = last_sent + PEX_INTERVAL;
+    let mut closed = link.close.subscribe();
+    let mut gives: std::collections::VecDeque<WaitingGive> = std::collections::VecDeque::new();
+    let mut tokens: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     loop {
+        if *closed.borrow_and_update() {
+            return;
+        }
+        if tokens.is_none()
+            && let Some((Message::Give(give), _)) = gives.front()
+        {
+            let upload = Arc::clone(&shared.upload);
+            let len = give.piece().len();
+            tokens = Some(Box::pin(async move { upload.acquire(len).await }));
+        }
         let keepalive_at = last_sent + KEEPALIVE_INTERVAL;
-        let message = tokio::select! {
-            m = rx.recv() => match m { Some(m) => m, None => return },
+        let (message, _permit) = tokio::select! {
+            m = rx.recv() => match m {
+                None if gives.is_empty() => return,
+                None => {
+                    // Finish the pieces already started, then stop.
+                    if let Some(t) = tokens.take() {
+                        t.await;
+                    }
+                    match gives.pop_front() {
+                        Some(give) => give,
+                        None => return,
+                    }
+                }
+                Some(Outgoing::Frame(message)) => {
+                    if matches!(message, Message::Cancel(_)) {
+                        shared.metrics.incr(Metric::CancelsSentTotal);
+                    }
+                    (message, None)
+                }
+                Some(Outgoing::Answer { id, message, permit }) => {
+                    if !crate::serve::start_answer(&shared, &link, &id, message.as_ref()) {
+                        continue; // cancelled, or nothing to say to a legacy peer
+                    }
+                    match message {
+                        None => continue,
+                        Some(give @ Message::Give(_)) => {
+                            gives.push_back((give, permit));
+                            continue;
+                        }
+                        Some(other) => (other, permit),
+                    }
+                }
+            },
+            () = async {
+                if let Some(t) = tokens.as_mut() {
+                    t.await;
+                }
+            }, if tokens.is_some() => {
+                tokens = None;
+                match gives.pop_front() {
+                    Some(give) => give,
+                    None => continue,
+                }
+            }
             () = tokio::time::sleep_until(next_pex) => {
                 next_pex += PEX_INTERVAL;
                 let entries = shared.dialable_peers(peer, legacy);
@@ -582,9 +759,10 @@ async fn run_writer(
                     continue;
                 }
                 shared.metrics.incr(Metric::PexFramesSentTotal);
-                Message::Peers(Peers::new(entries).unwrap_or_default())
+                (Message::Peers(Peers::new(entries).unwrap_or_default()), None)
             }
-            () = tokio::time::sleep_until(keepalive_at) => Message::Peers(Peers::empty()),
+            () = tokio::time::sleep_until(keepalive_at) => (Message::Peers(Peers::empty()), None),
+            _ = closed.changed() => return,
         };
         match conn::write_message(&mut wr, &message).await {
             Ok(n) => {
@@ -594,6 +772,8 @@ async fn run_writer(
             }
             Err(err) => {
                 debug!(%err, "write failed");
+                // A stuck reader (no progress on a GIVE) or a dead socket.
+                let _ = link.close.send(true);
                 return;
             }
         }

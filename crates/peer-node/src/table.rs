@@ -129,6 +129,11 @@ impl PeerTable {
         self.entries.iter()
     }
 
+    /// Forgets a candidate (banned, say).
+    pub fn remove(&mut self, addr: &PeerAddr) -> Option<Candidate> {
+        self.entries.remove(addr)
+    }
+
     /// Marks an address as this node (a self-connection was detected).
     pub fn mark_ours(&mut self, addr: PeerAddr) {
         self.entries.remove(&addr);

@@ -1,24 +1,31 @@
 //! The local API over real sockets: raw HTTP/1.1 against `api::serve` on
-//! port 0, with a fixed backend standing in for the node.
+//! port 0, with a backend double standing in for the node: a fixed peer list,
+//! or an in-memory piece store with a few ids that answer with each error.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use peer_node::api::{
-    self, ApiBackend, BanView, Direction, PeerSource, PeerState, PeerView, TOKEN_ERROR,
+    self, ApiBackend, BanView, BoxFuture, Direction, FetchError, MAX_FETCH_TIMEOUT, PeerSource,
+    PeerState, PeerView, PutError, SHA256_HEADER, TOKEN_ERROR,
 };
 use peer_node::metrics::{Family, Metric, Metrics};
+use piece_store::{Durability, MemStore, PieceStore, Retention, StoreError};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wire_format::{NodeId, PieceId};
+use wire_format::limits::{FETCH_TIMEOUT, PIECE_MAX};
+use wire_format::{NodeId, PieceId, VerifiedPiece};
 
 /// Deadline for one whole request/response exchange.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +44,141 @@ impl ApiBackend for FixedBackend {
     fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+    fn fetch_piece(
+        &self,
+        _id: PieceId,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+        Box::pin(std::future::ready(Err(FetchError::NotFound)))
+    }
+    fn put_piece(&self, _bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>> {
+        Box::pin(std::future::ready(Err(PutError::Store(
+            "the fixed backend stores nothing".into(),
+        ))))
+    }
+}
+
+/// Ids the piece backend answers with an error instead of a lookup.
+fn deadline_id() -> PieceId {
+    PieceId::of(b"answers Deadline")
+}
+fn broken_store_id() -> PieceId {
+    PieceId::of(b"answers Store")
+}
+fn shutdown_id() -> PieceId {
+    PieceId::of(b"answers Shutdown")
+}
+
+/// The node's piece side as a double: a memory store (the real contract:
+/// verified puts, pins, a capacity), every fetch recorded.
+struct PieceBackend {
+    metrics: Metrics,
+    store: Arc<MemStore>,
+    /// Every fetch asked of it, in order.
+    fetches: Mutex<Vec<(PieceId, Duration)>>,
+    /// Uploads that reached it.
+    puts: AtomicUsize,
+    /// When set, every put fails with this.
+    put_error: Mutex<Option<PutError>>,
+}
+
+impl PieceBackend {
+    fn new(capacity: u64) -> Arc<Self> {
+        Arc::new(Self {
+            metrics: Metrics::new(),
+            store: Arc::new(MemStore::new(capacity)),
+            fetches: Mutex::new(Vec::new()),
+            puts: AtomicUsize::new(0),
+            put_error: Mutex::new(None),
+        })
+    }
+
+    /// Stores a piece directly, as if added earlier.
+    fn insert(&self, bytes: &[u8]) -> PieceId {
+        let piece = VerifiedPiece::new(Bytes::copy_from_slice(bytes)).unwrap();
+        let id = piece.id();
+        self.store
+            .put(piece, Retention::Pinned, Durability::Wait)
+            .unwrap();
+        id
+    }
+
+    fn fetches(&self) -> Vec<(PieceId, Duration)> {
+        self.fetches.lock().unwrap().clone()
+    }
+
+    fn puts(&self) -> usize {
+        self.puts.load(Ordering::SeqCst)
+    }
+
+    fn fail_puts_with(&self, err: PutError) {
+        *self.put_error.lock().unwrap() = Some(err);
+    }
+}
+
+impl ApiBackend for PieceBackend {
+    fn peers(&self) -> Vec<PeerView> {
+        Vec::new()
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn fetch_piece(
+        &self,
+        id: PieceId,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+        self.fetches.lock().unwrap().push((id, timeout));
+        let store = Arc::clone(&self.store);
+        Box::pin(async move {
+            if id == deadline_id() {
+                return Err(FetchError::Deadline);
+            }
+            if id == broken_store_id() {
+                return Err(FetchError::Store("read pieces/ab/cd: I/O error".into()));
+            }
+            if id == shutdown_id() {
+                return Err(FetchError::Shutdown);
+            }
+            match tokio::task::spawn_blocking(move || store.get(&id))
+                .await
+                .unwrap()
+            {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(FetchError::NotFound),
+                Err(err) => Err(FetchError::Store(err.to_string())),
+            }
+        })
+    }
+    fn put_piece(&self, bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        let forced = self.put_error.lock().unwrap().clone();
+        let store = Arc::clone(&self.store);
+        Box::pin(async move {
+            if let Some(err) = forced {
+                return Err(err);
+            }
+            tokio::task::spawn_blocking(move || {
+                let piece =
+                    VerifiedPiece::new(bytes).map_err(|err| PutError::Invalid(err.to_string()))?;
+                let id = piece.id();
+                store
+                    .put(piece, Retention::Pinned, Durability::Wait)
+                    .map_err(|err| match err {
+                        StoreError::Full { .. } => PutError::Full(err.to_string()),
+                        err => PutError::Store(err.to_string()),
+                    })?;
+                Ok(id)
+            })
+            .await
+            .unwrap()
+        })
+    }
+}
+
+/// `len` bytes that are not all alike.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect()
 }
 
 fn fixed_peers() -> Vec<PeerView> {
@@ -160,6 +302,28 @@ impl Api {
         self.get(path, Some(&self.host()), Some(TOKEN)).await
     }
 
+    /// A request with our Host, the right token, `headers` and `body`
+    /// (framed as `headers` say).
+    async fn send(&self, method: &str, path: &str, headers: &[String], body: &[u8]) -> Response {
+        let mut all = vec![
+            format!("Host: {}", self.host()),
+            format!("Authorization: Bearer {TOKEN}"),
+        ];
+        all.extend_from_slice(headers);
+        exchange_with_body(self.addr, method, path, &all, body).await
+    }
+
+    /// `POST /api/v1/pieces` with `body` and its true `Content-Length`.
+    async fn post_piece(&self, body: &[u8]) -> Response {
+        self.send(
+            "POST",
+            "/api/v1/pieces",
+            &[format!("Content-Length: {}", body.len())],
+            body,
+        )
+        .await
+    }
+
     async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -210,25 +374,59 @@ impl Response {
     }
 }
 
-/// Sends one request with `Connection: close` and reads the response until
-/// the server closes, all within [`EXCHANGE_TIMEOUT`].
+/// Sends one request with `Connection: close` and no body, and reads the
+/// response until the server closes, all within [`EXCHANGE_TIMEOUT`].
 async fn exchange(addr: SocketAddr, method: &str, target: &str, headers: &[String]) -> Response {
+    exchange_with_body(addr, method, target, headers, &[]).await
+}
+
+/// [`exchange`] with `body` sent after the head. `headers` frame it (or lie
+/// about it): nothing is added but `Connection: close`.
+async fn exchange_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[String],
+    body: &[u8],
+) -> Response {
     let mut request = format!("{method} {target} HTTP/1.1\r\n");
     for header in headers {
         request.push_str(header);
         request.push_str("\r\n");
     }
     request.push_str("Connection: close\r\n\r\n");
-    let raw = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    })
-    .await
-    .expect("no complete response before the deadline");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    let raw = tokio::time::timeout(EXCHANGE_TIMEOUT, send_and_read(addr, request))
+        .await
+        .expect("no complete response before the deadline");
     parse_response(&raw)
+}
+
+/// Writes `request` while reading the response until the server closes. The
+/// two run side by side because a server may answer (413) before it has read
+/// the whole body; then the rest of the write may fail, and the close may
+/// come as a reset once the response is in, which both are fine.
+async fn send_and_read(addr: SocketAddr, request: Vec<u8>) -> Vec<u8> {
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    let write = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        // Handed back, not dropped: dropping it would half-close the
+        // connection before the response.
+        writer
+    });
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(err) => panic!("reading the response: {err}"),
+        }
+    }
+    write.abort();
+    raw
 }
 
 fn parse_response(raw: &[u8]) -> Response {
@@ -654,7 +852,7 @@ async fn empty_token_is_refused() {
         metrics: Metrics::new(),
     });
     let result = api::serve(listener, String::new(), backend, std::future::pending()).await;
-    assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(result.unwrap_err().kind(), ErrorKind::InvalidInput);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,7 +884,7 @@ async fn a_real_node_lists_its_connected_peer() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let api = Api::start_for(Arc::clone(&a) as Arc<dyn ApiBackend>).await;
+    let api = Api::start_for(Arc::new(peer_node::node::NodeApi(Arc::clone(&a)))).await;
     let response = api.get_authorized("/api/v1/peers").await;
     assert_eq!(response.status, 200);
     let json = response.json();
@@ -722,4 +920,386 @@ async fn a_real_node_lists_its_connected_peer() {
         let _ = stop.send(());
         task.await.unwrap();
     }
+}
+
+// ---- Pieces ----
+
+/// Capacity of the piece backend's store: room for a few full pieces.
+const STORE_CAPACITY: u64 = 4 << 20;
+
+async fn start_pieces() -> (Arc<PieceBackend>, Api) {
+    let backend = PieceBackend::new(STORE_CAPACITY);
+    let api = Api::start_for(Arc::clone(&backend) as Arc<dyn ApiBackend>).await;
+    (backend, api)
+}
+
+/// Asserts a 200 carrying exactly `bytes` as the piece `id`.
+fn assert_piece(response: &Response, id: PieceId, bytes: &[u8]) {
+    assert_eq!(response.status, 200, "{:?}", response.headers);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        response.header("content-length"),
+        Some(bytes.len().to_string().as_str())
+    );
+    assert_eq!(response.header("transfer-encoding"), None);
+    assert_eq!(response.header(SHA256_HEADER), Some(id.to_hex().as_str()));
+    assert!(response.body == bytes, "body differs from the piece");
+}
+
+#[tokio::test]
+async fn get_known_piece_is_200_with_exact_bytes_and_headers() {
+    let (backend, api) = start_pieces().await;
+    let small = b"hello piece";
+    let small_id = backend.insert(small);
+    let full = pattern(PIECE_MAX);
+    let full_id = backend.insert(&full);
+
+    let response = api
+        .get_authorized(&format!("/api/v1/pieces/{small_id}"))
+        .await;
+    assert_piece(&response, small_id, small);
+    let response = api
+        .get_authorized(&format!("/api/v1/pieces/{full_id}"))
+        .await;
+    assert_piece(&response, full_id, &full);
+    // An id in upper case names the same piece; the header gives it in
+    // lower case.
+    let upper = small_id.to_hex().to_uppercase();
+    let response = api.get_authorized(&format!("/api/v1/pieces/{upper}")).await;
+    assert_piece(&response, small_id, small);
+
+    // Without `timeout` the backend gets the default.
+    assert_eq!(
+        backend.fetches(),
+        [
+            (small_id, FETCH_TIMEOUT),
+            (full_id, FETCH_TIMEOUT),
+            (small_id, FETCH_TIMEOUT)
+        ]
+    );
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn fetch_errors_map_to_their_statuses() {
+    let (backend, api) = start_pieces().await;
+    let unknown = PieceId::of(b"nobody has this");
+    for (id, status, expected) in [
+        (unknown, 404, FetchError::NotFound.to_string()),
+        (deadline_id(), 504, FetchError::Deadline.to_string()),
+        (
+            broken_store_id(),
+            500,
+            FetchError::Store("read pieces/ab/cd: I/O error".into()).to_string(),
+        ),
+        (shutdown_id(), 503, FetchError::Shutdown.to_string()),
+    ] {
+        let response = api
+            .get_authorized(&format!("/api/v1/pieces/{id}?timeout=3"))
+            .await;
+        assert_eq!(response.status, status, "{response:?}");
+        let message = response.error_message();
+        assert!(message.starts_with(&expected), "{message}");
+    }
+    // The 504 says which timeout passed.
+    let response = api
+        .get_authorized(&format!("/api/v1/pieces/{}?timeout=2.5", deadline_id()))
+        .await;
+    assert!(response.error_message().contains("2.5s"), "{response:?}");
+    assert_eq!(backend.fetches().len(), 5);
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_piece_id_is_400_and_never_reaches_the_backend() {
+    let (backend, api) = start_pieces().await;
+    let hex = PieceId::of(b"x").to_hex();
+    for (id, says) in [
+        (hex[..63].to_owned(), "64 hex characters, got 63"),
+        (format!("{hex}0"), "64 hex characters, got 65"),
+        (format!("g{}", &hex[1..]), "hex"),
+        (format!("{}z", &hex[..63]), "position 63"),
+        ("x".to_owned(), "got 1"),
+        ("é".repeat(32), "hex"),
+        // Percent-encoded bytes that are not UTF-8.
+        ("%ff".repeat(64), "piece id"),
+    ] {
+        let response = api.get_authorized(&format!("/api/v1/pieces/{id}")).await;
+        assert_eq!(response.status, 400, "{id}: {response:?}");
+        let message = response.error_message();
+        assert!(message.contains("piece id"), "{id}: {message}");
+        assert!(message.contains(says), "{id}: {message}");
+    }
+    assert!(backend.fetches().is_empty());
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeout_is_seconds_up_to_the_maximum_and_reaches_the_backend() {
+    let (backend, api) = start_pieces().await;
+    let id = backend.insert(b"timed");
+    let ms = Duration::from_millis;
+    for (query, expected) in [
+        ("timeout=2.5", ms(2500)),
+        ("timeout=10", Duration::from_secs(10)),
+        ("timeout=0.001", ms(1)),
+        ("timeout=2%2E5", ms(2500)),
+        (
+            &format!("timeout={}", MAX_FETCH_TIMEOUT.as_secs()),
+            MAX_FETCH_TIMEOUT,
+        ),
+    ] {
+        let response = api
+            .get_authorized(&format!("/api/v1/pieces/{id}?{query}"))
+            .await;
+        assert_piece(&response, id, b"timed");
+        assert_eq!(backend.fetches().last(), Some(&(id, expected)), "{query}");
+    }
+    let asked = backend.fetches().len();
+    let above = format!("timeout={}", MAX_FETCH_TIMEOUT.as_secs() + 1);
+    let just_above = format!("timeout={}.000000001", MAX_FETCH_TIMEOUT.as_secs());
+    for query in [
+        "timeout=0",
+        "timeout=0.0",
+        "timeout=-1",
+        "timeout=abc",
+        &above,
+        &just_above,
+        "timeout=",
+        "timeout=1e3",
+        "timeout=inf",
+        "timeout=%2B5",
+        "timeout=.5",
+        "timeout=1.0000000001",
+        "timeout=99999999999999999999999",
+        // A misspelt or repeated parameter is refused, not ignored.
+        "timout=5",
+        "timeout=1&timeout=2",
+    ] {
+        let response = api
+            .get_authorized(&format!("/api/v1/pieces/{id}?{query}"))
+            .await;
+        assert_eq!(response.status, 400, "{query}: {response:?}");
+        let message = response.error_message();
+        assert!(message.contains("timeout"), "{query}: {message}");
+    }
+    assert_eq!(backend.fetches().len(), asked);
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_piece_is_201_with_its_sha256_and_size() {
+    let (backend, api) = start_pieces().await;
+    for body in [b"x".to_vec(), pattern(PIECE_MAX)] {
+        let response = api.post_piece(&body).await;
+        assert_eq!(response.status, 201, "{response:?}");
+        let json = response.json();
+        assert_eq!(keys(&json), BTreeSet::from(["sha256", "size"]), "{json}");
+        let id = PieceId::of(&body);
+        assert_eq!(json["sha256"], id.to_hex().as_str());
+        assert_eq!(json["size"], body.len());
+        let typed: api::PieceStored = serde_json::from_value(json).unwrap();
+        assert_eq!(typed.sha256, id);
+        // Stored: it can be read back.
+        let response = api.get_authorized(&format!("/api/v1/pieces/{id}")).await;
+        assert_piece(&response, id, &body);
+        assert!(backend.store.is_pinned(&id));
+    }
+    assert_eq!(backend.puts(), 2);
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_body_limits_at_the_boundary() {
+    let (backend, api) = start_pieces().await;
+    // One byte over, declared honestly: refused from the header.
+    let response = api.post_piece(&pattern(PIECE_MAX + 1)).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert!(response.error_message().contains("too large"));
+    // Empty, with and without a Content-Length.
+    let response = api.post_piece(b"").await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(response.error_message().contains("empty"));
+    let response = api.send("POST", "/api/v1/pieces", &[], b"").await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(response.error_message().contains("empty"));
+
+    // Chunked bodies have no length up front: the limit stops them as read.
+    let chunked = |body: &[u8]| {
+        let mut framed = format!("{:x}\r\n", body.len()).into_bytes();
+        framed.extend_from_slice(body);
+        framed.extend_from_slice(b"\r\n0\r\n\r\n");
+        framed
+    };
+    let te = ["Transfer-Encoding: chunked".to_owned()];
+    let response = api
+        .send(
+            "POST",
+            "/api/v1/pieces",
+            &te,
+            &chunked(&pattern(PIECE_MAX + 1)),
+        )
+        .await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert!(response.error_message().contains("too large"));
+    let at_limit = pattern(PIECE_MAX);
+    let response = api
+        .send("POST", "/api/v1/pieces", &te, &chunked(&at_limit))
+        .await;
+    assert_eq!(response.status, 201, "{response:?}");
+    assert_eq!(response.json()["size"], PIECE_MAX);
+    let response = api.send("POST", "/api/v1/pieces", &te, &chunked(b"")).await;
+    assert_eq!(response.status, 400, "{response:?}");
+
+    // Only the accepted chunked upload reached the backend.
+    assert_eq!(backend.puts(), 1);
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn huge_content_length_is_413_before_the_body_is_read() {
+    let (backend, api) = start_pieces().await;
+    // Only a few bytes follow: a server that waited for the body would
+    // hang until the exchange deadline.
+    // (hyper itself refuses `u64::MAX`, which it reserves, with a 431.)
+    for declared in [(PIECE_MAX + 1) as u64, 1 << 40, u64::MAX >> 1] {
+        let response = api
+            .send(
+                "POST",
+                "/api/v1/pieces",
+                &[format!("Content-Length: {declared}")],
+                b"abc",
+            )
+            .await;
+        assert_eq!(response.status, 413, "{declared}: {response:?}");
+        assert!(response.error_message().contains("too large"));
+    }
+    // A client waiting for `100 Continue` gets the 413 instead.
+    let response = api
+        .send(
+            "POST",
+            "/api/v1/pieces",
+            &[
+                format!("Content-Length: {}", 1u64 << 40),
+                "Expect: 100-continue".to_owned(),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(backend.puts(), 0);
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_errors_map_to_their_statuses() {
+    // A store too small for the piece: the real `StoreError::Full` path.
+    let backend = PieceBackend::new(16);
+    let api = Api::start_for(Arc::clone(&backend) as Arc<dyn ApiBackend>).await;
+    let response = api.post_piece(&pattern(17)).await;
+    assert_eq!(response.status, 507, "{response:?}");
+    let message = response.error_message();
+    assert!(message.contains("store full"), "{message}");
+    // The store's advice, said once.
+    assert_eq!(message.matches("unpin").count(), 1, "{message}");
+    // What fits is still stored.
+    assert_eq!(api.post_piece(&pattern(16)).await.status, 201);
+
+    for (err, status) in [
+        (
+            PutError::Invalid("a piece is 1 to 1048576 bytes".into()),
+            400,
+        ),
+        (
+            PutError::Store("write pieces/ab/cd: disk quota".into()),
+            500,
+        ),
+        (
+            PutError::Full("store full: 10 bytes needed; unpin data".into()),
+            507,
+        ),
+    ] {
+        backend.fail_puts_with(err.clone());
+        let response = api.post_piece(b"some piece").await;
+        assert_eq!(response.status, status, "{err:?}: {response:?}");
+        assert_eq!(response.error_message(), err.to_string());
+    }
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn pieces_routes_keep_the_host_and_token_guards() {
+    let (backend, api) = start_pieces().await;
+    let id = backend.insert(b"guarded");
+    let path = format!("/api/v1/pieces/{id}");
+    let host = format!("Host: {}", api.host());
+    let evil = format!("Host: evil.example:{}", api.addr.port());
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let length = "Content-Length: 5".to_owned();
+
+    assert_unauthorized(&api.get(&path, Some(&api.host()), None).await);
+    assert_unauthorized(&api.get(&path, Some(&api.host()), Some(&TOKEN[1..])).await);
+    let response = exchange_with_body(
+        api.addr,
+        "POST",
+        "/api/v1/pieces",
+        &[host.clone(), length.clone()],
+        b"hello",
+    )
+    .await;
+    assert_unauthorized(&response);
+    // The token is checked before the body's length.
+    let response = exchange_with_body(
+        api.addr,
+        "POST",
+        "/api/v1/pieces",
+        &[host, format!("Content-Length: {}", 1u64 << 40)],
+        b"abc",
+    )
+    .await;
+    assert_unauthorized(&response);
+
+    let evil_host = evil.trim_start_matches("Host: ").to_owned();
+    assert_forbidden(&api.get(&path, Some(&evil_host), Some(TOKEN)).await);
+    let response = exchange_with_body(
+        api.addr,
+        "POST",
+        "/api/v1/pieces",
+        &[evil, auth, length],
+        b"hello",
+    )
+    .await;
+    assert_forbidden(&response);
+
+    assert!(backend.fetches().is_empty());
+    assert_eq!(backend.puts(), 0);
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn pieces_routes_refuse_other_methods_with_json() {
+    let (backend, api) = start_pieces().await;
+    let id = PieceId::of(b"x");
+    for (method, path) in [
+        ("GET", "/api/v1/pieces".to_owned()),
+        ("DELETE", "/api/v1/pieces".to_owned()),
+        ("POST", format!("/api/v1/pieces/{id}")),
+        ("PUT", format!("/api/v1/pieces/{id}")),
+    ] {
+        let response = api
+            .send(method, &path, &["Content-Length: 0".to_owned()], b"")
+            .await;
+        assert_eq!(response.status, 405, "{method} {path}: {response:?}");
+        response.error_message();
+    }
+    // A trailing slash names no piece.
+    let response = api.get_authorized("/api/v1/pieces/").await;
+    assert_eq!(response.status, 404, "{response:?}");
+    assert!(response.error_message().contains("no such endpoint"));
+    assert!(backend.fetches().is_empty());
+    assert_eq!(backend.puts(), 0);
+    api.shutdown().await;
 }

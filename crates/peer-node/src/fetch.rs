@@ -1,0 +1,350 @@
+//! Fetching for the node's own user: find holders with WANT_HAVE, ASK them,
+//! hedge a stalled ASK to a second holder, widen to more peers when nobody
+//! holds the piece, and end with the piece (verified), "not found" or
+//! "deadline". Concurrent requests for one piece share one fetch.
+//!
+//! A fetch is a task of its own: requesters only wait for its result, so a
+//! requester that gives up does not cancel the fetch for the others. The
+//! sessions feed it [`FetchEvent`]s as answers arrive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info_span};
+use wire_format::limits::{ASK_PROGRESS_TIMEOUT, PIECE_MAX};
+use wire_format::{PieceId, VerifiedPiece};
+
+use crate::api::FetchError;
+use crate::link::Link;
+use crate::metrics::Metric;
+use crate::node::{Shared, now};
+use crate::serve::{BUDGET_UNIT, PIECE_UNITS};
+
+/// Bytes of pieces that may be asked for and not yet received, across all
+/// fetches: reserved when an ASK is sent, so every GIVE that arrives can be
+/// accepted.
+pub const FETCH_BUDGET_BYTES: usize = 256 << 20;
+/// Events a fetch may have queued; a session that finds the queue full
+/// drops the event (the fetch then relies on its timers).
+const FETCH_EVENTS: usize = 1024;
+/// How often a fetch checks for stalls, closed connections and deadlines.
+const FETCH_TICK: Duration = Duration::from_millis(50);
+/// Candidates from the peer table dialled when no connected peer holds the piece.
+pub const WIDEN_DIALS: usize = 8;
+/// How long a widening waits for its dials to connect and answer.
+const WIDEN_WAIT: Duration = Duration::from_secs(3);
+
+/// What sessions tell a fetch.
+#[derive(Debug)]
+pub(crate) enum FetchEvent {
+    /// The peer holds it (HAVE).
+    Have(u64),
+    /// The peer does not hold it (DONT_HAVE to our WANT_HAVE or ASK).
+    DontHave(u64),
+    /// The peer gave it, verified.
+    Gave(u64, VerifiedPiece),
+    /// The peer lied or its connection ended.
+    Failed(u64),
+    /// A new connection came up (while widening).
+    Connected(Arc<Link>),
+}
+
+/// A fetch in progress, shared by every requester of the piece.
+#[derive(Debug)]
+pub(crate) struct FetchHandle {
+    pub(crate) events: mpsc::Sender<FetchEvent>,
+    result: watch::Receiver<Option<Result<Bytes, FetchError>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerState {
+    /// WANT_HAVE sent, no answer yet.
+    Wanted,
+    /// Said HAVE; not asked (yet).
+    Holder,
+    /// ASK outstanding since the instant given (progress clock).
+    Asked,
+    /// Said it does not have it, failed, or was given up on.
+    Out,
+}
+
+struct Candidate {
+    link: Arc<Link>,
+    state: PeerState,
+    /// Bytes received on the connection when we last saw progress, and when.
+    progress: (u64, Instant),
+}
+
+impl Shared {
+    /// The piece `id`, verified, from the store or the swarm, within `timeout`.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        id: PieceId,
+        timeout: Duration,
+    ) -> Result<Bytes, FetchError> {
+        if let Some(bytes) = crate::serve::read_piece(self, id).await {
+            return Ok(bytes);
+        }
+        let mut result = {
+            let mut fetches = self.fetches();
+            match fetches.get(&id) {
+                Some(handle) => {
+                    self.metrics.incr(Metric::FetchesJoinedTotal);
+                    handle.result.clone()
+                }
+                None => {
+                    let (events_tx, events_rx) = mpsc::channel(FETCH_EVENTS);
+                    let (result_tx, result_rx) = watch::channel(None);
+                    fetches.insert(
+                        id,
+                        FetchHandle {
+                            events: events_tx,
+                            result: result_rx.clone(),
+                        },
+                    );
+                    self.metrics.incr(Metric::FetchesStartedTotal);
+                    let shared = Arc::clone(self);
+                    let span = info_span!("fetch", piece = %id);
+                    tokio::spawn(
+                        async move {
+                            let outcome = run_fetch(&shared, id, timeout, events_rx).await;
+                            shared.fetches().remove(&id);
+                            match &outcome {
+                                Ok(_) => shared.metrics.incr(Metric::FetchesSucceededTotal),
+                                Err(FetchError::NotFound) => {
+                                    shared.metrics.incr(Metric::FetchesNotFoundTotal)
+                                }
+                                Err(FetchError::Deadline) => {
+                                    shared.metrics.incr(Metric::FetchesDeadlineTotal)
+                                }
+                                Err(_) => {}
+                            }
+                            let _ = result_tx.send(Some(outcome));
+                        }
+                        .instrument(span),
+                    );
+                    result_rx
+                }
+            }
+        };
+        let wait = async {
+            loop {
+                if let Some(outcome) = result.borrow_and_update().clone() {
+                    return outcome;
+                }
+                if result.changed().await.is_err() {
+                    return Err(FetchError::Shutdown);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(FetchError::Deadline))
+    }
+
+    /// Delivers an event to the fetch of `id`, if one runs.
+    pub(crate) fn fetch_event(&self, id: &PieceId, event: FetchEvent) -> bool {
+        let sender = self.fetches().get(id).map(|h| h.events.clone());
+        sender.is_some_and(|tx| tx.try_send(event).is_ok())
+    }
+}
+
+/// Reserves a piece's share of the fetch budget, if available now.
+fn reserve(shared: &Shared) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    Arc::clone(&shared.fetch_budget)
+        .try_acquire_many_owned(PIECE_UNITS)
+        .ok()
+}
+
+async fn run_fetch(
+    shared: &Arc<Shared>,
+    id: PieceId,
+    timeout: Duration,
+    mut events: mpsc::Receiver<FetchEvent>,
+) -> Result<Bytes, FetchError> {
+    let started = now();
+    let deadline = started + timeout;
+    let mut peers: HashMap<u64, Candidate> = HashMap::new();
+    let mut widened: Option<Instant> = None;
+    let mut hedged = false;
+    let add = |peers: &mut HashMap<u64, Candidate>, link: Arc<Link>| {
+        if peers.contains_key(&link.id) || link.is_closed() {
+            return;
+        }
+        let at = now();
+        let state = if link.legacy {
+            // A legacy peer knows no WANT_HAVE: ask it directly.
+            PeerState::Holder
+        } else if link.want(id) {
+            PeerState::Wanted
+        } else {
+            PeerState::Out
+        };
+        let progress = (link.bytes_received(), at);
+        peers.insert(
+            link.id,
+            Candidate {
+                link,
+                state,
+                progress,
+            },
+        );
+    };
+    for link in shared.links() {
+        add(&mut peers, link);
+    }
+    shared.metrics.add(
+        Metric::WantHaveSentTotal,
+        peers
+            .values()
+            .filter(|c| c.state == PeerState::Wanted)
+            .count() as u64,
+    );
+
+    loop {
+        let at = now();
+        // Ask a holder when nothing is asked; prefer extended holders, which
+        // answer DONT_HAVE instead of silence.
+        let asked = peers
+            .values()
+            .filter(|c| c.state == PeerState::Asked)
+            .count();
+        if asked == 0 {
+            let next = peers
+                .values_mut()
+                .filter(|c| c.state == PeerState::Holder)
+                .min_by_key(|c| (c.link.legacy, c.link.id));
+            if let Some(c) = next {
+                shared.download.acquire(PIECE_MAX).await;
+                if let Some(budget) = reserve(shared) {
+                    c.state = PeerState::Asked;
+                    c.progress = (c.link.bytes_received(), at);
+                    if !c.link.ask(id, Some(budget), at) {
+                        c.state = PeerState::Out;
+                    }
+                }
+            }
+        }
+        // Hedge once: an ASK first in line with no bytes for the progress
+        // timeout goes to a second holder too.
+        if !hedged {
+            let stalled = peers.values().any(|c| {
+                c.state == PeerState::Asked
+                    && c.link.ask_book().line_start(&id).is_some_and(|start| {
+                        at.duration_since(start.max(c.progress.1)) >= ASK_PROGRESS_TIMEOUT
+                    })
+            });
+            if stalled {
+                let second = peers
+                    .values_mut()
+                    .filter(|c| c.state == PeerState::Holder)
+                    .min_by_key(|c| (c.link.legacy, c.link.id));
+                if let Some(c) = second
+                    && let Some(budget) = reserve(shared)
+                {
+                    shared.download.acquire(PIECE_MAX).await;
+                    hedged = true;
+                    shared.metrics.incr(Metric::HedgesTotal);
+                    c.state = PeerState::Asked;
+                    c.progress = (c.link.bytes_received(), at);
+                    if !c.link.ask(id, Some(budget), at) {
+                        c.state = PeerState::Out;
+                    }
+                }
+            }
+        }
+        // Legacy peers never say no: an ASK to one that makes no progress
+        // for the progress timeout counts as a no once another holder is
+        // asked or nobody else is left.
+        for c in peers.values_mut() {
+            if c.state == PeerState::Asked && c.link.legacy {
+                let start = c.link.ask_book().line_start(&id).unwrap_or(at);
+                if at.duration_since(start.max(c.progress.1)) >= ASK_PROGRESS_TIMEOUT * 2 {
+                    c.link.withdraw(&id, at);
+                    c.state = PeerState::Out;
+                }
+            }
+        }
+        let pending = peers.values().any(|c| c.state != PeerState::Out);
+        if !pending {
+            match widened {
+                None => {
+                    let dials = shared.widen(WIDEN_DIALS);
+                    if dials == 0 {
+                        return Err(FetchError::NotFound);
+                    }
+                    shared.metrics.incr(Metric::FetchWidensTotal);
+                    widened = Some(at);
+                }
+                Some(since) if at.duration_since(since) >= WIDEN_WAIT => {
+                    return Err(FetchError::NotFound);
+                }
+                Some(_) => {}
+            }
+        }
+        if at >= deadline {
+            withdraw_all(&mut peers, &id, at);
+            return Err(FetchError::Deadline);
+        }
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = tokio::time::sleep(FETCH_TICK) => None,
+        };
+        let at = now();
+        // Progress and liveness, on every wake-up.
+        for c in peers.values_mut() {
+            let bytes = c.link.bytes_received();
+            if bytes != c.progress.0 {
+                c.progress = (bytes, at);
+            }
+            if c.state != PeerState::Out && c.link.is_closed() {
+                c.state = PeerState::Out;
+            }
+        }
+        let Some(event) = event else { continue };
+        match event {
+            FetchEvent::Have(conn) => {
+                if let Some(c) = peers.get_mut(&conn)
+                    && c.state == PeerState::Wanted
+                {
+                    c.state = PeerState::Holder;
+                }
+            }
+            FetchEvent::DontHave(conn) | FetchEvent::Failed(conn) => {
+                if let Some(c) = peers.get_mut(&conn) {
+                    c.state = PeerState::Out;
+                }
+            }
+            FetchEvent::Gave(conn, piece) => {
+                debug!(from = conn, "piece received");
+                if let Some(c) = peers.get_mut(&conn) {
+                    c.state = PeerState::Out;
+                }
+                // The loser of a hedge gets a CANCEL; its late answer, if
+                // any, is a counted duplicate.
+                withdraw_all(&mut peers, &id, at);
+                return Ok(piece.into_bytes());
+            }
+            FetchEvent::Connected(link) => {
+                if widened.is_some() {
+                    add(&mut peers, link);
+                }
+            }
+        }
+    }
+}
+
+fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) {
+    for c in peers.values_mut() {
+        if c.state == PeerState::Asked {
+            c.link.withdraw(id, at);
+            c.state = PeerState::Out;
+        }
+    }
+}
+
+/// Budget units per piece must cover the largest piece.
+const _: () = assert!(PIECE_UNITS as usize * BUDGET_UNIT >= PIECE_MAX);

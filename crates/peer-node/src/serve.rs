@@ -1,0 +1,150 @@
+//! Serving: answering peers' ASK, WANT_HAVE and CANCEL from the store.
+//!
+//! Reading never stops for serving: an ASK only books the answer and starts
+//! a task that waits for its share of the serving byte budget (a FIFO
+//! semaphore, so connections are served in turn), reads the store on the
+//! blocking pool and hands the answer to the connection's writer. Worst-case
+//! memory: [`SERVE_BUDGET_BYTES`] of pieces read for writing, plus
+//! `MAX_ASKS_IN_FLIGHT` booked answers per connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::debug;
+use wire_format::limits::{
+    LEGACY_ANSWER_INTERVAL, LEGACY_MAX_ASKS_IN_FLIGHT, LEGACY_PIECE_BYTES, MAX_ASKS_IN_FLIGHT,
+    PIECE_MAX,
+};
+use wire_format::{Give, Message, PieceId};
+
+use crate::conn::ConnError;
+use crate::link::{Link, Outgoing};
+use crate::metrics::Metric;
+use crate::node::{Shared, now};
+
+/// Bytes of pieces read from the store and waiting to be written, across
+/// all connections.
+pub const SERVE_BUDGET_BYTES: usize = 64 << 20;
+/// Budget units are KiB (semaphore permits are counted in u32).
+pub(crate) const BUDGET_UNIT: usize = 1 << 10;
+/// Units one answer reserves: a whole piece, whatever its size.
+#[allow(clippy::cast_possible_truncation)] // 1024: checked below
+pub(crate) const PIECE_UNITS: u32 = (PIECE_MAX / BUDGET_UNIT) as u32;
+const _: () = assert!(PIECE_MAX / BUDGET_UNIT <= u32::MAX as usize);
+
+/// A peer's ASK: book it, or close an extended peer over the cap; a legacy
+/// peer's excess and repeats are dropped and counted.
+pub(crate) fn on_ask(shared: &Arc<Shared>, link: &Arc<Link>, id: PieceId) -> Result<(), ConnError> {
+    {
+        let mut book = link.serve_book();
+        if link.legacy {
+            let repeat = book.is_queued(&id)
+                || book
+                    .legacy_answered
+                    .get(&id)
+                    .is_some_and(|at| now().duration_since(*at) < LEGACY_ANSWER_INTERVAL);
+            if repeat || book.in_flight >= LEGACY_MAX_ASKS_IN_FLIGHT {
+                shared.metrics.incr(Metric::IgnoredFramesTotal);
+                return Ok(());
+            }
+        } else if book.in_flight >= MAX_ASKS_IN_FLIGHT {
+            return Err(ConnError::Rule("too_many_asks"));
+        }
+        book.queue(id);
+    }
+    let shared = Arc::clone(shared);
+    let link = Arc::clone(link);
+    tokio::spawn(async move {
+        let Ok(permit) = Arc::clone(&shared.serve_budget)
+            .acquire_many_owned(PIECE_UNITS)
+            .await
+        else {
+            return;
+        };
+        if !link.serve_book().is_queued(&id) {
+            return; // cancelled while waiting for its turn
+        }
+        let piece = read_piece(&shared, id).await;
+        let message = match piece {
+            Some(bytes) if !link.legacy => Give::new(id, bytes).ok().map(Message::Give),
+            Some(bytes) if bytes.len() == LEGACY_PIECE_BYTES => {
+                Give::new(id, bytes).ok().map(Message::Give)
+            }
+            // A legacy peer reads only 128 KiB GIVEs and no DONT_HAVE: silence.
+            _ if link.legacy => None,
+            _ => Some(Message::DontHave(id)),
+        };
+        let answer = Outgoing::Answer {
+            id,
+            message,
+            permit: Some(permit),
+        };
+        // Bounded queue: waits while the writer is busy, never blocks reading.
+        let _ = link.tx.send(answer).await;
+    });
+    Ok(())
+}
+
+/// The piece from the store, read on the blocking pool; `None` if absent
+/// or unreadable (a corrupt copy is removed by the store and not served).
+pub(crate) async fn read_piece(shared: &Arc<Shared>, id: PieceId) -> Option<Bytes> {
+    let store = Arc::clone(&shared.store);
+    match tokio::task::spawn_blocking(move || store.get(&id)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(err)) => {
+            debug!(%id, %err, "store read failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// A peer's CANCEL: drop its queued answer if it has not started.
+pub(crate) fn on_cancel(shared: &Shared, link: &Link, id: PieceId) {
+    if link.serve_book().take(&id) {
+        shared.metrics.incr(Metric::CancelsReceivedTotal);
+    } else {
+        shared.metrics.incr(Metric::IgnoredFramesTotal);
+    }
+}
+
+/// A peer's WANT_HAVE: HAVE or DONT_HAVE, from the in-memory index.
+pub(crate) fn on_want_have(shared: &Shared, link: &Link, id: PieceId) -> Result<(), ConnError> {
+    let message = if shared.store.has(&id) {
+        Message::Have(id)
+    } else {
+        Message::DontHave(id)
+    };
+    if link.send(message) {
+        Ok(())
+    } else {
+        Err(ConnError::Rule("write_queue_full"))
+    }
+}
+
+/// Called by the writer before an answer goes out: false if the ASK was
+/// cancelled meanwhile (the answer is dropped).
+pub(crate) fn start_answer(
+    shared: &Shared,
+    link: &Link,
+    id: &PieceId,
+    message: Option<&Message>,
+) -> bool {
+    let mut book = link.serve_book();
+    if !book.take(id) {
+        return false;
+    }
+    if let Some(Message::Give(give)) = message {
+        if link.legacy {
+            let at = now();
+            book.legacy_answered
+                .retain(|_, answered| at.duration_since(*answered) < LEGACY_ANSWER_INTERVAL);
+            book.legacy_answered.insert(*id, at);
+        }
+        shared.metrics.incr(Metric::PiecesServedTotal);
+        shared
+            .metrics
+            .add(Metric::PieceBytesServedTotal, give.piece().len() as u64);
+    }
+    message.is_some()
+}
