@@ -52,7 +52,7 @@ use axum::serve::IncomingStream;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use wire_format::limits::{FETCH_TIMEOUT, PIECE_MAX, PIECE_MIN};
 use wire_format::{NodeId, PieceId};
 
@@ -353,6 +353,9 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = router(token, backend, bound);
     tracing::info!(addr = %bound, "local API listening");
+    // Responses are written as they are produced: no Nagle delay on a
+    // piece's last segment.
+    let listener = NoDelayListener(listener);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<LocalAddr>(),
@@ -374,8 +377,28 @@ struct Guard {
 #[derive(Debug, Clone, Copy)]
 struct LocalAddr(Option<SocketAddr>);
 
-impl Connected<IncomingStream<'_, TcpListener>> for LocalAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+/// The API's listener: a TCP listener whose connections have Nagle's
+/// algorithm off.
+struct NoDelayListener(TcpListener);
+
+impl axum::serve::Listener for NoDelayListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        // Best effort: without it responses are only slower.
+        let _ = stream.set_nodelay(true);
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl Connected<IncomingStream<'_, NoDelayListener>> for LocalAddr {
+    fn connect_info(stream: IncomingStream<'_, NoDelayListener>) -> Self {
         Self(stream.io().local_addr().ok())
     }
 }

@@ -228,8 +228,16 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnError> {
             what: "connect",
             after: CONNECT_TIMEOUT,
         })??;
-    stream.set_nodelay(true)?;
+    tune(&stream);
     Ok(stream)
+}
+
+/// Sets the options every peer connection gets: no Nagle delay (frames are
+/// written whole). Socket buffers are left to the kernel's autotuning:
+/// fixed 4 MiB buffers were measured and were no faster on loopback.
+pub fn tune(stream: &TcpStream) {
+    // Best effort: a failure only costs speed.
+    let _ = stream.set_nodelay(true);
 }
 
 /// Result of a dial-back probe.

@@ -85,7 +85,10 @@ impl Shared {
         id: PieceId,
         timeout: Duration,
     ) -> Result<Bytes, FetchError> {
-        if let Some(bytes) = crate::serve::read_piece(self, id).await {
+        // The in-memory index first: a miss costs no trip to the blocking pool.
+        if self.store.has(&id)
+            && let Some(bytes) = crate::serve::read_piece(self, id).await
+        {
             return Ok(bytes);
         }
         let mut result = {
@@ -170,14 +173,25 @@ async fn run_fetch(
     let mut peers: HashMap<u64, Candidate> = HashMap::new();
     let mut widened: Option<Instant> = None;
     let mut hedged = false;
+    // The peer that gave us the last piece probably holds this one too (the
+    // pieces of one file travel together): ASK it at once, saving the
+    // WANT_HAVE round trip; everyone else gets a WANT_HAVE as usual. If it
+    // says DONT_HAVE, the holders found meanwhile take over.
+    let preferred = shared.last_giver.load(std::sync::atomic::Ordering::Relaxed);
     let add = |peers: &mut HashMap<u64, Candidate>, link: Arc<Link>| {
         if peers.contains_key(&link.id) || link.is_closed() {
             return;
         }
         let at = now();
+        let optimistic = !link.legacy && link.id == preferred && peers.is_empty();
         let state = if link.legacy {
             // A legacy peer knows no WANT_HAVE: ask it directly.
             PeerState::Holder
+        } else if optimistic
+            && let Some(budget) = reserve(shared)
+            && link.ask(id, Some(budget), at)
+        {
+            PeerState::Asked
         } else if link.want(id) {
             PeerState::Wanted
         } else {
@@ -193,7 +207,10 @@ async fn run_fetch(
             },
         );
     };
-    for link in shared.links() {
+    let mut links = shared.links();
+    // The preferred peer first, so it is asked before anyone is wanted.
+    links.sort_by_key(|l| l.id != preferred);
+    for link in links {
         add(&mut peers, link);
     }
     shared.metrics.add(

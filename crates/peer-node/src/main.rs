@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+
+/// Freed piece buffers are reused instead of returned to the kernel and
+/// faulted in (and zeroed) again for the next piece.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use peer_node::datadir::{DataDir, default_path};
 use peer_node::node::{DEFAULT_MAX_CONNECTIONS, Node, NodeConfig};
 use piece_store::{DiskStore, DiskStoreConfig, FsyncPolicy};

@@ -180,6 +180,8 @@ pub struct Shared {
     pub(crate) upload: Arc<RateLimiter>,
     /// `--max-download-rate`: piece bytes we ask for.
     pub(crate) download: Arc<RateLimiter>,
+    /// The connection that gave us the last verified piece (0: none).
+    pub(crate) last_giver: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -530,6 +532,7 @@ impl Node {
             bans: Mutex::new(Bans::new()),
             upload: Arc::new(RateLimiter::new(config.max_upload_rate)),
             download: Arc::new(RateLimiter::new(config.max_download_rate)),
+            last_giver: AtomicU64::new(0),
             config,
         });
         Ok(Self { shared, listener })
@@ -682,7 +685,7 @@ fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr
             return;
         }
     }
-    let _ = stream.set_nodelay(true);
+    conn::tune(&stream);
     shared.metrics.incr(Metric::ConnectionsInboundTotal);
     let span = info_span!("conn", peer = %remote, dir = "in", conn = session::next_span_id());
     let shared = Arc::clone(shared);

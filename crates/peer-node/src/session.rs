@@ -627,8 +627,10 @@ impl Rules {
 }
 
 /// A GIVE that answers one of our ASKs (or is a late answer to one): wait
-/// for a verification slot (bounding unverified bytes node-wide), then hash
-/// on the blocking pool while this connection goes on reading.
+/// for a slot (bounding the bytes being verified or written node-wide to
+/// `VERIFY_QUEUE_PIECES` pieces), then hash on the blocking pool while this
+/// connection goes on reading, hand the piece to its fetch, and write the
+/// cache copy.
 async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format::Give, late: bool) {
     let Ok(slot) = Arc::clone(&shared.verify_slots).acquire_owned().await else {
         return;
@@ -639,7 +641,10 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
         let (id, bytes) = give.into_parts();
         let len = bytes.len() as u64;
         let verified = tokio::task::spawn_blocking(move || VerifiedPiece::verify(id, bytes)).await;
-        drop(slot);
+        // The slot is held until the cache copy is written too: a disk
+        // slower than the network then slows the reader (bounded memory),
+        // instead of piling up pieces waiting for the disk.
+        let _slot = slot;
         match verified {
             Ok(Ok(piece)) => {
                 shared.metrics.incr(Metric::PiecesFetchedTotal);
@@ -647,17 +652,20 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
                 if late {
                     shared.metrics.add(Metric::DuplicateBytesTotal, len);
                 }
+                // The requester gets the piece at once; its cache copy is
+                // written meanwhile and made durable by the next group commit.
                 let store = Arc::clone(&shared.store);
                 let copy = piece.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if !store.has(&copy.id()) {
-                        // A cache copy: the user gets the piece at once, the
-                        // store makes it durable with the next group commit.
-                        let _ = store.put(copy, Retention::Cached, Durability::Background);
-                    }
-                })
-                .await;
+                if !late {
+                    shared.last_giver.store(link.id, Ordering::Relaxed);
+                }
                 shared.fetch_event(&id, FetchEvent::Gave(link.id, piece));
+                if !store.has(&copy.id()) {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let _ = store.put(copy, Retention::Cached, Durability::Background);
+                    })
+                    .await;
+                }
             }
             Ok(Err(err)) => {
                 // Proof of a lie: ban, close, and let the fetch go elsewhere.
