@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Demo swarm on loopback: one bootstrap-server and N peer-nodes (default 5),
 # each in its own data dir under a private temp dir. Waits until every node
-# has at least min(4, N-1) connected peers, printing who is connected, then
-# keeps showing the table until Ctrl-C / SIGTERM, when it stops everything it
-# started and removes the temp dir.
+# has at least min(4, N-1) connected peers, printing who is connected; then
+# shares a random 1 MiB piece on node1 (POST /api/v1/pieces) and fetches it
+# through nodeN (GET /api/v1/pieces/SHA256), checking the bytes with
+# sha256sum; then keeps showing the table until Ctrl-C / SIGTERM, when it
+# stops everything it started and removes the temp dir.
 #
 #   scripts/demo-swarm.sh [N] [--once] [--keep]
-#     --once   (or DEMO_ONCE=1) exit 0 as soon as the swarm has formed
+#     --once   (or DEMO_ONCE=1) exit 0 once the piece has been fetched
 #     --keep   (or DEMO_KEEP=1) keep the temp dir (logs, data dirs) at exit
 #   DEMO_TIMEOUT=60  seconds the swarm may take to form (exit 1 after that)
 #   DEMO_REFRESH=5   seconds between tables once formed
@@ -241,6 +243,25 @@ while :; do
   fi
   sleep 0.2
 done
+
+# The main job: share a piece on one node, fetch it through another.
+share_and_fetch() {
+  local piece="$work/piece.bin" got="$work/fetched.bin" answer sha want_sha code t0
+  head -c $((1 << 20)) /dev/urandom >"$piece"
+  want_sha=$(sha256sum <"$piece" | cut -d' ' -f1)
+  answer=$(curl -sS --fail --max-time 10 -H "@$work/node1.auth" \
+    --data-binary "@$piece" "http://${api[1]}/api/v1/pieces") || fail "POST to node1 failed"
+  case $answer in *"\"sha256\":\"$want_sha\""*) ;; *) fail "node1 stored the piece under another name: $answer" ;; esac
+  echo "shared a 1 MiB piece on node1: $want_sha"
+  t0=$(now_ms)
+  code=$(curl -sS --max-time 15 -H "@$work/node$n.auth" -o "$got" -w '%{http_code}' \
+    "http://${api[n]}/api/v1/pieces/$want_sha") || fail "GET from node$n failed"
+  [ "$code" = 200 ] || fail "node$n answered $code: $(cat "$got")"
+  sha=$(sha256sum <"$got" | cut -d' ' -f1)
+  [ "$sha" = "$want_sha" ] || fail "node$n returned bytes that hash to $sha"
+  echo "fetched it through node$n in $(($(now_ms) - t0)) ms: the bytes hash to the name"
+}
+share_and_fetch
 
 if ((once)); then
   exit 0
