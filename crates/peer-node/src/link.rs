@@ -239,6 +239,8 @@ pub(crate) struct Link {
     pub(crate) asks: Mutex<AskBook>,
     /// Listen port from HELLO, for bans.
     pub(crate) listen_port: Option<u16>,
+    /// Why the node closed it (the first reason wins), for the close metric.
+    pub(crate) close_reason: std::sync::OnceLock<&'static str>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +258,17 @@ impl Link {
 
     pub(crate) fn bytes_received(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection from inside the node, recording why.
+    pub(crate) fn close_with(&self, reason: &'static str) {
+        let _ = self.close_reason.set(reason);
+        let _ = self.close.send(true);
+    }
+
+    /// Why the node closed it, if it did.
+    pub(crate) fn closed_because(&self) -> &'static str {
+        self.close_reason.get().copied().unwrap_or("closed_by_node")
     }
 
     pub(crate) fn is_closed(&self) -> bool {

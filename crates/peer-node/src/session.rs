@@ -318,7 +318,7 @@ fn register(
             if !keep_new(old_opener, opener) {
                 return false;
             }
-            let _ = old_link.close.send(true);
+            old_link.close_with("duplicate");
             if state.conns.remove(&old_id).is_some() {
                 shared.metrics.decr(Metric::ConnectionsOpen);
             }
@@ -416,6 +416,7 @@ async fn serve(
         serve: Mutex::new(ServeBook::default()),
         asks: Mutex::new(AskBook::new(legacy, now())),
         listen_port: hello.and_then(|h| h.listen_port()),
+        close_reason: std::sync::OnceLock::new(),
     });
     if record
         && !register(
@@ -468,7 +469,7 @@ async fn serve(
                     Err(_) => return Err(ConnError::Timeout { what: "idle", after: IDLE_TIMEOUT }),
                     Ok(result) => result?,
                 },
-                _ = close_rx.wait_for(|closed| *closed) => return Err(ConnError::Rule("closed_by_node")),
+                _ = close_rx.wait_for(|closed| *closed) => return Err(ConnError::Rule(link.closed_because())),
                 _ = node_closing.wait_for(|closing| *closing) => {
                     return Err(ConnError::Rule("node_shutdown"));
                 }
@@ -676,7 +677,7 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
                     format!("sent a piece that does not match its name ({err})"),
                     Some(id),
                 );
-                let _ = link.close.send(true);
+                link.close_with("banned");
                 shared.fetch_event(&id, FetchEvent::Failed(link.id));
             }
             Err(_) => {}
@@ -684,12 +685,16 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
     });
 }
 
-/// A GIVE waiting for upload tokens, with its serving budget.
-type WaitingGive = (Message, Option<tokio::sync::OwnedSemaphorePermit>);
+/// A GIVE waiting for upload tokens: its ASK's digest, the frame, and its
+/// serving budget. It has not started: a CANCEL still drops it, and it
+/// still counts as unanswered.
+type WaitingGive = (PieceId, Message, Option<tokio::sync::OwnedSemaphorePermit>);
 
 /// The connection's writer: control frames go out at once; GIVEs wait for
 /// the upload rate limit in their own line, so a rate limit never delays
-/// a control frame behind a piece.
+/// a control frame behind a piece. A GIVE starts (leaves the peer's
+/// in-flight count, can no longer be cancelled) only once its tokens are
+/// granted. The line holds at most the peer's unanswered ASKs.
 async fn run_writer(
     shared: Arc<Shared>,
     link: Arc<Link>,
@@ -704,30 +709,36 @@ async fn run_writer(
     let mut closed = link.close.subscribe();
     let mut gives: std::collections::VecDeque<WaitingGive> = std::collections::VecDeque::new();
     let mut tokens: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let mut draining = false;
     loop {
         if *closed.borrow_and_update() {
             return;
         }
+        // Cancelled GIVEs at the head of the line go without costing tokens.
+        while tokens.is_none()
+            && gives
+                .front()
+                .is_some_and(|(id, _, _)| !link.serve_book().is_queued(id))
+        {
+            gives.pop_front();
+        }
         if tokens.is_none()
-            && let Some((Message::Give(give), _)) = gives.front()
+            && let Some((_, Message::Give(give), _)) = gives.front()
         {
             let upload = Arc::clone(&shared.upload);
             let len = give.piece().len();
             tokens = Some(Box::pin(async move { upload.acquire(len).await }));
         }
+        if draining && gives.is_empty() {
+            return;
+        }
         let keepalive_at = last_sent + KEEPALIVE_INTERVAL;
         let (message, _permit) = tokio::select! {
-            m = rx.recv() => match m {
-                None if gives.is_empty() => return,
+            m = rx.recv(), if !draining => match m {
                 None => {
-                    // Finish the pieces already started, then stop.
-                    if let Some(t) = tokens.take() {
-                        t.await;
-                    }
-                    match gives.pop_front() {
-                        Some(give) => give,
-                        None => return,
-                    }
+                    // Finish the pieces already booked, then stop.
+                    draining = true;
+                    continue;
                 }
                 Some(Outgoing::Frame(message)) => {
                     if matches!(message, Message::Cancel(_)) {
@@ -735,18 +746,16 @@ async fn run_writer(
                     }
                     (message, None)
                 }
+                Some(Outgoing::Answer { id, message: Some(give @ Message::Give(_)), permit }) => {
+                    gives.push_back((id, give, permit));
+                    continue;
+                }
                 Some(Outgoing::Answer { id, message, permit }) => {
                     if !crate::serve::start_answer(&shared, &link, &id, message.as_ref()) {
                         continue; // cancelled, or nothing to say to a legacy peer
                     }
-                    match message {
-                        None => continue,
-                        Some(give @ Message::Give(_)) => {
-                            gives.push_back((give, permit));
-                            continue;
-                        }
-                        Some(other) => (other, permit),
-                    }
+                    let Some(message) = message else { continue };
+                    (message, permit)
                 }
             },
             () = async {
@@ -755,12 +764,13 @@ async fn run_writer(
                 }
             }, if tokens.is_some() => {
                 tokens = None;
-                match gives.pop_front() {
-                    Some(give) => give,
-                    None => continue,
+                let Some((id, give, permit)) = gives.pop_front() else { continue };
+                if !crate::serve::start_answer(&shared, &link, &id, Some(&give)) {
+                    continue; // cancelled while it waited
                 }
+                (give, permit)
             }
-            () = tokio::time::sleep_until(next_pex) => {
+            () = tokio::time::sleep_until(next_pex), if !draining => {
                 next_pex += PEX_INTERVAL;
                 let entries = shared.dialable_peers(peer, legacy);
                 if entries.is_empty() {
@@ -769,7 +779,7 @@ async fn run_writer(
                 shared.metrics.incr(Metric::PexFramesSentTotal);
                 (Message::Peers(Peers::new(entries).unwrap_or_default()), None)
             }
-            () = tokio::time::sleep_until(keepalive_at) => (Message::Peers(Peers::empty()), None),
+            () = tokio::time::sleep_until(keepalive_at), if !draining => (Message::Peers(Peers::empty()), None),
             _ = closed.changed() => return,
         };
         match conn::write_message(&mut wr, &message).await {
@@ -781,7 +791,7 @@ async fn run_writer(
             Err(err) => {
                 debug!(%err, "write failed");
                 // A stuck reader (no progress on a GIVE) or a dead socket.
-                let _ = link.close.send(true);
+                link.close_with(err.reason());
                 return;
             }
         }

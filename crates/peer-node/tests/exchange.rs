@@ -1,0 +1,1155 @@
+//! Piece exchange between real nodes (PROTOCOL.md §4 "Asking and giving",
+//! "Bans", "Legacy peers"; ARCHITECTURE.md §6): a 20-node swarm, two nodes
+//! under load, lies and bans, "not found" and deadlines, hedging and CANCEL,
+//! shared fetches, the ASK caps, stuck readers and the upload rate limit.
+//!
+//! Nodes run in-process on 127.0.0.1:0; where the protocol is the point, the
+//! other side is a raw socket speaking frames. Swarms run on the real clock
+//! (two worker threads). Tests that cross a long timeout, or that need a node
+//! to handle a burst of frames from one read before any other task runs (the
+//! ASK caps), run on tokio's paused clock, which is single-threaded.
+//!
+//! A fetch asks the holder whose HAVE it hears first. Tests that need one
+//! holder asked before another connect the other one through a [`Relay`]
+//! whose forward direction they hold shut until the order is settled.
+
+// Test code: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use peer_node::api::{FetchError, PeerState};
+use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
+use peer_node::metrics::{Family, Metric};
+use peer_node::node::{Node, NodeConfig, Shared};
+use peer_node::ratelimit::RateLimiter;
+use piece_store::{Durability, Retention};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use wire_format::limits::{
+    ASK_PROGRESS_TIMEOUT, BAN_DURATION, FETCH_TIMEOUT, GIVE_WRITE_PROGRESS_TIMEOUT,
+    LEGACY_ANSWER_INTERVAL, LEGACY_MAX_ASKS_IN_FLIGHT, LEGACY_PIECE_BYTES, MAX_ASKS_IN_FLIGHT,
+};
+use wire_format::{Give, Hello, Message, NodeId, PeerAddr, Peers, PieceId, VerifiedPiece};
+
+/// Deadline for anything that should happen at once.
+const SOON: Duration = Duration::from_secs(5);
+/// How late after its deadline a timed event may be observed on the paused
+/// clock (the node's 100 ms dialler tick lets the clock jump while a frame
+/// crosses loopback).
+const SLACK: Duration = Duration::from_secs(1);
+const MIB: usize = 1 << 20;
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// A piece of `len` bytes, distinct for each `seed` (its first 8 bytes),
+/// cheap to build even for hundreds of MiB in a debug build.
+fn piece(seed: u64, len: usize) -> VerifiedPiece {
+    let mut bytes = vec![seed.to_le_bytes()[0] ^ 0x5a; len];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    VerifiedPiece::new(Bytes::from(bytes)).unwrap()
+}
+
+/// The least time `bytes` of GIVEs take to leave a node whose upload rate
+/// is `rate` (its token bucket starts full).
+fn paced(bytes: u64, rate: u64) -> Duration {
+    let burst = RateLimiter::new(Some(rate)).burst_bytes().unwrap();
+    Duration::from_secs_f64(bytes.saturating_sub(burst) as f64 / rate as f64)
+}
+
+/// A loopback port nobody listens on: a node's dial-back probe to it fails
+/// at once, so a raw peer never becomes a dial candidate.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A node running in this test's runtime until the runtime ends. It dials
+/// nobody unless the test raises `target_outbound`.
+struct TestNode {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl TestNode {
+    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.target_outbound = 0;
+        configure(&mut config);
+        let node = Node::bind(config).await.unwrap();
+        let addr = node.local_addr();
+        let shared = node.shared();
+        tokio::spawn(node.run(std::future::pending()));
+        Self { shared, addr }
+    }
+
+    /// A node with one outbound connection, to `to` (its only candidate).
+    async fn dialling(to: SocketAddr, configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let node = Self::start(|c| {
+            c.target_outbound = 1;
+            configure(c);
+        })
+        .await;
+        node.shared.add_candidate(to.into());
+        node
+    }
+
+    fn id(&self) -> NodeId {
+        self.shared.node_id()
+    }
+
+    fn metric(&self, metric: Metric) -> u64 {
+        self.shared.metrics().value(metric)
+    }
+
+    fn closed(&self, reason: &str) -> u64 {
+        self.shared
+            .metrics()
+            .labelled_value(Family::ConnectionsClosedTotal, reason)
+    }
+
+    /// Connections closed, whatever the reason.
+    fn closed_total(&self) -> u64 {
+        self.shared
+            .metrics()
+            .to_json_map()
+            .iter()
+            .filter(|(name, _)| name.starts_with("connections_closed_total{"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Whether `addr` is a peer this node shows (connected or a candidate).
+    fn shows(&self, addr: SocketAddr, state: Option<PeerState>) -> bool {
+        self.shared
+            .peer_views()
+            .iter()
+            .any(|v| v.addr == addr && state.is_none_or(|s| v.state == s))
+    }
+
+    fn hold(&self, piece: &VerifiedPiece) {
+        self.shared
+            .store()
+            .put(piece.clone(), Retention::Pinned, Durability::Wait)
+            .unwrap();
+    }
+
+    async fn fetch(&self, id: PieceId, timeout: Duration) -> Result<Bytes, FetchError> {
+        self.shared.fetch(id, timeout).await
+    }
+
+    /// Starts a fetch in its own task.
+    fn spawn_fetch(
+        &self,
+        id: PieceId,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<Bytes, FetchError>> {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move { shared.fetch(id, timeout).await })
+    }
+}
+
+fn assert_piece(got: &Bytes, want: &VerifiedPiece) {
+    assert_eq!(PieceId::of(got), want.id());
+    assert!(got == want.bytes(), "bytes differ from the piece");
+}
+
+/// The test's end of one connection.
+struct RawPeer {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl RawPeer {
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (rd, writer) = stream.into_split();
+        Self {
+            reader: FrameReader::new(rd),
+            writer,
+        }
+    }
+
+    /// An extended peer after the handshake (HELLO sent; the node's HELLO
+    /// and first PEERS read), listening on a closed port.
+    async fn extended(node: &TestNode, id: u8) -> Self {
+        Self::extended_as(node, NodeId([id; 8]), closed_port()).await
+    }
+
+    async fn extended_as(node: &TestNode, id: NodeId, listen_port: u16) -> Self {
+        let mut peer = Self::connect(node.addr).await;
+        peer.send(&Message::Hello(Hello::ours(Some(listen_port), false, id)))
+            .await;
+        match peer.recv().await {
+            Message::Hello(theirs) => assert_eq!(theirs.node_id(), node.id()),
+            other => panic!("expected HELLO, got {other:?}"),
+        }
+        assert!(matches!(peer.recv().await, Message::Peers(_)));
+        peer
+    }
+
+    /// A legacy peer as the reference is: its first frame is a PEERS naming
+    /// itself; the node's HELLO and first PEERS are read.
+    async fn legacy(node: &TestNode) -> Self {
+        let mut peer = Self::connect(node.addr).await;
+        let itself = PeerAddr::new([127, 0, 0, 1].into(), closed_port());
+        peer.send(&Message::Peers(Peers::new(vec![itself]).unwrap()))
+            .await;
+        assert!(matches!(peer.recv().await, Message::Hello(_)));
+        assert!(matches!(peer.recv().await, Message::Peers(_)));
+        peer
+    }
+
+    async fn send(&mut self, message: &Message) {
+        write_message(&mut self.writer, message).await.unwrap();
+    }
+
+    /// Sends `messages` in one write, so the node reads them in one go.
+    async fn send_batch(&mut self, messages: &[Message]) {
+        let bytes: Vec<u8> = messages.iter().flat_map(|m| m.to_bytes()).collect();
+        self.writer.write_all(&bytes).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Message {
+        self.recv_within(SOON)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {SOON:?}"))
+    }
+
+    /// The next frame, or `None` if none comes within `deadline`.
+    async fn recv_within(&mut self, deadline: Duration) -> Option<Message> {
+        match read_one(&mut self.reader, deadline).await {
+            Ok(Some(message)) => Some(message),
+            Err(ConnError::Timeout { .. }) => None,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame that is not a PEERS (keepalives may come first).
+    async fn recv_answer(&mut self) -> Message {
+        self.recv_answer_within(SOON)
+            .await
+            .unwrap_or_else(|| panic!("no answer within {SOON:?}"))
+    }
+
+    async fn recv_answer_within(&mut self, deadline: Duration) -> Option<Message> {
+        let end = Instant::now() + deadline;
+        loop {
+            match self
+                .recv_within(end.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(Message::Peers(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads until the node closes (EOF or reset) within `deadline`; returns
+    /// the frames that came first.
+    async fn expect_closed_within(&mut self, deadline: Duration) -> Vec<Message> {
+        let end = Instant::now() + deadline;
+        let mut seen = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match read_one(&mut self.reader, left).await {
+                Ok(Some(message)) => seen.push(message),
+                Ok(None) => return seen,
+                Err(ConnError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return seen;
+                }
+                // A GIVE cut off by the close (a stuck reader's).
+                Err(ConnError::Truncated { .. }) => return seen,
+                Err(err) => panic!("expected a close within {deadline:?}: {err}; got {seen:?}"),
+            }
+        }
+    }
+}
+
+/// Runs `peer` in its own task: every WANT_HAVE is counted in `seen` and,
+/// once `go` is true, answered DONT_HAVE.
+fn answer_dont_have(mut peer: RawPeer, mut go: watch::Receiver<bool>, seen: Arc<AtomicUsize>) {
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = read_one(&mut peer.reader, Duration::from_secs(3600)).await {
+            if let Message::WantHave(id) = message {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if go.wait_for(|go| *go).await.is_err()
+                    || write_message(&mut peer.writer, &Message::DontHave(id))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// A TCP relay on loopback to `target`. Bytes from whoever connects to it
+/// reach `target` only while it is open; bytes back always pass.
+struct Relay {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, gate) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((dialler, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = (dialler.set_nodelay(true), upstream.set_nodelay(true));
+                let (mut from_dialler, mut to_dialler) = dialler.into_split();
+                let (mut from_target, mut to_target) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_target, &mut to_dialler).await;
+                });
+                let mut gate = gate.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match from_dialler.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if gate.wait_for(|open| *open).await.is_err()
+                            || to_target.write_all(&buf[..n]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, open }
+    }
+
+    /// Holds what the dialler sends from now on (bytes already passed are gone).
+    fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A swarm
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_a_twenty_node_swarm_fetches_a_piece_one_holds_widening_when_not_connected() {
+    // A star: the hub dials nobody, and every leaf's one outbound slot goes
+    // to the hub (its only candidate), so no two leaves are connected. A leaf
+    // keeps the leaves the hub listed when it joined as table candidates.
+    let hub = TestNode::start(|_| {}).await;
+    let holder = TestNode::dialling(hub.addr, |_| {}).await;
+    // The hub lists the holder once its dial-back probe passed...
+    assert!(wait_for(SOON, || hub.shows(holder.addr, Some(PeerState::Connected))).await);
+    // ...so the fetcher, joining next, knows it from the hub's first PEERS.
+    let fetcher = TestNode::dialling(hub.addr, |_| {}).await;
+    assert!(wait_for(SOON, || fetcher.shows(holder.addr, None)).await);
+    let mut others = Vec::new();
+    for _ in 0..17 {
+        others.push(TestNode::dialling(hub.addr, |_| {}).await);
+    }
+    let leaves: Vec<&TestNode> = [&holder, &fetcher].into_iter().chain(&others).collect();
+    assert_eq!(1 + leaves.len(), 20);
+    let formed = wait_for(Duration::from_secs(30), || {
+        hub.shared.connected_node_ids().len() == leaves.len()
+            && leaves
+                .iter()
+                .all(|l| l.shared.connected_node_ids() == vec![hub.id()])
+    })
+    .await;
+    assert!(formed, "hub has {:?}", hub.shared.connected_node_ids());
+    assert!(!fetcher.shared.connected_node_ids().contains(&holder.id()));
+
+    let p = piece(1, MIB);
+    holder.hold(&p);
+    // The hub says DONT_HAVE, so the fetch dials table candidates: the holder.
+    let got = fetcher.fetch(p.id(), FETCH_TIMEOUT).await.unwrap();
+    assert_piece(&got, &p);
+    assert_eq!(fetcher.metric(Metric::FetchWidensTotal), 1);
+    assert!(fetcher.shared.connected_node_ids().contains(&holder.id()));
+
+    // The hub is connected to the holder; every other leaf then gets it from the hub.
+    assert_piece(&hub.fetch(p.id(), FETCH_TIMEOUT).await.unwrap(), &p);
+    assert_eq!(hub.metric(Metric::FetchWidensTotal), 0);
+    let fetches: Vec<_> = others
+        .iter()
+        .map(|o| o.spawn_fetch(p.id(), FETCH_TIMEOUT))
+        .collect();
+    for fetch in fetches {
+        assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    }
+    let fetched = std::iter::once(&hub)
+        .chain(leaves.iter().copied())
+        .filter(|n| n.metric(Metric::FetchesSucceededTotal) == 1)
+        .count();
+    assert_eq!(fetched, 19);
+}
+
+// ---------------------------------------------------------------------------
+// Load
+
+const LOAD_PIECES: u64 = 256;
+const LOAD_CONCURRENCY: usize = 32;
+const LOAD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Fetches every piece of `ids` through `node`, `LOAD_CONCURRENCY` at a
+/// time; returns the pieces that failed or came back wrong.
+async fn fetch_all(node: Arc<Shared>, ids: Vec<PieceId>) -> Vec<(PieceId, String)> {
+    let permits = Arc::new(Semaphore::new(LOAD_CONCURRENCY));
+    let mut tasks = Vec::new();
+    for id in ids {
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let node = Arc::clone(&node);
+        tasks.push(tokio::spawn(async move {
+            let got = node.fetch(id, LOAD_DEADLINE).await;
+            drop(permit);
+            match got {
+                Ok(bytes) if PieceId::of(&bytes) == id => None,
+                Ok(_) => Some((id, "wrong bytes".to_owned())),
+                Err(err) => Some((id, err.to_string())),
+            }
+        }));
+    }
+    let mut failed = Vec::new();
+    for task in tasks {
+        failed.extend(task.await.unwrap());
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_fetching_all_of_each_others_pieces_at_once_finish_on_one_connection() {
+    let a = TestNode::start(|_| {}).await;
+    let b = TestNode::dialling(a.addr, |_| {}).await;
+    let made = Instant::now();
+    let a_pieces: Vec<PieceId> = (0..LOAD_PIECES)
+        .map(|i| {
+            let p = piece(i, MIB);
+            a.hold(&p);
+            p.id()
+        })
+        .collect();
+    let b_pieces: Vec<PieceId> = (0..LOAD_PIECES)
+        .map(|i| {
+            let p = piece(1_000 + i, MIB);
+            b.hold(&p);
+            p.id()
+        })
+        .collect();
+    eprintln!(
+        "built and stored 2 x {LOAD_PIECES} MiB in {:?}",
+        made.elapsed()
+    );
+    // One connection; a's dial-back probe of b is a connection of its own,
+    // which b counts as closed once a has its answer.
+    assert!(
+        wait_for(SOON, || a.shows(b.addr, Some(PeerState::Connected))
+            && b.closed_total() == 1)
+        .await
+    );
+    assert_eq!(
+        (a.shared.connection_count(), b.shared.connection_count()),
+        (1, 1)
+    );
+    let closed_before = (a.closed_total(), b.closed_total());
+
+    let (stop, mut stopped) = watch::channel(false);
+    let odd_samples = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (a, b) = (Arc::clone(&a.shared), Arc::clone(&b.shared));
+        let odd = Arc::clone(&odd_samples);
+        tokio::spawn(async move {
+            while !*stopped.borrow_and_update() {
+                if (a.connection_count(), b.connection_count()) != (1, 1) {
+                    odd.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), stopped.changed()).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let both = async {
+        let a_gets = tokio::spawn(fetch_all(Arc::clone(&a.shared), b_pieces));
+        let b_gets = tokio::spawn(fetch_all(Arc::clone(&b.shared), a_pieces));
+        (a_gets.await.unwrap(), b_gets.await.unwrap())
+    };
+    let (a_failed, b_failed) = tokio::time::timeout(LOAD_DEADLINE, both)
+        .await
+        .unwrap_or_else(|_| panic!("not done within {LOAD_DEADLINE:?}: a deadlock?"));
+    let took = started.elapsed();
+    eprintln!("2 x {LOAD_PIECES} MiB exchanged in {took:?}");
+    stop.send_replace(true);
+    sampler.await.unwrap();
+    assert!(
+        a_failed.is_empty(),
+        "a failed {}: {:?}",
+        a_failed.len(),
+        &a_failed[..a_failed.len().min(5)]
+    );
+    assert!(
+        b_failed.is_empty(),
+        "b failed {}: {:?}",
+        b_failed.len(),
+        &b_failed[..b_failed.len().min(5)]
+    );
+    for node in [&a, &b] {
+        assert_eq!(node.metric(Metric::FetchesSucceededTotal), LOAD_PIECES);
+        assert_eq!(
+            node.metric(Metric::PieceBytesFetchedTotal),
+            LOAD_PIECES * MIB as u64
+        );
+    }
+    assert_eq!(
+        odd_samples.load(Ordering::SeqCst),
+        0,
+        "a connection count left 1"
+    );
+    assert_eq!((a.closed_total(), b.closed_total()), closed_before);
+    assert_eq!(
+        (a.shared.connection_count(), b.shared.connection_count()),
+        (1, 1)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Lies
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_giving_bytes_that_do_not_match_is_banned_and_the_piece_comes_from_an_honest_node() {
+    let honest = TestNode::start(|_| {}).await;
+    let p = piece(3, 256 << 10);
+    honest.hold(&p);
+    // The fetcher knows the honest node only as a table candidate: the liar,
+    // its one connection, is asked first, and the honest node is reached by
+    // widening once the liar is out.
+    let fetcher = TestNode::start(|_| {}).await;
+    fetcher.shared.add_candidate(honest.addr.into());
+    let liar_id = NodeId([0x66; 8]);
+    let liar_port = closed_port();
+    let mut liar = RawPeer::extended_as(&fetcher, liar_id, liar_port).await;
+    assert!(wait_for(SOON, || fetcher.shared.connection_count() == 1).await);
+
+    let fetch = fetcher.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    assert_eq!(liar.recv_answer().await, Message::WantHave(p.id()));
+    liar.send(&Message::Have(p.id())).await;
+    assert_eq!(liar.recv_answer().await, Message::Ask(p.id()));
+    let mut forged = p.bytes().to_vec();
+    forged[1000] ^= 1;
+    liar.send(&Message::Give(
+        Give::new(p.id(), Bytes::from(forged)).unwrap(),
+    ))
+    .await;
+    liar.expect_closed_within(SOON).await;
+
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    assert_eq!(fetcher.metric(Metric::BansTotal), 1);
+    assert_eq!(fetcher.metric(Metric::FetchWidensTotal), 1);
+    assert_eq!(fetcher.shared.connected_node_ids(), vec![honest.id()]);
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let views = fetcher.shared.peer_views();
+    let banned: Vec<_> = views
+        .iter()
+        .filter(|v| v.state == PeerState::Banned)
+        .collect();
+    assert_eq!(banned.len(), 1, "{views:?}");
+    assert_eq!(
+        banned[0].addr,
+        SocketAddr::from(([127, 0, 0, 1], liar_port))
+    );
+    assert_eq!(banned[0].node_id, Some(liar_id));
+    let ban = banned[0].ban.as_ref().unwrap();
+    assert!(ban.reason.contains("does not match"), "{}", ban.reason);
+    assert_eq!(ban.digest, Some(p.id()));
+    let until = now_unix + BAN_DURATION.as_secs();
+    assert!(
+        ban.until.abs_diff(until) <= 5,
+        "until {} not ~{until}",
+        ban.until
+    );
+
+    // Back with the same node id and listen port: refused before any answer.
+    let rejected = fetcher.metric(Metric::ConnectionsRejectedTotal);
+    let mut again = RawPeer::connect(fetcher.addr).await;
+    again
+        .send(&Message::Hello(Hello::ours(
+            Some(liar_port),
+            false,
+            liar_id,
+        )))
+        .await;
+    let seen = again.expect_closed_within(SOON).await;
+    assert!(seen.is_empty(), "answered a banned peer: {seen:?}");
+    assert!(
+        wait_for(SOON, || fetcher.metric(Metric::ConnectionsRejectedTotal)
+            == rejected + 1)
+        .await
+    );
+    // Someone else on the same IP is still welcome: the refusal is the ban's.
+    let _stranger = RawPeer::extended(&fetcher, 0x77).await;
+}
+
+// ---------------------------------------------------------------------------
+// Not found and deadlines
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_every_peer_answers_dont_have_is_not_found_well_within_an_ask_deadline() {
+    let node = TestNode::start(|_| {}).await;
+    let (_go, gate) = watch::channel(true);
+    let seen = Arc::new(AtomicUsize::new(0));
+    for id in 1..=3 {
+        answer_dont_have(
+            RawPeer::extended(&node, id).await,
+            gate.clone(),
+            Arc::clone(&seen),
+        );
+    }
+    assert!(wait_for(SOON, || node.shared.connection_count() == 3).await);
+    let missing = PieceId::of(b"nobody holds this");
+    let started = Instant::now();
+    let result = node.fetch(missing, FETCH_TIMEOUT).await;
+    let took = started.elapsed();
+    assert!(matches!(result, Err(FetchError::NotFound)), "{result:?}");
+    assert!(took < ASK_PROGRESS_TIMEOUT / 2, "not found after {took:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert_eq!(node.metric(Metric::DontHaveReceivedTotal), 3);
+    assert_eq!(node.metric(Metric::FetchesNotFoundTotal), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_with_a_peer_that_never_answers_ends_at_its_deadline_not_as_not_found() {
+    let node = TestNode::start(|_| {}).await;
+    let (_go, gate) = watch::channel(true);
+    let seen = Arc::new(AtomicUsize::new(0));
+    answer_dont_have(RawPeer::extended(&node, 1).await, gate, Arc::clone(&seen));
+    let mut silent = RawPeer::extended(&node, 2).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    let missing = PieceId::of(b"nobody holds this");
+    let started = Instant::now();
+    let result = node.fetch(missing, FETCH_TIMEOUT).await;
+    let took = started.elapsed();
+    assert!(matches!(result, Err(FetchError::Deadline)), "{result:?}");
+    assert!(took >= FETCH_TIMEOUT, "deadline after {took:?}");
+    assert!(took < FETCH_TIMEOUT + SLACK, "deadline after {took:?}");
+    assert_eq!(silent.recv_answer().await, Message::WantHave(missing));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert!(wait_for(SOON, || node.metric(Metric::FetchesDeadlineTotal) == 1).await);
+    assert_eq!(node.metric(Metric::FetchesNotFoundTotal), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Hedging
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_holder_is_hedged_then_cancelled_and_its_late_give_counted_as_duplicate() {
+    let fetcher = TestNode::start(|_| {}).await;
+    let p = piece(5, MIB);
+    let relay = Relay::start(fetcher.addr).await;
+    let honest = TestNode::dialling(relay.addr, |_| {}).await;
+    honest.hold(&p);
+    let mut slow = RawPeer::extended(&fetcher, 0x51).await;
+    assert!(
+        wait_for(SOON, || fetcher.shared.connection_count() == 2
+            && fetcher.shared.connected_node_ids().contains(&honest.id()))
+        .await
+    );
+    // The honest node's HAVE reaches the fetcher only once the slow peer is asked.
+    relay.hold();
+    let fetch = fetcher.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    assert_eq!(slow.recv_answer().await, Message::WantHave(p.id()));
+    slow.send(&Message::Have(p.id())).await;
+    assert_eq!(slow.recv_answer().await, Message::Ask(p.id()));
+    let asked = Instant::now();
+    relay.release();
+
+    // Not a byte from the slow peer: after the progress timeout the honest
+    // node is asked too, and once it gave, the slow peer gets a CANCEL.
+    let cancel = slow.recv_answer_within(FETCH_TIMEOUT).await;
+    let waited = asked.elapsed();
+    assert_eq!(cancel, Some(Message::Cancel(p.id())));
+    assert!(
+        waited >= ASK_PROGRESS_TIMEOUT - Duration::from_millis(100),
+        "hedged after {waited:?}"
+    );
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    assert_eq!(fetcher.metric(Metric::HedgesTotal), 1);
+    assert_eq!(honest.metric(Metric::PiecesServedTotal), 1);
+
+    // The slow peer's GIVE comes after all: verified, a duplicate, not
+    // unsolicited, and the connection stays.
+    let unsolicited = fetcher.metric(Metric::UnsolicitedGivesTotal);
+    let duplicate = fetcher.metric(Metric::DuplicateBytesTotal);
+    slow.send(&Message::Give(
+        Give::new(p.id(), p.bytes().clone()).unwrap(),
+    ))
+    .await;
+    assert!(
+        wait_for(SOON, || fetcher.metric(Metric::DuplicateBytesTotal)
+            == duplicate + MIB as u64)
+        .await,
+        "duplicate bytes {}",
+        fetcher.metric(Metric::DuplicateBytesTotal)
+    );
+    assert_eq!(fetcher.metric(Metric::UnsolicitedGivesTotal), unsolicited);
+    let other = PieceId::of(b"something else");
+    slow.send(&Message::WantHave(other)).await;
+    assert_eq!(slow.recv_answer().await, Message::DontHave(other));
+    assert_eq!(fetcher.shared.connection_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_asks_queued_behind_a_rate_limited_holder_are_never_hedged() {
+    const RATE: u64 = 2 << 20;
+    let fetcher = TestNode::start(|_| {}).await;
+    let pieces: Vec<VerifiedPiece> = (0..MAX_ASKS_IN_FLIGHT as u64)
+        .map(|i| piece(100 + i, MIB))
+        .collect();
+    // Each piece takes half a second to leave the pipelined holder, so its
+    // sixteenth answer comes seconds after the ASK was sent...
+    let pipelined = TestNode::dialling(fetcher.addr, |c| c.max_upload_rate = Some(RATE)).await;
+    // ...and a second holder is there for any hedge to go to.
+    let relay = Relay::start(fetcher.addr).await;
+    let spare = TestNode::dialling(relay.addr, |_| {}).await;
+    for p in &pieces {
+        pipelined.hold(p);
+        spare.hold(p);
+    }
+    assert!(
+        wait_for(SOON, || {
+            let ids = fetcher.shared.connected_node_ids();
+            ids.len() == 2 && ids.contains(&pipelined.id()) && ids.contains(&spare.id())
+        })
+        .await
+    );
+    relay.hold();
+    let started = Instant::now();
+    let fetches: Vec<_> = pieces
+        .iter()
+        .map(|p| fetcher.spawn_fetch(p.id(), Duration::from_secs(30)))
+        .collect();
+    // Every fetch heard the pipelined holder first, so asked it.
+    assert!(wait_for(SOON, || fetcher.metric(Metric::HaveReceivedTotal) == 16).await);
+    relay.release();
+    for (fetch, p) in fetches.into_iter().zip(&pieces) {
+        assert_piece(&fetch.await.unwrap().unwrap(), p);
+    }
+    let took = started.elapsed();
+    assert_eq!(fetcher.metric(Metric::HedgesTotal), 0, "took {took:?}");
+    assert_eq!(pipelined.metric(Metric::PiecesServedTotal), 16);
+    assert_eq!(spare.metric(Metric::PiecesServedTotal), 0);
+    // They did queue: the pieces beyond the burst left at the rate.
+    let queued = paced(16 * MIB as u64, RATE);
+    assert!(took >= queued, "took {took:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Shared fetches
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests_for_one_missing_piece_make_one_fetch() {
+    let node = TestNode::start(|_| {}).await;
+    // The peer holds its DONT_HAVE until every request has joined.
+    let (go, gate) = watch::channel(false);
+    let seen = Arc::new(AtomicUsize::new(0));
+    answer_dont_have(RawPeer::extended(&node, 1).await, gate, Arc::clone(&seen));
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    let missing = PieceId::of(b"wanted by a hundred");
+    let requests: Vec<_> = (0..100)
+        .map(|_| node.spawn_fetch(missing, FETCH_TIMEOUT))
+        .collect();
+    let all_in = wait_for(SOON, || {
+        node.metric(Metric::FetchesStartedTotal) + node.metric(Metric::FetchesJoinedTotal) == 100
+    })
+    .await;
+    assert!(all_in);
+    go.send_replace(true);
+    for request in requests {
+        let result = request.await.unwrap();
+        assert!(matches!(result, Err(FetchError::NotFound)), "{result:?}");
+    }
+    assert_eq!(node.metric(Metric::FetchesStartedTotal), 1);
+    assert_eq!(node.metric(Metric::FetchesJoinedTotal), 99);
+    assert_eq!(node.metric(Metric::FetchesNotFoundTotal), 1);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------
+// ASK caps and legacy peers (paused clock: one thread, so the node handles
+// every frame of one read before its serving tasks run)
+
+/// An upload rate so low that every GIVE after the burst waits many seconds.
+const CRAWL: u64 = 64 << 10;
+
+#[tokio::test(start_paused = true)]
+async fn an_extended_peer_may_have_sixteen_asks_unanswered_and_the_seventeenth_closes_it() {
+    let node = TestNode::start(|c| c.max_upload_rate = Some(CRAWL)).await;
+    let pieces: Vec<VerifiedPiece> = (0..=MAX_ASKS_IN_FLIGHT as u64)
+        .map(|i| piece(200 + i, MIB))
+        .collect();
+    for p in &pieces {
+        node.hold(p);
+    }
+    let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
+    let (first, last) = asks.split_at(MAX_ASKS_IN_FLIGHT);
+
+    // At the cap: booked, answered at the crawl, and the connection is read.
+    let mut at_cap = RawPeer::extended(&node, 1).await;
+    at_cap.send_batch(first).await;
+    let probe = pieces[MAX_ASKS_IN_FLIGHT].id();
+    at_cap.send(&Message::WantHave(probe)).await;
+    loop {
+        match at_cap.recv_answer().await {
+            Message::Give(give) => assert!(first.contains(&Message::Ask(give.id()))),
+            Message::Have(id) if id == probe => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(node.closed("too_many_asks"), 0);
+    assert_eq!(node.shared.connection_count(), 1);
+    drop(at_cap);
+    assert!(wait_for(SOON, || node.shared.connection_count() == 0).await);
+
+    // Over it: the seventeenth ASK closes the connection.
+    let mut over = RawPeer::extended(&node, 2).await;
+    over.send_batch(&[first, last].concat()).await;
+    over.expect_closed_within(SOON).await;
+    assert!(wait_for(SOON, || node.closed("too_many_asks") == 1).await);
+    assert_eq!(node.shared.connection_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn asks_over_the_cap_while_gives_wait_for_the_upload_rate_close_the_connection() {
+    let node = TestNode::start(|c| c.max_upload_rate = Some(CRAWL)).await;
+    let pieces: Vec<VerifiedPiece> = (0..MAX_ASKS_IN_FLIGHT as u64 + 3)
+        .map(|i| piece(250 + i, MIB))
+        .collect();
+    for p in &pieces {
+        node.hold(p);
+    }
+    let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
+    let mut peer = RawPeer::extended(&node, 1).await;
+    peer.send_batch(&asks[..MAX_ASKS_IN_FLIGHT]).await;
+    // The burst lets one GIVE out at once: 15 unanswered.
+    assert!(matches!(peer.recv_answer().await, Message::Give(_)));
+    // The node takes the other answers into its GIVE line (the clock is
+    // paused: the next GIVE is many seconds away).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A sixteenth unanswered ASK: at the cap, kept.
+    let probe = pieces[MAX_ASKS_IN_FLIGHT + 2].id();
+    peer.send_batch(&[asks[MAX_ASKS_IN_FLIGHT].clone(), Message::WantHave(probe)])
+        .await;
+    assert_eq!(peer.recv_answer().await, Message::Have(probe));
+    // A seventeenth: over it.
+    peer.send(&asks[MAX_ASKS_IN_FLIGHT + 1]).await;
+    peer.expect_closed_within(SOON).await;
+    assert!(
+        wait_for(SOON, || node.closed("too_many_asks") == 1).await,
+        "a peer with 17 ASKs unanswered is still connected: {}",
+        node.shared.connection_count()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_drops_a_give_still_waiting_for_the_upload_rate() {
+    let node = TestNode::start(|c| c.max_upload_rate = Some(CRAWL)).await;
+    let (first, second) = (piece(270, MIB), piece(271, MIB));
+    node.hold(&first);
+    node.hold(&second);
+    let mut peer = RawPeer::extended(&node, 1).await;
+    peer.send_batch(&[Message::Ask(first.id()), Message::Ask(second.id())])
+        .await;
+    // The burst lets the first out; the second waits for tokens, not started.
+    match peer.recv_answer().await {
+        Message::Give(give) => assert_eq!(give.id(), first.id()),
+        other => panic!("expected the first GIVE, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peer.send(&Message::Cancel(second.id())).await;
+    let tokens_for_one = Duration::from_secs(MIB as u64 / CRAWL);
+    let next = peer.recv_answer_within(tokens_for_one + SLACK).await;
+    assert_eq!(next, None, "the cancelled piece was sent");
+    assert_eq!(node.metric(Metric::CancelsReceivedTotal), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_legacy_peers_asks_over_ten_are_dropped_and_counted_and_it_keeps_its_connection() {
+    let node = TestNode::start(|_| {}).await;
+    let pieces: Vec<VerifiedPiece> = (0..=LEGACY_MAX_ASKS_IN_FLIGHT as u64)
+        .map(|i| piece(300 + i, LEGACY_PIECE_BYTES))
+        .collect();
+    for p in &pieces {
+        node.hold(p);
+    }
+    let mut peer = RawPeer::legacy(&node).await;
+    let ignored = node.metric(Metric::IgnoredFramesTotal);
+    let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
+    peer.send_batch(&asks).await;
+    // Ten GIVEs, for the first ten...
+    let mut given = HashSet::new();
+    while given.len() < LEGACY_MAX_ASKS_IN_FLIGHT {
+        match peer.recv_answer().await {
+            Message::Give(give) => {
+                assert_eq!(give.piece().len(), LEGACY_PIECE_BYTES);
+                assert!(given.insert(give.id()), "given twice");
+            }
+            other => panic!("a legacy peer got {other:?}"),
+        }
+    }
+    let first_ten: HashSet<PieceId> = pieces[..LEGACY_MAX_ASKS_IN_FLIGHT]
+        .iter()
+        .map(VerifiedPiece::id)
+        .collect();
+    assert_eq!(given, first_ten);
+    // ...nothing for the eleventh, which was dropped and counted.
+    assert_eq!(peer.recv_within(Duration::from_secs(20)).await, None);
+    assert_eq!(node.metric(Metric::IgnoredFramesTotal), ignored + 1);
+    assert_eq!(node.shared.connection_count(), 1);
+    // It repeats the ASK, as the reference does, and now gets its answer.
+    let eleventh = pieces[LEGACY_MAX_ASKS_IN_FLIGHT].id();
+    peer.send(&Message::Ask(eleventh)).await;
+    match peer.recv_answer().await {
+        Message::Give(give) => assert_eq!(give.id(), eleventh),
+        other => panic!("a legacy peer got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_legacy_peer_holding_a_128_kib_piece_is_asked_directly_and_serves_the_node() {
+    let node = TestNode::start(|_| {}).await;
+    let p = piece(400, LEGACY_PIECE_BYTES);
+    let mut legacy = RawPeer::legacy(&node).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    // No WANT_HAVE (the reference would read it as a PEERS list): an ASK.
+    assert_eq!(legacy.recv_answer().await, Message::Ask(p.id()));
+    let give = Message::Give(Give::new(p.id(), p.bytes().clone()).unwrap());
+    assert_eq!(give.encoded_len(), 4 + 1 + 32 + 131_072);
+    legacy.send(&give).await;
+    let got = fetch.await.unwrap().unwrap();
+    assert_eq!(got.len(), 131_072);
+    assert_piece(&got, &p);
+    assert_eq!(node.metric(Metric::WantHaveSentTotal), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_legacy_peer_gets_only_gives_it_can_read_and_each_at_most_once_per_30_s() {
+    let node = TestNode::start(|_| {}).await;
+    let big = piece(500, MIB);
+    let small = piece(501, LEGACY_PIECE_BYTES);
+    node.hold(&big);
+    node.hold(&small);
+    let mut peer = RawPeer::legacy(&node).await;
+    let small_give = |m: Message| match m {
+        Message::Give(give) if give.id() == small.id() => {
+            assert_eq!(give.piece().len(), 131_072);
+        }
+        other => panic!("a legacy peer got {other:?}"),
+    };
+    // The 1 MiB piece gets no answer at all (no GIVE, no DONT_HAVE): the
+    // first frame back answers the ASK after it.
+    peer.send_batch(&[Message::Ask(big.id()), Message::Ask(small.id())])
+        .await;
+    small_give(peer.recv_answer().await);
+    let answered = Instant::now();
+    // Repeats within 30 s are not answered again.
+    peer.send_batch(&[Message::Ask(small.id()), Message::Ask(big.id())])
+        .await;
+    assert_eq!(peer.recv_within(Duration::from_secs(20)).await, None);
+    tokio::time::sleep_until(answered + LEGACY_ANSWER_INTERVAL).await;
+    // Once they are over, the small piece is served again; the big one never.
+    peer.send_batch(&[Message::Ask(big.id()), Message::Ask(small.id())])
+        .await;
+    small_give(peer.recv_answer().await);
+    assert_eq!(peer.recv_within(Duration::from_secs(20)).await, None);
+    assert_eq!(node.metric(Metric::PiecesServedTotal), 2);
+    assert_eq!(node.shared.connection_count(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Peers that never read
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_its_gives_is_closed_at_the_write_progress_deadline() {
+    let node = TestNode::start(|_| {}).await;
+    let pieces: Vec<VerifiedPiece> = (0..MAX_ASKS_IN_FLIGHT as u64)
+        .map(|i| piece(600 + i, MIB))
+        .collect();
+    for p in &pieces {
+        node.hold(p);
+    }
+    let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
+    let mut stuck = RawPeer::extended(&node, 1).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    // Within the cap, and never read: 16 MiB is more than the socket buffers
+    // take, so a GIVE write stops making progress.
+    let asked = Instant::now();
+    stuck.send_batch(&asks).await;
+
+    // Meanwhile another peer is served as usual.
+    let mut other = RawPeer::extended(&node, 2).await;
+    other.send(&asks[0]).await;
+    match other.recv_answer().await {
+        Message::Give(give) => assert_eq!(give.id(), pieces[0].id()),
+        m => panic!("expected the GIVE, got {m:?}"),
+    }
+    assert!(asked.elapsed() < GIVE_WRITE_PROGRESS_TIMEOUT);
+    drop(other);
+
+    let closed = wait_for(GIVE_WRITE_PROGRESS_TIMEOUT + 2 * SLACK, || {
+        node.shared.connection_count() == 0
+    })
+    .await;
+    let after = asked.elapsed();
+    assert!(closed, "still open after {after:?}");
+    assert!(
+        after >= GIVE_WRITE_PROGRESS_TIMEOUT,
+        "closed after {after:?}"
+    );
+    assert!(
+        after < GIVE_WRITE_PROGRESS_TIMEOUT + SLACK,
+        "closed after {after:?}"
+    );
+    stuck.expect_closed_within(SOON).await;
+
+    // Its queued answers went with it, and their serving budget: every piece
+    // is served again.
+    let mut fresh = RawPeer::extended(&node, 3).await;
+    fresh.send_batch(&asks).await;
+    let mut given = HashSet::new();
+    while given.len() < pieces.len() {
+        match fresh.recv_answer().await {
+            Message::Give(give) => assert!(given.insert(give.id())),
+            m => panic!("expected GIVEs, got {m:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_reader_is_counted_under_write_progress() {
+    let node = TestNode::start(|_| {}).await;
+    let asks: Vec<Message> = (0..MAX_ASKS_IN_FLIGHT as u64)
+        .map(|i| {
+            let p = piece(700 + i, MIB);
+            node.hold(&p);
+            Message::Ask(p.id())
+        })
+        .collect();
+    let mut stuck = RawPeer::extended(&node, 1).await;
+    stuck.send_batch(&asks).await;
+    let closed = wait_for(GIVE_WRITE_PROGRESS_TIMEOUT + 2 * SLACK, || {
+        node.shared.connection_count() == 0
+    })
+    .await;
+    assert!(closed);
+    assert_eq!(
+        node.closed("write_progress"),
+        1,
+        "{:?}",
+        node.shared.metrics().to_json_map()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_sending_thousands_of_asks_without_reading_is_closed_at_the_cap() {
+    let node = TestNode::start(|_| {}).await;
+    let ids: Vec<PieceId> = (0..MAX_ASKS_IN_FLIGHT as u64)
+        .map(|i| {
+            let p = piece(800 + i, MIB);
+            node.hold(&p);
+            p.id()
+        })
+        .collect();
+    let asks: Vec<Message> = ids
+        .iter()
+        .cycle()
+        .take(2_000)
+        .map(|id| Message::Ask(*id))
+        .collect();
+    let mut peer = RawPeer::extended(&node, 1).await;
+    peer.send_batch(&asks).await;
+    assert!(wait_for(SOON, || node.closed("too_many_asks") == 1).await);
+    assert!(wait_for(SOON, || node.shared.connection_count() == 0).await);
+    // At most the cap's answers were ever taken up.
+    assert!(node.metric(Metric::PiecesServedTotal) <= MAX_ASKS_IN_FLIGHT as u64);
+    drop(peer);
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_rate_paces_gives_but_never_delays_control_frames() {
+    const RATE: u64 = 2 << 20;
+    let holder = TestNode::start(|c| c.max_upload_rate = Some(RATE)).await;
+    let pieces: Vec<VerifiedPiece> = (0..8).map(|i| piece(900 + i, MIB)).collect();
+    let extra = piece(999, MIB);
+    for p in pieces.iter().chain([&extra]) {
+        holder.hold(p);
+    }
+    let fetcher = TestNode::dialling(holder.addr, |_| {}).await;
+    let mut watcher = RawPeer::extended(&holder, 1).await;
+    assert!(wait_for(SOON, || holder.shared.connection_count() == 2).await);
+
+    let started = Instant::now();
+    let fetches: Vec<_> = pieces
+        .iter()
+        .map(|p| fetcher.spawn_fetch(p.id(), Duration::from_secs(30)))
+        .collect();
+    // The burst is gone once two pieces arrived; the rest wait for tokens.
+    assert!(wait_for(SOON, || fetcher.metric(Metric::PiecesFetchedTotal) >= 2).await);
+    assert!(fetcher.metric(Metric::PiecesFetchedTotal) < 8);
+    // The watcher's own GIVE queues behind them; its WANT_HAVE does not.
+    let asked = Instant::now();
+    watcher
+        .send_batch(&[Message::Ask(extra.id()), Message::WantHave(extra.id())])
+        .await;
+    assert_eq!(watcher.recv_answer().await, Message::Have(extra.id()));
+    let answered = asked.elapsed();
+    assert!(
+        answered < Duration::from_millis(200),
+        "HAVE after {answered:?}"
+    );
+
+    for (fetch, p) in fetches.into_iter().zip(&pieces) {
+        assert_piece(&fetch.await.unwrap().unwrap(), p);
+    }
+    let took = started.elapsed();
+    let paced = paced(8 * MIB as u64, RATE);
+    assert!(took >= paced, "8 MiB in {took:?}");
+    assert!(took < Duration::from_secs(20), "8 MiB in {took:?}");
+    match watcher.recv_answer().await {
+        Message::Give(give) => assert_eq!(give.id(), extra.id()),
+        other => panic!("expected the GIVE, got {other:?}"),
+    }
+}
