@@ -22,7 +22,8 @@
 //!   swarm) and verifies; the response starts only once it has returned, so
 //!   unverified bytes are never sent. `timeout` is integer or decimal seconds,
 //!   more than 0 and at most [`MAX_FETCH_TIMEOUT`]; without it the fetch
-//!   gets [`FETCH_TIMEOUT`]. Failures map as [`FetchError`] documents.
+//!   gets the node's `--fetch-timeout` ([`FETCH_TIMEOUT`] by default).
+//!   Failures map as [`FetchError`] documents.
 //! * `POST /api/v1/pieces` — stores and pins one piece, 201
 //!   `{"sha256": "<hex>", "size": N}` ([`PieceStored`]). The body is
 //!   [`PIECE_MIN`] to [`PIECE_MAX`] bytes: an empty one is 400, a longer one
@@ -113,6 +114,12 @@ pub trait ApiBackend: Send + Sync + 'static {
     /// already checked the length ([`PIECE_MIN`] to [`PIECE_MAX`]); hashing is
     /// the backend's, off the I/O task.
     fn put_piece(&self, bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>>;
+
+    /// The fetch deadline when a request names none (the node's
+    /// `--fetch-timeout`).
+    fn default_fetch_timeout(&self) -> Duration {
+        FETCH_TIMEOUT
+    }
 }
 
 /// Why a fetch through the node failed; each variant is one HTTP status.
@@ -642,7 +649,7 @@ async fn get_piece(
         }
     };
     let timeout = match query {
-        Ok(Query(FetchQuery { timeout: None })) => FETCH_TIMEOUT,
+        Ok(Query(FetchQuery { timeout: None })) => backend.default_fetch_timeout(),
         Ok(Query(FetchQuery {
             timeout: Some(text),
         })) => match parse_timeout(&text) {

@@ -428,6 +428,10 @@ impl crate::api::ApiBackend for NodeApi {
         Box::pin(async move { shared.fetch(id, timeout).await })
     }
 
+    fn default_fetch_timeout(&self) -> Duration {
+        self.0.config.fetch_timeout
+    }
+
     fn put_piece(
         &self,
         bytes: bytes::Bytes,
