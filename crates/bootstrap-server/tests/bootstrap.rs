@@ -8,21 +8,10 @@ use std::time::Duration;
 
 use bootstrap_server::{Server, ServerConfig};
 use peer_node::conn::{FrameReader, read_one, write_message};
-use peer_node::node::{Node, NodeConfig};
+use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use wire_format::{Hello, Message, NodeId, PeerAddr, Peers};
-
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
-}
 
 async fn start_server() -> (
     SocketAddr,
@@ -137,29 +126,21 @@ async fn twenty_nodes_configured_with_only_the_bootstrap_address_each_reach_four
     let (server, _verified, _stop) = start_server().await;
     let mut nodes = Vec::new();
     for _ in 0..20 {
-        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        config.bootstrap = vec![server.to_string()];
-        let node = Node::bind(config).await.unwrap();
-        let shared = node.shared();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(node.run(async move {
-            let _ = stopped.await;
-        }));
-        nodes.push((shared, stop, task));
+        let node = RunningNode::start(|config| config.bootstrap = vec![server.to_string()]);
+        nodes.push(node.await.unwrap());
     }
     let formed = wait_for(Duration::from_secs(60), || {
         nodes
             .iter()
-            .all(|(s, _, _)| s.connected_node_ids().len() >= 4)
+            .all(|n| n.shared.connected_node_ids().len() >= 4)
     })
     .await;
     let counts: Vec<usize> = nodes
         .iter()
-        .map(|(s, _, _)| s.connected_node_ids().len())
+        .map(|n| n.shared.connected_node_ids().len())
         .collect();
     assert!(formed, "peer counts: {counts:?}");
-    for (_, stop, task) in nodes {
-        let _ = stop.send(());
-        task.await.unwrap();
+    for node in nodes {
+        node.stop().await.unwrap();
     }
 }

@@ -9,21 +9,10 @@ use std::time::Duration;
 use bootstrap_server::{Server, ServerConfig};
 use peer_node::conn::{FrameReader, read_one, write_message};
 use peer_node::metrics::Metric;
-use peer_node::node::{Node, NodeConfig};
+use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use wire_format::{AddrClass, Message, PeerAddr, Peers};
-
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
-}
 
 /// Asserts every frame is HELLO (first only) or PEERS with loopback entries,
 /// for `frames` frames or until `deadline`; returns the PEERS seen.
@@ -116,14 +105,10 @@ async fn a_node_joins_a_legacy_swarm_through_a_legacy_bootstrap_node() {
         }
         let _ = frames_tx.send(wire_format::MessageType::Cancel); // marks "closed"
     });
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-    config.bootstrap = vec![legacy_addr.to_string()];
-    let node = Node::bind(config).await.unwrap();
-    let shared = node.shared();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node.run(async move {
-        let _ = stopped.await;
-    }));
+    let node = RunningNode::start(|config| config.bootstrap = vec![legacy_addr.to_string()])
+        .await
+        .unwrap();
+    let shared = &node.shared;
     assert!(wait_for(Duration::from_secs(10), || shared.connection_count() == 1).await);
     assert_eq!(shared.metrics().value(Metric::LegacyPeersTotal), 1);
     // The node keeps the connection and sends only HELLO first, then PEERS.
@@ -140,6 +125,5 @@ async fn a_node_joins_a_legacy_swarm_through_a_legacy_bootstrap_node() {
             .all(|k| *k == wire_format::MessageType::Peers),
         "{kinds:?}"
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    node.stop().await.unwrap();
 }

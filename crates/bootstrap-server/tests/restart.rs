@@ -7,13 +7,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_server::server::REGISTRY_FILE;
 use bootstrap_server::{Server, ServerConfig};
 use peer_node::conn::{FrameReader, read_one, write_message};
-use peer_node::node::{Node, NodeConfig, Shared};
+use peer_node::node::NodeConfig;
+use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,18 +25,6 @@ const FORM_DEADLINE: Duration = Duration::from_secs(20);
 const WATCH_FOR: Duration = Duration::from_secs(2);
 /// Longest a clean stop may take (the nodes' grace period is 5 s).
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Polls `cond` every 10 ms until it holds or `deadline` passes.
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
-}
 
 /// A running bootstrap server.
 struct RunningServer {
@@ -86,61 +74,40 @@ async fn start_server(data_dir: Option<PathBuf>) -> RunningServer {
     RunningServer::start(Server::bind(config).await.unwrap())
 }
 
-/// A running node.
-struct Running {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+/// Starts a node that bootstraps from `bootstrap`, adjusted by `configure`.
+async fn start_node(
+    bootstrap: &[SocketAddr],
+    configure: impl FnOnce(&mut NodeConfig),
+) -> RunningNode {
+    let node = RunningNode::start(|config| {
+        config.bootstrap = bootstrap.iter().map(ToString::to_string).collect();
+        configure(config);
+    });
+    node.await.unwrap()
 }
 
-impl Running {
-    fn peers(&self) -> usize {
-        self.shared.connected_node_ids().len()
-    }
-
-    /// Sends the shutdown and waits until `run` has returned (peers saved).
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(STOP_DEADLINE, self.task)
-            .await
-            .expect("the node stops in time")
-            .unwrap();
-    }
+/// Sends the shutdown and waits until `run` has returned (peers saved).
+async fn stop_node(node: RunningNode) {
+    tokio::time::timeout(STOP_DEADLINE, node.stop())
+        .await
+        .expect("the node stops in time")
+        .unwrap();
 }
 
-fn node_config(bootstrap: &[SocketAddr]) -> NodeConfig {
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-    config.bootstrap = bootstrap.iter().map(ToString::to_string).collect();
-    config
-}
-
-async fn start_node(config: NodeConfig) -> Running {
-    let node = Node::bind(config).await.unwrap();
-    let addr = node.local_addr();
-    let shared = node.shared();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        shared,
-        addr,
-        stop,
-        task,
-    }
-}
-
-async fn stop_all(nodes: Vec<Running>) {
+async fn stop_all(nodes: Vec<RunningNode>) {
     for node in nodes {
-        node.stop().await;
+        stop_node(node).await;
     }
+}
+
+fn peers(node: &RunningNode) -> usize {
+    node.shared.connected_node_ids().len()
 }
 
 /// Waits until every node has at least `min` connected peers.
-async fn wait_for_swarm(nodes: &[Running], min: usize) {
-    let formed = wait_for(FORM_DEADLINE, || nodes.iter().all(|n| n.peers() >= min)).await;
-    let counts: Vec<usize> = nodes.iter().map(Running::peers).collect();
+async fn wait_for_swarm(nodes: &[RunningNode], min: usize) {
+    let formed = wait_for(FORM_DEADLINE, || nodes.iter().all(|n| peers(n) >= min)).await;
+    let counts: Vec<usize> = nodes.iter().map(peers).collect();
     assert!(
         formed,
         "every node should reach {min} peers; counts: {counts:?}"
@@ -189,7 +156,7 @@ async fn bootstrap_server_stopped_the_swarm_stays_connected_and_any_node_bootstr
     let server = start_server(None).await;
     let mut nodes = Vec::new();
     for _ in 0..6 {
-        nodes.push(start_node(node_config(&[server.addr])).await);
+        nodes.push(start_node(&[server.addr], |_| {}).await);
     }
     wait_for_swarm(&nodes, 2).await;
 
@@ -197,7 +164,7 @@ async fn bootstrap_server_stopped_the_swarm_stays_connected_and_any_node_bootstr
     // Sample for a while: no node may drop below two peers at any moment.
     let end = tokio::time::Instant::now() + WATCH_FOR;
     while tokio::time::Instant::now() < end {
-        let counts: Vec<usize> = nodes.iter().map(Running::peers).collect();
+        let counts: Vec<usize> = nodes.iter().map(peers).collect();
         assert!(
             counts.iter().all(|&c| c >= 2),
             "a node lost its peers after the bootstrap server stopped: {counts:?}"
@@ -206,8 +173,8 @@ async fn bootstrap_server_stopped_the_swarm_stays_connected_and_any_node_bootstr
     }
 
     // Every node answers as a bootstrap server does.
-    let newcomer = start_node(node_config(&[nodes[0].addr])).await;
-    let joined = wait_for(FORM_DEADLINE, || newcomer.peers() >= 1).await;
+    let newcomer = start_node(&[nodes[0].addr], |_| {}).await;
+    let joined = wait_for(FORM_DEADLINE, || peers(&newcomer) >= 1).await;
     assert!(
         joined,
         "a node bootstrapping from a node's address gets no peer"
@@ -222,7 +189,7 @@ async fn bootstrap_server_stopped_the_swarm_stays_connected_and_any_node_bootstr
         "the newcomer is connected to nodes of the swarm only"
     );
 
-    newcomer.stop().await;
+    stop_node(newcomer).await;
     stop_all(nodes).await;
 }
 
@@ -232,9 +199,8 @@ async fn a_restarted_node_rejoins_from_peers_json_without_the_bootstrap_server()
     let server = start_server(None).await;
     let mut nodes = Vec::new();
     for k in 0..4 {
-        let mut config = node_config(&[server.addr]);
-        config.peers_file = Some(dir.path().join(format!("node{k}-peers.json")));
-        nodes.push(start_node(config).await);
+        let peers_file = dir.path().join(format!("node{k}-peers.json"));
+        nodes.push(start_node(&[server.addr], |c| c.peers_file = Some(peers_file)).await);
     }
     wait_for_swarm(&nodes, 2).await;
 
@@ -245,7 +211,7 @@ async fn a_restarted_node_rejoins_from_peers_json_without_the_bootstrap_server()
         !peers_file.exists(),
         "peers.json is written at shutdown, not before"
     );
-    restarting.stop().await;
+    stop_node(restarting).await;
     let saved = saved_addrs(&peers_file);
     let running: HashSet<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     assert!(
@@ -256,10 +222,12 @@ async fn a_restarted_node_rejoins_from_peers_json_without_the_bootstrap_server()
     server.stop().await;
 
     // Same port and peers file, no bootstrap server: as after a reboot.
-    let mut config = NodeConfig::new(listen);
-    config.peers_file = Some(peers_file);
-    let restarted = start_node(config).await;
-    let rejoined = wait_for(FORM_DEADLINE, || restarted.peers() >= 1).await;
+    let restarted = start_node(&[], |c| {
+        c.listen = listen;
+        c.peers_file = Some(peers_file);
+    })
+    .await;
+    let rejoined = wait_for(FORM_DEADLINE, || peers(&restarted) >= 1).await;
     assert!(rejoined, "the restarted node found no peer from {saved:?}");
     let swarm: HashSet<NodeId> = nodes.iter().map(|n| n.shared.node_id()).collect();
     assert!(
@@ -270,7 +238,7 @@ async fn a_restarted_node_rejoins_from_peers_json_without_the_bootstrap_server()
             .all(|id| swarm.contains(id))
     );
 
-    restarted.stop().await;
+    stop_node(restarted).await;
     stop_all(nodes).await;
 }
 
@@ -284,7 +252,7 @@ async fn the_bootstrap_server_restarts_on_its_port_at_once_and_reverifies_its_re
     let (relay, stop_relay) = start_relay(server.addr).await;
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(start_node(node_config(&[relay])).await);
+        nodes.push(start_node(&[relay], |_| {}).await);
     }
     assert!(
         wait_for(FORM_DEADLINE, || (server.verified)() == 3).await,

@@ -18,6 +18,8 @@
 //! * `session` (private) — one connection from HELLO to close: handshake,
 //!   duplicate rule, close-or-count rules, writer.
 //! * [`process`] — logging and signal handling shared by both programs.
+//! * [`testing`] — helpers for tests of programs built on the node: polling
+//!   with a deadline, in-process nodes.
 
 pub mod api;
 pub mod bans;
@@ -32,3 +34,4 @@ pub mod ratelimit;
 mod serve;
 mod session;
 pub mod table;
+pub mod testing;

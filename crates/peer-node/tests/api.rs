@@ -18,6 +18,7 @@ use peer_node::api::{
     PeerState, PeerView, PutError, SHA256_HEADER, TOKEN_ERROR,
 };
 use peer_node::metrics::{Family, Metric, Metrics};
+use peer_node::testing::{RunningNode, wait_for};
 use piece_store::{Durability, MemStore, PieceStore, Retention, StoreError};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -857,33 +858,27 @@ async fn empty_token_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_node_lists_its_connected_peer() {
-    use peer_node::node::{Node, NodeConfig};
     let mut nodes = Vec::new();
     let mut first_addr = None;
     for _ in 0..2 {
-        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        config.bootstrap = first_addr
-            .iter()
-            .map(|a: &SocketAddr| a.to_string())
-            .collect();
-        let node = Node::bind(config).await.unwrap();
-        first_addr.get_or_insert(node.local_addr());
-        let shared = node.shared();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(node.run(async move {
-            let _ = stopped.await;
-        }));
-        nodes.push((shared, stop, task));
+        let node = RunningNode::start(|config| {
+            config.bootstrap = first_addr
+                .iter()
+                .map(|a: &SocketAddr| a.to_string())
+                .collect();
+        })
+        .await
+        .unwrap();
+        first_addr.get_or_insert(node.addr);
+        nodes.push(node);
     }
-    let (a, b) = (Arc::clone(&nodes[0].0), Arc::clone(&nodes[1].0));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while a.connected_node_ids() != vec![b.node_id()] {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nodes never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (a, b) = (Arc::clone(&nodes[0].shared), Arc::clone(&nodes[1].shared));
+    assert!(
+        wait_for(Duration::from_secs(20), || a.connected_node_ids()
+            == vec![b.node_id()])
+        .await,
+        "nodes never connected"
+    );
     let api = Api::start_for(Arc::new(peer_node::node::NodeApi(Arc::clone(&a)))).await;
     let response = api.get_authorized("/api/v1/peers").await;
     assert_eq!(response.status, 200);
@@ -916,9 +911,8 @@ async fn a_real_node_lists_its_connected_peer() {
         "{stats}"
     );
     api.shutdown().await;
-    for (_, stop, task) in nodes {
-        let _ = stop.send(());
-        task.await.unwrap();
+    for node in nodes {
+        node.stop().await.unwrap();
     }
 }
 

@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,8 +28,9 @@ use bytes::Bytes;
 use peer_node::api::{FetchError, PeerState};
 use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
 use peer_node::metrics::{Family, Metric};
-use peer_node::node::{Node, NodeConfig, Shared};
+use peer_node::node::{NodeConfig, Shared};
 use peer_node::ratelimit::RateLimiter;
+use peer_node::testing::{RunningNode, wait_for};
 use piece_store::{Durability, Retention};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -48,18 +50,6 @@ const SOON: Duration = Duration::from_secs(5);
 /// crosses loopback).
 const SLACK: Duration = Duration::from_secs(1);
 const MIB: usize = 1 << 20;
-
-/// Polls `cond` every 20 ms until it holds or `deadline` passes.
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
 
 /// A piece of `len` bytes, distinct for each `seed` (its first 8 bytes),
 /// cheap to build even for hundreds of MiB in a debug build.
@@ -83,23 +73,25 @@ fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A node running in this test's runtime until the runtime ends. It dials
+/// A node running in this test's runtime until the test ends. It dials
 /// nobody unless the test raises `target_outbound`.
-struct TestNode {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
+struct TestNode(RunningNode);
+
+impl Deref for TestNode {
+    type Target = RunningNode;
+
+    fn deref(&self) -> &RunningNode {
+        &self.0
+    }
 }
 
 impl TestNode {
     async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        config.target_outbound = 0;
-        configure(&mut config);
-        let node = Node::bind(config).await.unwrap();
-        let addr = node.local_addr();
-        let shared = node.shared();
-        tokio::spawn(node.run(std::future::pending()));
-        Self { shared, addr }
+        let node = RunningNode::start(|config| {
+            config.target_outbound = 0;
+            configure(config);
+        });
+        Self(node.await.unwrap())
     }
 
     /// A node with one outbound connection, to `to` (its only candidate).

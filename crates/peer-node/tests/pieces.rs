@@ -2,49 +2,24 @@
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use peer_node::api::FetchError;
 use peer_node::metrics::Metric;
-use peer_node::node::{Node, NodeConfig, Shared};
+use peer_node::testing::{RunningNode, wait_for};
 use piece_store::{Durability, Retention};
-use tokio::sync::oneshot;
 use wire_format::{PieceId, VerifiedPiece};
 
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
-struct Running {
-    shared: Arc<Shared>,
-    addr: std::net::SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start(bootstrap: Option<std::net::SocketAddr>) -> Running {
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-    config.bootstrap = bootstrap.iter().map(ToString::to_string).collect();
-    let node = Node::bind(config).await.unwrap();
-    let addr = node.local_addr();
-    let shared = node.shared();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(node.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        shared,
-        addr,
-        _stop: stop,
-    }
+/// A node bootstrapping from `bootstrap`, stopped when dropped.
+async fn start(bootstrap: Option<SocketAddr>) -> RunningNode {
+    RunningNode::start(|config| {
+        config.bootstrap = bootstrap.iter().map(ToString::to_string).collect()
+    })
+    .await
+    .unwrap()
 }
 
 fn piece(seed: u64, len: usize) -> VerifiedPiece {
@@ -56,7 +31,7 @@ fn piece(seed: u64, len: usize) -> VerifiedPiece {
     VerifiedPiece::new(Bytes::from(bytes)).unwrap()
 }
 
-fn hold(node: &Running, piece: &VerifiedPiece) {
+fn hold(node: &RunningNode, piece: &VerifiedPiece) {
     node.shared
         .store()
         .put(piece.clone(), Retention::Pinned, Durability::Wait)

@@ -12,14 +12,15 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::ops::Deref;
 use std::time::Duration;
 
 use bytes::Bytes;
 use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
 use peer_node::metrics::{Family, Metric};
-use peer_node::node::{Node, NodeConfig, Shared};
+use peer_node::node::NodeConfig;
 use peer_node::table::{DropReason, PeerTable};
+use peer_node::testing::{RunningNode, wait_for};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -37,18 +38,6 @@ const SOON: Duration = Duration::from_secs(5);
 /// How late after its deadline a timed event may be observed (a few
 /// dialler ticks of paused-clock skew, see the module docs).
 const SLACK: Duration = Duration::from_secs(1);
-
-/// Polls `cond` every 20 ms until it holds or `deadline` passes.
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -96,24 +85,27 @@ fn assert_loopback_only(peers: &Peers) {
     }
 }
 
-/// A node running in this test's runtime until the runtime ends.
-struct TestNode {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
+/// A node running in this test's runtime until the test ends.
+struct TestNode(RunningNode);
+
+impl Deref for TestNode {
+    type Target = RunningNode;
+
+    fn deref(&self) -> &RunningNode {
+        &self.0
+    }
 }
 
 impl TestNode {
     async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        // Nothing a test peer names is dialled, so a filter bug cannot send
-        // traffic off this machine; the self-connection test turns it on.
-        config.target_outbound = 0;
-        configure(&mut config);
-        let node = Node::bind(config).await.unwrap();
-        let addr = node.local_addr();
-        let shared = node.shared();
-        tokio::spawn(node.run(std::future::pending()));
-        Self { shared, addr }
+        let node = RunningNode::start(|config| {
+            // Nothing a test peer names is dialled, so a filter bug cannot
+            // send traffic off this machine; the self-connection test turns
+            // it on.
+            config.target_outbound = 0;
+            configure(config);
+        });
+        Self(node.await.unwrap())
     }
 
     fn metric(&self, metric: Metric) -> u64 {

@@ -2,48 +2,16 @@
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use peer_node::metrics::Metric;
-use peer_node::node::{Node, NodeConfig, Shared};
-use tokio::sync::oneshot;
+use peer_node::testing::{RunningNode, wait_for};
 
-/// Polls `cond` every 20 ms until it holds or `deadline` passes.
-async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
-struct Running {
-    shared: Arc<Shared>,
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start(bootstrap: Vec<String>) -> Running {
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-    config.bootstrap = bootstrap;
-    let node = Node::bind(config).await.unwrap();
-    let addr = node.local_addr();
-    let shared = node.shared();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(node.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        shared,
-        addr,
-        stop: Some(stop),
-        task,
-    }
+/// A node bootstrapping from `bootstrap`, stopped when dropped.
+async fn start(bootstrap: Vec<String>) -> RunningNode {
+    RunningNode::start(|config| config.bootstrap = bootstrap)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +21,7 @@ async fn twenty_nodes_find_each_other_through_one_node_as_bootstrap() {
     for _ in 0..19 {
         nodes.push(start(vec![seed.addr.to_string()]).await);
     }
-    let all: Vec<&Running> = std::iter::once(&seed).chain(nodes.iter()).collect();
+    let all: Vec<&RunningNode> = std::iter::once(&seed).chain(nodes.iter()).collect();
     let formed = wait_for(Duration::from_secs(60), || {
         all.iter().all(|n| n.shared.connected_node_ids().len() >= 4)
     })
@@ -63,9 +31,8 @@ async fn twenty_nodes_find_each_other_through_one_node_as_bootstrap() {
         .map(|n| n.shared.connected_node_ids().len())
         .collect();
     assert!(formed, "peer counts: {counts:?}");
-    for mut n in nodes.into_iter().chain(std::iter::once(seed)) {
-        let _ = n.stop.take().unwrap().send(());
-        n.task.await.unwrap();
+    for n in nodes.into_iter().chain(std::iter::once(seed)) {
+        n.stop().await.unwrap();
     }
 }
 
@@ -140,9 +107,8 @@ async fn nodes_dialling_each_other_at_once_keep_exactly_one_connection() {
                 (1, 1)
             );
         }
-        for mut n in [a, b] {
-            let _ = n.stop.take().unwrap().send(());
-            n.task.await.unwrap();
+        for n in [a, b] {
+            n.stop().await.unwrap();
         }
     }
 }

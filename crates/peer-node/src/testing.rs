@@ -1,0 +1,77 @@
+//! Helpers for tests of programs built on the node: polling a condition
+//! with a deadline, and nodes running in-process on loopback.
+//!
+//! Both go by tokio's clock, so they work the same on the real clock and on
+//! the paused clock of `#[tokio::test(start_paused = true)]`. Call them
+//! within a tokio runtime.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+use crate::node::{Node, NodeConfig, NodeError, Shared};
+
+/// How often [`wait_for`] checks its condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Checks `cond` every [`POLL_INTERVAL`] until it holds or `deadline` has
+/// passed, and once more after that; returns whether it held.
+pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    cond()
+}
+
+/// A [`Node`] listening on `127.0.0.1:0` (unless configured otherwise) and
+/// running in a spawned task until [`stop`](Self::stop) is called, this
+/// handle is dropped (which stops it without waiting), or the runtime ends.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The node's shared state: its metrics, peers, store and fetches.
+    pub shared: Arc<Shared>,
+    /// The address the node's listener is bound to.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Binds a node with the defaults of [`NodeConfig::new`] on
+    /// `127.0.0.1:0`, as adjusted by `configure`, and runs it.
+    pub async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Result<Self, NodeError> {
+        let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        configure(&mut config);
+        let node = Node::bind(config).await?;
+        let addr = node.local_addr();
+        let shared = node.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.run(async move {
+            // A dropped sender stops the node too.
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            shared,
+            addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Signals the shutdown and waits until [`Node::run`] has returned (its
+    /// connections closed and `peers.json` saved). An error is the node's
+    /// task having panicked or been cancelled.
+    pub async fn stop(self) -> Result<(), JoinError> {
+        // A failed send means the task has ended already; its result says how.
+        let _ = self.stop.send(());
+        self.task.await
+    }
+}
