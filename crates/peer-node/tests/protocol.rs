@@ -836,3 +836,33 @@ async fn a_dual_stack_listener_sees_ipv4_peers_in_canonical_form() {
     assert_eq!(node.metric(Metric::LegacyPeersTotal), 1);
     assert_eq!(node.shared.connection_count(), 1);
 }
+
+#[tokio::test]
+async fn inbound_connections_stop_at_the_global_limit_less_the_outbound_slots() {
+    // max_connections 4 with 2 outbound slots reserved: 2 inbound accepted,
+    // the third refused at once; loopback is exempt from the per-IP limit
+    // but not from these.
+    let node = TestNode::start(|config| {
+        config.max_connections = 4;
+        config.target_outbound = 2;
+    })
+    .await;
+    assert_eq!(NodeConfig::new(node.addr).max_inbound(), 64 - 8);
+    let first = RawPeer::extended(&node, 1).await;
+    let second = RawPeer::extended(&node, 2).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    let mut third = RawPeer::connect(node.addr).await;
+    // Refused before any frame: the socket just closes.
+    assert!(matches!(
+        read_one(&mut third.reader, SOON).await,
+        Ok(None) | Err(ConnError::Io(_) | ConnError::Truncated { .. })
+    ));
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
+    assert_eq!(node.shared.connection_count(), 2);
+    // A freed slot is taken again.
+    drop(first);
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    let _again = RawPeer::extended(&node, 3).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    drop(second);
+}
