@@ -28,6 +28,8 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Installed before anything else, so an early signal is a clean stop.
+    let shutdown = peer_node::process::shutdown_signal();
     // The same rules as a node's data dir: created 0700, refused when
     // another user owns it or others may write it.
     let dir = match &args.data_dir {
@@ -54,7 +56,7 @@ async fn run(args: Args) -> Result<(), String> {
         args.max_peers,
         (args.max_peers * 300) >> 20
     );
-    server.run(peer_node::process::shutdown_signal()).await;
+    server.run(shutdown).await;
     Ok(())
 }
 

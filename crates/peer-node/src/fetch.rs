@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use piece_store::{Durability, Retention};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info_span};
 use wire_format::limits::{ASK_PROGRESS_TIMEOUT, PIECE_MAX};
@@ -114,18 +115,42 @@ impl Shared {
                     tokio::spawn(
                         async move {
                             let outcome = run_fetch(&shared, id, timeout, events_rx).await;
-                            shared.fetches().remove(&id);
-                            match &outcome {
-                                Ok(_) => shared.metrics.incr(Metric::FetchesSucceededTotal),
-                                Err(FetchError::NotFound) => {
-                                    shared.metrics.incr(Metric::FetchesNotFoundTotal)
+                            match outcome {
+                                Ok(piece) => {
+                                    shared.metrics.incr(Metric::FetchesSucceededTotal);
+                                    // The requesters get the piece at once...
+                                    let _ = result_tx.send(Some(Ok(piece.bytes().clone())));
+                                    // ...and the fetch stays registered (answering
+                                    // newcomers from its result) until the cache
+                                    // copy is in the store, so nobody fetches the
+                                    // piece again in between.
+                                    let store = Arc::clone(&shared.store);
+                                    let _ = tokio::task::spawn_blocking(move || {
+                                        if !store.has(&piece.id()) {
+                                            let _ = store.put(
+                                                piece,
+                                                Retention::Cached,
+                                                Durability::Background,
+                                            );
+                                        }
+                                    })
+                                    .await;
+                                    shared.fetches().remove(&id);
                                 }
-                                Err(FetchError::Deadline) => {
-                                    shared.metrics.incr(Metric::FetchesDeadlineTotal)
+                                Err(err) => {
+                                    shared.fetches().remove(&id);
+                                    match &err {
+                                        FetchError::NotFound => {
+                                            shared.metrics.incr(Metric::FetchesNotFoundTotal)
+                                        }
+                                        FetchError::Deadline => {
+                                            shared.metrics.incr(Metric::FetchesDeadlineTotal)
+                                        }
+                                        _ => {}
+                                    }
+                                    let _ = result_tx.send(Some(Err(err)));
                                 }
-                                Err(_) => {}
                             }
-                            let _ = result_tx.send(Some(outcome));
                         }
                         .instrument(span),
                     );
@@ -148,6 +173,18 @@ impl Shared {
             .unwrap_or(Err(FetchError::Deadline))
     }
 
+    /// The piece, if a fetch for it has just finished and its cache copy is
+    /// still being written: peers asking meanwhile are answered from it.
+    pub(crate) fn fetched(&self, id: &PieceId) -> Option<Bytes> {
+        let fetches = self.fetches();
+        let handle = fetches.get(id)?;
+        let result = handle.result.borrow();
+        match result.as_ref() {
+            Some(Ok(bytes)) => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
     /// Delivers an event to the fetch of `id`, if one runs.
     pub(crate) fn fetch_event(&self, id: &PieceId, event: FetchEvent) -> bool {
         let sender = self.fetches().get(id).map(|h| h.events.clone());
@@ -167,7 +204,7 @@ async fn run_fetch(
     id: PieceId,
     timeout: Duration,
     mut events: mpsc::Receiver<FetchEvent>,
-) -> Result<Bytes, FetchError> {
+) -> Result<VerifiedPiece, FetchError> {
     let started = now();
     let deadline = started + timeout;
     let mut peers: HashMap<u64, Candidate> = HashMap::new();
@@ -343,7 +380,7 @@ async fn run_fetch(
                 // The loser of a hedge gets a CANCEL; its late answer, if
                 // any, is a counted duplicate.
                 withdraw_all(&mut peers, &id, at);
-                return Ok(piece.into_bytes());
+                return Ok(piece);
             }
             FetchEvent::Connected(link) => {
                 if widened.is_some() {

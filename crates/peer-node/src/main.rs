@@ -77,6 +77,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Installed before anything else, so an early signal is a clean stop.
+    let shutdown = peer_node::process::shutdown_signal();
     let dir_path = match args.data_dir {
         Some(path) => path,
         None => default_path().map_err(|e| e.to_string())?,
@@ -149,7 +151,7 @@ async fn run(args: Args) -> Result<(), String> {
             let _ = api_stopped.await;
         },
     ));
-    node.run(peer_node::process::shutdown_signal()).await;
+    node.run(shutdown).await;
     let _ = stop_api.send(());
     let _ = api.await;
     let _ = dir.remove_api_addr();

@@ -14,15 +14,28 @@ pub fn init_logging() {
         .init();
 }
 
-/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+/// A future that resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+///
+/// The handlers are installed when this function is called, not when the
+/// future is first polled: call it first thing, so a signal that arrives
+/// while the program is still starting up shuts it down cleanly instead of
+/// killing it. Call it within a tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            // Without handlers, wait for Ctrl-C the portable way.
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

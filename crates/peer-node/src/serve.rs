@@ -88,6 +88,9 @@ pub(crate) fn on_ask(shared: &Arc<Shared>, link: &Arc<Link>, id: PieceId) -> Res
 /// The piece from the store, read on the blocking pool; `None` if absent
 /// or unreadable (a corrupt copy is removed by the store and not served).
 pub(crate) async fn read_piece(shared: &Arc<Shared>, id: PieceId) -> Option<Bytes> {
+    if let Some(bytes) = shared.fetched(&id) {
+        return Some(bytes);
+    }
     let store = Arc::clone(&shared.store);
     match tokio::task::spawn_blocking(move || store.get(&id)).await {
         Ok(Ok(bytes)) => bytes,
@@ -110,7 +113,7 @@ pub(crate) fn on_cancel(shared: &Shared, link: &Link, id: PieceId) {
 
 /// A peer's WANT_HAVE: HAVE or DONT_HAVE, from the in-memory index.
 pub(crate) fn on_want_have(shared: &Shared, link: &Link, id: PieceId) -> Result<(), ConnError> {
-    let message = if shared.store.has(&id) {
+    let message = if shared.store.has(&id) || shared.fetched(&id).is_some() {
         Message::Have(id)
     } else {
         Message::DontHave(id)

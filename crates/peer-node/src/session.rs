@@ -653,17 +653,19 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
                 if late {
                     shared.metrics.add(Metric::DuplicateBytesTotal, len);
                 }
-                // The requester gets the piece at once; its cache copy is
-                // written meanwhile and made durable by the next group commit.
-                let store = Arc::clone(&shared.store);
-                let copy = piece.clone();
                 if !late {
                     shared.last_giver.store(link.id, Ordering::Relaxed);
                 }
-                shared.fetch_event(&id, FetchEvent::Gave(link.id, piece));
-                if !store.has(&copy.id()) {
+                // A running fetch takes the piece (and writes its cache copy
+                // once the requesters have it); otherwise, a late answer,
+                // it is cached here, durable with the next group commit.
+                let copy = piece.clone();
+                if !shared.fetch_event(&id, FetchEvent::Gave(link.id, piece)) {
+                    let store = Arc::clone(&shared.store);
                     let _ = tokio::task::spawn_blocking(move || {
-                        let _ = store.put(copy, Retention::Cached, Durability::Background);
+                        if !store.has(&copy.id()) {
+                            let _ = store.put(copy, Retention::Cached, Durability::Background);
+                        }
                     })
                     .await;
                 }
