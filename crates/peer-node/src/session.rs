@@ -105,6 +105,11 @@ pub(crate) async fn run(
     let our_hello = Message::Hello(Hello::ours(Some(shared.listen_port), false, shared.node_id));
     // Our own address as this peer sees it: the local IP of this connection.
     let me = local.map(|l| PeerAddr::new(l.ip(), shared.listen_port));
+    // That address is ours: a PEERS naming it (peers tell each other whom
+    // they know, us included) is dropped, and it is never dialled or saved.
+    if let Some(me) = me {
+        shared.state().table.mark_ours(me);
+    }
 
     // The dialler speaks first (HELLO, then PEERS naming itself); the
     // accepting side answers after the first frame, like a bootstrap server.
