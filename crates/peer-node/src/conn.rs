@@ -286,17 +286,6 @@ pub async fn read_one<R: AsyncRead + Unpin>(
         })?
 }
 
-/// Reads and discards until the peer closes, with a deadline.
-pub async fn drain<R: AsyncRead + Unpin>(io: &mut R, deadline: Duration) -> io::Result<()> {
-    let mut sink = [0u8; 4096];
-    let _ = timeout(deadline, async {
-        while io.read(&mut sink).await? > 0 {}
-        Ok::<_, io::Error>(())
-    })
-    .await;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
