@@ -127,8 +127,14 @@ impl Index {
         {
             return Err(full());
         }
+        Ok(self.evict_until_free(size))
+    }
+
+    /// Evicts least-recently-used cached pieces until `free` bytes fit under
+    /// the capacity, or nothing evictable is left; returns the victims.
+    fn evict_until_free(&mut self, free: u64) -> Vec<PieceId> {
         let mut victims = Vec::new();
-        while self.bytes + size > self.capacity {
+        while self.bytes.saturating_add(free) > self.capacity {
             let Some((_, id)) = self.lru.pop_first() else {
                 break;
             };
@@ -139,7 +145,7 @@ impl Index {
                 victims.push(id);
             }
         }
-        Ok(victims)
+        victims
     }
 
     /// Adds a piece the caller made room for. `committed` says whether its
@@ -230,19 +236,7 @@ impl Index {
     /// Evicts cached pieces until the held bytes fit the capacity (after the
     /// capacity was lowered between runs).
     pub(crate) fn shrink_to_capacity(&mut self) -> Vec<PieceId> {
-        let mut victims = Vec::new();
-        while self.bytes > self.capacity {
-            let Some((_, id)) = self.lru.pop_first() else {
-                break;
-            };
-            if let Some(entry) = self.entries.remove(&id) {
-                self.bytes -= entry.size;
-                self.lru_bytes -= entry.size;
-                self.evictions += 1;
-                victims.push(id);
-            }
-        }
-        victims
+        self.evict_until_free(0)
     }
 
     /// Iterates entries (for tests and scans).
