@@ -177,33 +177,10 @@ pub(crate) async fn run(
     // Probes and tools (CLIENT) get the same answers as anyone but are never
     // recorded, listed, dialled back or deduplicated.
     let record = !hello.is_some_and(|h| h.flags().client());
-    if purpose == Purpose::Announce {
-        if hello.is_some() {
-            return read_bootstrap_answer(&shared, &mut reader, remote).await;
-        }
-        // A legacy bootstrap node keeps its connection (closing it while it
-        // writes kills it); it lives on as a peer connection of its own.
-        tokio::spawn(
-            async move {
-                let _ = serve(
-                    shared,
-                    reader,
-                    wr,
-                    remote,
-                    direction,
-                    dialed,
-                    hello,
-                    legacy_first,
-                    true,
-                )
-                .await;
-            }
-            .in_current_span(),
-        );
-        return Ok(());
+    if purpose == Purpose::Announce && hello.is_some() {
+        return read_bootstrap_answer(&shared, &mut reader, remote).await;
     }
-    serve(
-        shared,
+    let conn = Handshaken {
         reader,
         wr,
         remote,
@@ -211,9 +188,19 @@ pub(crate) async fn run(
         dialed,
         hello,
         legacy_first,
-        record,
-    )
-    .await
+    };
+    if purpose == Purpose::Announce {
+        // A legacy bootstrap node keeps its connection (closing it while it
+        // writes kills it); it lives on as a peer connection of its own.
+        tokio::spawn(
+            async move {
+                let _ = serve(shared, conn, true).await;
+            }
+            .in_current_span(),
+        );
+        return Ok(());
+    }
+    serve(shared, conn, record).await
 }
 
 /// Records a failed handshake; returns its message.
@@ -391,18 +378,32 @@ fn probe_inbound(shared: &Arc<Shared>, conn_id: u64, remote: PeerAddr, hello: He
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    shared: Arc<Shared>,
-    mut reader: FrameReader<OwnedReadHalf>,
+/// A connection past the HELLO exchange, ready to be served.
+struct Handshaken {
+    reader: FrameReader<OwnedReadHalf>,
     wr: OwnedWriteHalf,
     remote: PeerAddr,
     direction: Direction,
+    /// The address we dialled, for outbound connections.
     dialed: Option<PeerAddr>,
+    /// The peer's HELLO; `None` for a legacy peer.
     hello: Option<Hello>,
+    /// A legacy peer's first frame, already read.
     legacy_first: Option<Message>,
-    record: bool,
-) -> Result<(), String> {
+}
+
+/// Runs a connection to its end. `record`: whether it is registered (a
+/// CLIENT connection gets the same answers but is never recorded).
+async fn serve(shared: Arc<Shared>, conn: Handshaken, record: bool) -> Result<(), String> {
+    let Handshaken {
+        mut reader,
+        wr,
+        remote,
+        direction,
+        dialed,
+        hello,
+        legacy_first,
+    } = conn;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let (close_tx, mut close_rx) = watch::channel(false);
     let mut node_closing = shared.closing.subscribe();
