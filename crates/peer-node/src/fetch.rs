@@ -402,3 +402,50 @@ fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) 
 
 /// Budget units per piece must cover the largest piece.
 const _: () = assert!(PIECE_UNITS as usize * BUDGET_UNIT >= PIECE_MAX);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{Node, NodeConfig};
+    use wire_format::PeerAddr;
+
+    async fn idle_node() -> Arc<Shared> {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.target_outbound = 0;
+        Node::bind(config).await.unwrap().shared()
+    }
+
+    #[tokio::test]
+    async fn the_fetch_budget_admits_an_ask_only_while_a_whole_piece_fits() {
+        let shared = idle_node().await;
+        let total = u32::try_from(FETCH_BUDGET_BYTES / BUDGET_UNIT).unwrap();
+        // Everything but exactly one piece is reserved elsewhere.
+        let _taken = Arc::clone(&shared.fetch_budget)
+            .try_acquire_many_owned(total - PIECE_UNITS)
+            .unwrap();
+        let last = reserve(&shared).expect("one piece still fits");
+        assert!(reserve(&shared).is_none(), "no room for another piece");
+        drop(last);
+        assert!(
+            reserve(&shared).is_some(),
+            "an answered ASK frees its share"
+        );
+    }
+
+    #[tokio::test]
+    async fn widening_dials_at_most_widen_dials_candidates() {
+        let shared = idle_node().await;
+        // Ports nobody listens on, on loopback: the dials fail at once.
+        for _ in 0..WIDEN_DIALS + 4 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            shared.add_candidate(PeerAddr::new([127, 0, 0, 1].into(), port));
+        }
+        assert_eq!(shared.widen(WIDEN_DIALS), WIDEN_DIALS);
+        // The rest, not the ones already being dialled.
+        assert_eq!(shared.widen(WIDEN_DIALS), 4);
+    }
+}
