@@ -38,8 +38,8 @@ fn hold(node: &RunningNode, piece: &VerifiedPiece) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_piece_held_by_a_peer_is_fetched_verified() {
+/// Node `a`, and node `b` connected to it (`a` as its bootstrap).
+async fn connected_pair() -> (RunningNode, RunningNode) {
     let a = start(None).await;
     let b = start(Some(a.addr)).await;
     assert!(
@@ -50,6 +50,12 @@ async fn a_piece_held_by_a_peer_is_fetched_verified() {
             == 1)
         .await
     );
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_held_by_a_peer_is_fetched_verified() {
+    let (a, b) = connected_pair().await;
     let p = piece(1, 1 << 20);
     hold(&a, &p);
     let got = b
@@ -91,16 +97,7 @@ async fn a_piece_nobody_holds_is_not_found_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_for_one_piece_share_one_fetch() {
-    let a = start(None).await;
-    let b = start(Some(a.addr)).await;
-    assert!(
-        wait_for(Duration::from_secs(10), || b
-            .shared
-            .connected_node_ids()
-            .len()
-            == 1)
-        .await
-    );
+    let (a, b) = connected_pair().await;
     let p = piece(7, 300_000);
     hold(&a, &p);
     let mut tasks = Vec::new();
