@@ -433,19 +433,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn widening_dials_at_most_widen_dials_candidates() {
+    async fn widening_dials_at_most_widen_dials_candidates_and_never_a_banned_one() {
         let shared = idle_node().await;
         // Ports nobody listens on, on loopback: the dials fail at once.
-        for _ in 0..WIDEN_DIALS + 4 {
+        let mut candidates = Vec::new();
+        for _ in 0..WIDEN_DIALS + 5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            shared.add_candidate(PeerAddr::new([127, 0, 0, 1].into(), port));
+            let addr = PeerAddr::new([127, 0, 0, 1].into(), port);
+            shared.add_candidate(addr);
+            candidates.push(addr);
         }
+        // One of them lied once.
+        let liar = candidates[0];
+        shared.bans().ban(
+            crate::bans::BanTarget::new(liar.ip(), Some(liar.port()), None),
+            "test".into(),
+            None,
+            now(),
+            0,
+        );
         assert_eq!(shared.widen(WIDEN_DIALS), WIDEN_DIALS);
-        // The rest, not the ones already being dialled.
+        // The rest, less the banned one and those already being dialled.
         assert_eq!(shared.widen(WIDEN_DIALS), 4);
+        assert!(!shared.state().dialing.contains(&liar));
     }
 }

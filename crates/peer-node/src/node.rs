@@ -251,18 +251,31 @@ impl Shared {
     /// Dials up to `max` table candidates that are neither connected nor
     /// being dialled (a fetch widening its search); returns how many.
     pub(crate) fn widen(self: &Arc<Self>, max: usize) -> usize {
+        self.dial_due(max)
+    }
+
+    /// Starts dials to up to `max` table candidates that are due, not
+    /// banned, and neither connected (by address or node id) nor being
+    /// dialled; returns how many. The dialler and a widening fetch both
+    /// pick candidates here.
+    fn dial_due(self: &Arc<Self>, max: usize) -> usize {
         let todo = {
             let mut state = self.state();
             let mut skip: HashSet<PeerAddr> = state.dialing.clone();
             skip.extend(state.conns.values().filter_map(|c| c.dialable));
             let connected: HashSet<NodeId> =
                 state.conns.values().filter_map(|c| c.node_id).collect();
+            let at = now();
+            let bans = self.bans();
             for (addr, c) in state.table.iter() {
-                if c.node_id.is_some_and(|id| connected.contains(&id)) {
+                if c.node_id.is_some_and(|id| connected.contains(&id))
+                    || bans.is_addr_banned(*addr, at)
+                {
                     skip.insert(*addr);
                 }
             }
-            let due = state.table.due(now(), &skip, max);
+            drop(bans);
+            let due = state.table.due(at, &skip, max);
             state.dialing.extend(due.iter().copied());
             due
         };
@@ -737,7 +750,7 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             () = tokio::time::sleep(DIAL_TICK) => {}
         }
-        let todo = {
+        let want = {
             let state = shared.state();
             let outbound = state
                 .conns
@@ -745,36 +758,22 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .filter(|c| c.direction == Direction::Out)
                 .count()
                 + state.dialing.len();
-            let want = shared
-                .config
-                .target_outbound
-                .saturating_sub(outbound)
-                .min(per_tick);
-            if want == 0 || state.conns.len() >= shared.config.max_connections {
-                continue;
+            if state.conns.len() >= shared.config.max_connections {
+                0
+            } else {
+                shared
+                    .config
+                    .target_outbound
+                    .saturating_sub(outbound)
+                    .min(per_tick)
             }
-            let mut skip: HashSet<PeerAddr> = state.dialing.clone();
-            let connected_ids: HashSet<NodeId> =
-                state.conns.values().filter_map(|c| c.node_id).collect();
-            skip.extend(state.conns.values().filter_map(|c| c.dialable));
-            for (addr, c) in state.table.iter() {
-                if c.node_id.is_some_and(|id| connected_ids.contains(&id)) {
-                    skip.insert(*addr);
-                }
-            }
-            let mut due = state.table.due(now(), &skip, want);
-            drop(state);
-            due.retain(|addr| !shared.bans().is_addr_banned(*addr, now()));
-            shared.state().dialing.extend(due.iter().copied());
-            due
         };
-        for addr in todo {
-            tokio::spawn(dial(Arc::clone(&shared), addr));
+        if want > 0 {
+            shared.dial_due(want);
         }
     }
 }
 
-/// Announces to every bootstrap server now and every re-announce interval.
 async fn run_announcer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     if shared.config.bootstrap.is_empty() {
         return;
