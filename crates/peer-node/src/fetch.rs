@@ -436,16 +436,18 @@ mod tests {
     async fn widening_dials_at_most_widen_dials_candidates_and_never_a_banned_one() {
         let shared = idle_node().await;
         // Ports nobody listens on, on loopback: the dials fail at once.
-        let mut candidates = Vec::new();
-        for _ in 0..WIDEN_DIALS + 5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = PeerAddr::new([127, 0, 0, 1].into(), port);
+        // The listeners are all held until every port is known, so the
+        // kernel cannot hand one port out twice.
+        let listeners: Vec<_> = (0..WIDEN_DIALS + 5)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let candidates: Vec<PeerAddr> = listeners
+            .iter()
+            .map(|l| PeerAddr::new([127, 0, 0, 1].into(), l.local_addr().unwrap().port()))
+            .collect();
+        drop(listeners);
+        for &addr in &candidates {
             shared.add_candidate(addr);
-            candidates.push(addr);
         }
         // One of them lied once.
         let liar = candidates[0];
