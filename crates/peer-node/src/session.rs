@@ -635,48 +635,50 @@ impl Rules {
 
 /// A GIVE that answers one of our ASKs (or is a late answer to one): wait
 /// for a slot (bounding the bytes being verified or written node-wide to
-/// `VERIFY_QUEUE_PIECES` pieces), then hash on the blocking pool while this
-/// connection goes on reading, hand the piece to its fetch, and write the
-/// cache copy.
+/// `VERIFY_QUEUE_PIECES` pieces), then, on the blocking pool while this
+/// connection goes on reading: hash, hand the piece to its fetch, and write
+/// the cache copy of a late answer.
+///
+/// Everything after the hash runs on the same blocking thread (delivering
+/// is a channel send, a ban is a few locks, a cache copy is blocking I/O
+/// anyway): no task hop between "verified" and "the fetch has it".
 async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format::Give, late: bool) {
     let Ok(slot) = Arc::clone(&shared.verify_slots).acquire_owned().await else {
         return;
     };
     let shared = Arc::clone(shared);
     let link = Arc::clone(link);
-    tokio::spawn(async move {
-        let (id, bytes) = give.into_parts();
-        let len = bytes.len() as u64;
-        let verified = tokio::task::spawn_blocking(move || VerifiedPiece::verify(id, bytes)).await;
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _span = span.entered();
         // The slot is held until the cache copy is written too: a disk
         // slower than the network then slows the reader (bounded memory),
         // instead of piling up pieces waiting for the disk.
         let _slot = slot;
-        match verified {
-            Ok(Ok(piece)) => {
+        let (id, bytes) = give.into_parts();
+        let len = bytes.len() as u64;
+        match VerifiedPiece::verify(id, bytes) {
+            Ok(piece) => {
                 shared.metrics.incr(Metric::PiecesFetchedTotal);
                 shared.metrics.add(Metric::PieceBytesFetchedTotal, len);
                 if late {
                     shared.metrics.add(Metric::DuplicateBytesTotal, len);
-                }
-                if !late {
+                } else {
                     shared.last_giver.store(link.id, Ordering::Relaxed);
                 }
                 // A running fetch takes the piece (and writes its cache copy
                 // once the requesters have it); otherwise, a late answer,
                 // it is cached here, durable with the next group commit.
                 let copy = piece.clone();
-                if !shared.fetch_event(&id, FetchEvent::Gave(link.id, piece)) {
-                    let store = Arc::clone(&shared.store);
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if !store.has(&copy.id()) {
-                            let _ = store.put(copy, Retention::Cached, Durability::Background);
-                        }
-                    })
-                    .await;
+                if !shared.fetch_event(&id, FetchEvent::Gave(link.id, piece))
+                    && !shared.store.has(&copy.id())
+                {
+                    let _ = shared
+                        .store
+                        .put(copy, Retention::Cached, Durability::Background);
                 }
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 // Proof of a lie: ban, close, and let the fetch go elsewhere.
                 shared.metrics.incr(Metric::BansTotal);
                 warn!(conn = link.id, %id, %err, "peer sent a piece that does not match its name; banned");
@@ -688,7 +690,6 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
                 link.close_with("banned");
                 shared.fetch_event(&id, FetchEvent::Failed(link.id));
             }
-            Err(_) => {}
         }
     });
 }
