@@ -16,24 +16,23 @@
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashSet;
-use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use peer_node::api::{FetchError, PeerState};
-use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
-use peer_node::metrics::{Family, Metric};
+use peer_node::conn::{read_one, write_message};
+use peer_node::metrics::Metric;
 use peer_node::node::{NodeConfig, Shared};
 use peer_node::ratelimit::RateLimiter;
-use peer_node::testing::{RunningNode, wait_for};
+use peer_node::testing::wait_for;
 use piece_store::{Durability, Retention};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -41,10 +40,10 @@ use wire_format::limits::{
     ASK_PROGRESS_TIMEOUT, BAN_DURATION, FETCH_TIMEOUT, GIVE_WRITE_PROGRESS_TIMEOUT,
     LEGACY_ANSWER_INTERVAL, LEGACY_MAX_ASKS_IN_FLIGHT, LEGACY_PIECE_BYTES, MAX_ASKS_IN_FLIGHT,
 };
-use wire_format::{Give, Hello, Message, NodeId, PeerAddr, Peers, PieceId, VerifiedPiece};
+use wire_format::{Give, Hello, Message, NodeId, PieceId, VerifiedPiece};
 
-/// Deadline for anything that should happen at once.
-const SOON: Duration = Duration::from_secs(5);
+use common::{RawPeer, SOON, TestNode, closed_port};
+
 /// How late after its deadline a timed event may be observed on the paused
 /// clock (the node's 100 ms dialler tick lets the clock jump while a frame
 /// crosses loopback).
@@ -66,34 +65,8 @@ fn paced(bytes: u64, rate: u64) -> Duration {
     Duration::from_secs_f64(bytes.saturating_sub(burst) as f64 / rate as f64)
 }
 
-/// A loopback port nobody listens on: a node's dial-back probe to it fails
-/// at once, so a raw peer never becomes a dial candidate.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// A node running in this test's runtime until the test ends. It dials
-/// nobody unless the test raises `target_outbound`.
-struct TestNode(RunningNode);
-
-impl Deref for TestNode {
-    type Target = RunningNode;
-
-    fn deref(&self) -> &RunningNode {
-        &self.0
-    }
-}
-
+/// What these tests ask of a node beyond the shared helpers.
 impl TestNode {
-    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let node = RunningNode::start(|config| {
-            config.target_outbound = 0;
-            configure(config);
-        });
-        Self(node.await.unwrap())
-    }
-
     /// A node with one outbound connection, to `to` (its only candidate).
     async fn dialling(to: SocketAddr, configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let node = Self::start(|c| {
@@ -103,20 +76,6 @@ impl TestNode {
         .await;
         node.shared.add_candidate(to.into());
         node
-    }
-
-    fn id(&self) -> NodeId {
-        self.shared.node_id()
-    }
-
-    fn metric(&self, metric: Metric) -> u64 {
-        self.shared.metrics().value(metric)
-    }
-
-    fn closed(&self, reason: &str) -> u64 {
-        self.shared
-            .metrics()
-            .labelled_value(Family::ConnectionsClosedTotal, reason)
     }
 
     /// Connections closed, whatever the reason.
@@ -163,119 +122,6 @@ impl TestNode {
 fn assert_piece(got: &Bytes, want: &VerifiedPiece) {
     assert_eq!(PieceId::of(got), want.id());
     assert!(got == want.bytes(), "bytes differ from the piece");
-}
-
-/// The test's end of one connection.
-struct RawPeer {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl RawPeer {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (rd, writer) = stream.into_split();
-        Self {
-            reader: FrameReader::new(rd),
-            writer,
-        }
-    }
-
-    /// An extended peer after the handshake (HELLO sent; the node's HELLO
-    /// and first PEERS read), listening on a closed port.
-    async fn extended(node: &TestNode, id: u8) -> Self {
-        Self::extended_as(node, NodeId([id; 8]), closed_port()).await
-    }
-
-    async fn extended_as(node: &TestNode, id: NodeId, listen_port: u16) -> Self {
-        let mut peer = Self::connect(node.addr).await;
-        peer.send(&Message::Hello(Hello::ours(Some(listen_port), false, id)))
-            .await;
-        match peer.recv().await {
-            Message::Hello(theirs) => assert_eq!(theirs.node_id(), node.id()),
-            other => panic!("expected HELLO, got {other:?}"),
-        }
-        assert!(matches!(peer.recv().await, Message::Peers(_)));
-        peer
-    }
-
-    /// A legacy peer as the reference is: its first frame is a PEERS naming
-    /// itself; the node's HELLO and first PEERS are read.
-    async fn legacy(node: &TestNode) -> Self {
-        let mut peer = Self::connect(node.addr).await;
-        let itself = PeerAddr::new([127, 0, 0, 1].into(), closed_port());
-        peer.send(&Message::Peers(Peers::new(vec![itself]).unwrap()))
-            .await;
-        assert!(matches!(peer.recv().await, Message::Hello(_)));
-        assert!(matches!(peer.recv().await, Message::Peers(_)));
-        peer
-    }
-
-    async fn send(&mut self, message: &Message) {
-        write_message(&mut self.writer, message).await.unwrap();
-    }
-
-    /// Sends `messages` in one write, so the node reads them in one go.
-    async fn send_batch(&mut self, messages: &[Message]) {
-        let bytes: Vec<u8> = messages.iter().flat_map(|m| m.to_bytes()).collect();
-        self.writer.write_all(&bytes).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Message {
-        self.recv_within(SOON)
-            .await
-            .unwrap_or_else(|| panic!("no frame within {SOON:?}"))
-    }
-
-    /// The next frame, or `None` if none comes within `deadline`.
-    async fn recv_within(&mut self, deadline: Duration) -> Option<Message> {
-        match read_one(&mut self.reader, deadline).await {
-            Ok(Some(message)) => Some(message),
-            Err(ConnError::Timeout { .. }) => None,
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
-
-    /// The next frame that is not a PEERS (keepalives may come first).
-    async fn recv_answer(&mut self) -> Message {
-        self.recv_answer_within(SOON)
-            .await
-            .unwrap_or_else(|| panic!("no answer within {SOON:?}"))
-    }
-
-    async fn recv_answer_within(&mut self, deadline: Duration) -> Option<Message> {
-        let end = Instant::now() + deadline;
-        loop {
-            match self
-                .recv_within(end.saturating_duration_since(Instant::now()))
-                .await
-            {
-                Some(Message::Peers(_)) => {}
-                other => return other,
-            }
-        }
-    }
-
-    /// Reads until the node closes (EOF or reset) within `deadline`; returns
-    /// the frames that came first.
-    async fn expect_closed_within(&mut self, deadline: Duration) -> Vec<Message> {
-        let end = Instant::now() + deadline;
-        let mut seen = Vec::new();
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match read_one(&mut self.reader, left).await {
-                Ok(Some(message)) => seen.push(message),
-                Ok(None) => return seen,
-                Err(ConnError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-                    return seen;
-                }
-                // A GIVE cut off by the close (a stuck reader's).
-                Err(ConnError::Truncated { .. }) => return seen,
-                Err(err) => panic!("expected a close within {deadline:?}: {err}; got {seen:?}"),
-            }
-        }
-    }
 }
 
 /// Runs `peer` in its own task: every WANT_HAVE is counted in `seen` and,
@@ -908,7 +754,7 @@ async fn a_legacy_peers_asks_over_ten_are_dropped_and_counted_and_it_keeps_its_c
     for p in &pieces {
         node.hold(p);
     }
-    let mut peer = RawPeer::legacy(&node).await;
+    let mut peer = RawPeer::legacy(&node).await.0;
     let ignored = node.metric(Metric::IgnoredFramesTotal);
     let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
     peer.send_batch(&asks).await;
@@ -945,7 +791,7 @@ async fn a_legacy_peers_asks_over_ten_are_dropped_and_counted_and_it_keeps_its_c
 async fn a_legacy_peer_holding_a_128_kib_piece_is_asked_directly_and_serves_the_node() {
     let node = TestNode::start(|_| {}).await;
     let p = piece(400, LEGACY_PIECE_BYTES);
-    let mut legacy = RawPeer::legacy(&node).await;
+    let mut legacy = RawPeer::legacy(&node).await.0;
     assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
     let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
     // No WANT_HAVE (the reference would read it as a PEERS list): an ASK.
@@ -966,7 +812,7 @@ async fn a_legacy_peer_gets_only_gives_it_can_read_and_each_at_most_once_per_30_
     let small = piece(501, LEGACY_PIECE_BYTES);
     node.hold(&big);
     node.hold(&small);
-    let mut peer = RawPeer::legacy(&node).await;
+    let mut peer = RawPeer::legacy(&node).await.0;
     let small_give = |m: Message| match m {
         Message::Give(give) if give.id() == small.id() => {
             assert_eq!(give.piece().len(), 131_072);

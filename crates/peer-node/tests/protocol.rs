@@ -10,20 +10,17 @@
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io;
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Deref;
 use std::time::Duration;
 
 use bytes::Bytes;
-use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
-use peer_node::metrics::{Family, Metric};
+use peer_node::conn::{ConnError, read_one, write_message};
+use peer_node::metrics::Metric;
 use peer_node::node::NodeConfig;
 use peer_node::table::{DropReason, PeerTable};
-use peer_node::testing::{RunningNode, wait_for};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use peer_node::testing::wait_for;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use wire_format::limits::{
@@ -33,8 +30,8 @@ use wire_format::limits::{
 };
 use wire_format::{AddrClass, Give, Hello, HelloFlags, Message, NodeId, PeerAddr, Peers, PieceId};
 
-/// Deadline for anything that should happen at once.
-const SOON: Duration = Duration::from_secs(5);
+use common::{RawPeer, SOON, TestNode, closed_port, digest};
+
 /// How late after its deadline a timed event may be observed (a few
 /// dialler ticks of paused-clock skew, see the module docs).
 const SLACK: Duration = Duration::from_secs(1);
@@ -45,10 +42,6 @@ fn ip(s: &str) -> IpAddr {
 
 fn addr(s: &str) -> PeerAddr {
     s.parse().unwrap()
-}
-
-fn digest(byte: u8) -> PieceId {
-    PieceId::from_bytes([byte; 32])
 }
 
 fn peers(entries: &[PeerAddr]) -> Message {
@@ -72,164 +65,9 @@ fn hello_frame(magic: [u8; 4], version: u8, flags: u8, port: u16) -> Vec<u8> {
     frame(HELLO_LEN, 3, &body)
 }
 
-/// A loopback port nobody listens on: the node's dial-back probe to it fails
-/// at once.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn assert_loopback_only(peers: &Peers) {
     for entry in peers.entries() {
         assert_eq!(entry.class(), AddrClass::Loopback, "sent {entry}");
-    }
-}
-
-/// A node running in this test's runtime until the test ends.
-struct TestNode(RunningNode);
-
-impl Deref for TestNode {
-    type Target = RunningNode;
-
-    fn deref(&self) -> &RunningNode {
-        &self.0
-    }
-}
-
-impl TestNode {
-    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let node = RunningNode::start(|config| {
-            // Nothing a test peer names is dialled, so a filter bug cannot
-            // send traffic off this machine; the self-connection test turns
-            // it on.
-            config.target_outbound = 0;
-            configure(config);
-        });
-        Self(node.await.unwrap())
-    }
-
-    fn metric(&self, metric: Metric) -> u64 {
-        self.shared.metrics().value(metric)
-    }
-
-    fn closed(&self, reason: &str) -> u64 {
-        self.shared
-            .metrics()
-            .labelled_value(Family::ConnectionsClosedTotal, reason)
-    }
-
-    fn dropped(&self, reason: &str) -> u64 {
-        self.shared
-            .metrics()
-            .labelled_value(Family::PexEntriesDroppedByReasonTotal, reason)
-    }
-
-    /// Waits until `ConnectionsClosedTotal{reason}` reaches `count`.
-    async fn wait_closed(&self, reason: &str, count: u64) {
-        let reached = wait_for(SOON, || self.closed(reason) >= count).await;
-        assert!(reached, "closed{{{reason}}} = {}", self.closed(reason));
-        assert_eq!(self.closed(reason), count, "closed{{{reason}}}");
-    }
-}
-
-/// The test's end of one connection.
-struct RawPeer {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl RawPeer {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        // Small frames in a row: don't let Nagle wait for a delayed ACK.
-        stream.set_nodelay(true).unwrap();
-        let (rd, writer) = stream.into_split();
-        Self {
-            reader: FrameReader::new(rd),
-            writer,
-        }
-    }
-
-    /// An extended peer after the handshake: it sent a valid HELLO (listen
-    /// port closed, so the dial-back probe fails) and read the node's HELLO
-    /// and PEERS.
-    async fn extended(node: &TestNode, id: u8) -> Self {
-        let mut peer = Self::connect(node.addr).await;
-        let hello = Hello::ours(Some(closed_port()), false, NodeId([id; 8]));
-        peer.send(&Message::Hello(hello)).await;
-        match peer.recv().await {
-            Message::Hello(theirs) => assert_eq!(theirs.node_id(), node.shared.node_id()),
-            other => panic!("expected HELLO, got {other:?}"),
-        }
-        assert!(matches!(peer.recv().await, Message::Peers(_)));
-        peer
-    }
-
-    /// A legacy peer as the reference is: its first frame is a PEERS naming
-    /// itself. Returns the node's first PEERS after checking its HELLO.
-    async fn legacy(node: &TestNode) -> (Self, Peers) {
-        let mut peer = Self::connect(node.addr).await;
-        peer.send(&peers(&[PeerAddr::new(ip("127.0.0.1"), closed_port())]))
-            .await;
-        let hello = peer.recv().await;
-        assert!(matches!(hello, Message::Hello(_)), "{hello:?}");
-        match peer.recv().await {
-            Message::Peers(first) => (peer, first),
-            other => panic!("expected PEERS, got {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, message: &Message) {
-        write_message(&mut self.writer, message).await.unwrap();
-    }
-
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Message {
-        match read_one(&mut self.reader, SOON).await {
-            Ok(Some(message)) => message,
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
-
-    /// The next frame that is not a PEERS (keepalives may come first).
-    async fn recv_answer(&mut self) -> Message {
-        loop {
-            match self.recv().await {
-                Message::Peers(_) => {}
-                other => return other,
-            }
-        }
-    }
-
-    /// Proves the connection is open and read: an ASK gets its DONT_HAVE.
-    async fn assert_answers(&mut self, byte: u8) {
-        self.send(&Message::Ask(digest(byte))).await;
-        assert_eq!(self.recv_answer().await, Message::DontHave(digest(byte)));
-    }
-
-    /// Reads until the node closes (EOF or reset) within `deadline`;
-    /// returns the frames that came before the close.
-    async fn expect_closed_within(&mut self, deadline: Duration) -> Vec<Message> {
-        let end = Instant::now() + deadline;
-        let mut seen = Vec::new();
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match read_one(&mut self.reader, left).await {
-                Ok(Some(message)) => seen.push(message),
-                Ok(None) => return seen,
-                Err(ConnError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-                    return seen;
-                }
-                Err(err) => panic!("expected a close within {deadline:?}: {err}; got {seen:?}"),
-            }
-        }
-    }
-
-    async fn expect_closed(&mut self) -> Vec<Message> {
-        self.expect_closed_within(SOON).await
     }
 }
 

@@ -1,0 +1,221 @@
+//! What the peer-node integration tests share: an in-process node that dials
+//! nobody unless told to, and a raw socket speaking frames to it.
+//!
+//! Each test file is its own crate and uses part of this module.
+#![allow(dead_code, reason = "each test crate uses a different part")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::time::Duration;
+
+use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
+use peer_node::metrics::{Family, Metric};
+use peer_node::node::NodeConfig;
+use peer_node::testing::{RunningNode, wait_for};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use wire_format::{Hello, Message, NodeId, PeerAddr, Peers, PieceId};
+
+/// How long a test waits for something that should happen at once.
+pub const SOON: Duration = Duration::from_secs(5);
+
+/// A loopback port nobody listens on: a dial-back probe or a dial to it fails
+/// at once, so a raw peer never becomes a dial candidate.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A digest made of one repeated byte.
+pub fn digest(byte: u8) -> PieceId {
+    PieceId::from_bytes([byte; 32])
+}
+
+/// A node running in this test's runtime until the test ends. It dials
+/// nobody unless the test raises `target_outbound`, so nothing a test peer
+/// names is dialled and a filter bug cannot send traffic off this machine.
+pub struct TestNode(pub RunningNode);
+
+impl Deref for TestNode {
+    type Target = RunningNode;
+
+    fn deref(&self) -> &RunningNode {
+        &self.0
+    }
+}
+
+impl TestNode {
+    pub async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let node = RunningNode::start(|config| {
+            config.target_outbound = 0;
+            configure(config);
+        });
+        Self(node.await.unwrap())
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.node_id()
+    }
+
+    pub fn metric(&self, metric: Metric) -> u64 {
+        self.shared.metrics().value(metric)
+    }
+
+    /// `ConnectionsClosedTotal{reason}`.
+    pub fn closed(&self, reason: &str) -> u64 {
+        self.shared
+            .metrics()
+            .labelled_value(Family::ConnectionsClosedTotal, reason)
+    }
+
+    /// `PexEntriesDroppedByReasonTotal{reason}`.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.shared
+            .metrics()
+            .labelled_value(Family::PexEntriesDroppedByReasonTotal, reason)
+    }
+
+    /// Waits until `ConnectionsClosedTotal{reason}` reaches `count`, and
+    /// checks it did not pass it.
+    pub async fn wait_closed(&self, reason: &str, count: u64) {
+        let reached = wait_for(SOON, || self.closed(reason) >= count).await;
+        assert!(reached, "closed{{{reason}}} = {}", self.closed(reason));
+        assert_eq!(self.closed(reason), count, "closed{{{reason}}}");
+    }
+}
+
+/// The test's end of one connection.
+pub struct RawPeer {
+    pub reader: FrameReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl RawPeer {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        // Small frames in a row: don't let Nagle wait for a delayed ACK.
+        stream.set_nodelay(true).unwrap();
+        let (rd, writer) = stream.into_split();
+        Self {
+            reader: FrameReader::new(rd),
+            writer,
+        }
+    }
+
+    /// An extended peer after the handshake: it sent a valid HELLO (listen
+    /// port closed, so the dial-back probe fails) and read the node's HELLO
+    /// and first PEERS.
+    pub async fn extended(node: &TestNode, id: u8) -> Self {
+        Self::extended_as(node, NodeId([id; 8]), closed_port()).await
+    }
+
+    pub async fn extended_as(node: &TestNode, id: NodeId, listen_port: u16) -> Self {
+        let mut peer = Self::connect(node.addr).await;
+        peer.send(&Message::Hello(Hello::ours(Some(listen_port), false, id)))
+            .await;
+        match peer.recv().await {
+            Message::Hello(theirs) => assert_eq!(theirs.node_id(), node.id()),
+            other => panic!("expected HELLO, got {other:?}"),
+        }
+        assert!(matches!(peer.recv().await, Message::Peers(_)));
+        peer
+    }
+
+    /// A legacy peer as the reference is: its first frame is a PEERS naming
+    /// itself. Returns the node's first PEERS after checking its HELLO.
+    pub async fn legacy(node: &TestNode) -> (Self, Peers) {
+        let mut peer = Self::connect(node.addr).await;
+        let itself = PeerAddr::new([127, 0, 0, 1].into(), closed_port());
+        peer.send(&Message::Peers(Peers::new(vec![itself]).unwrap()))
+            .await;
+        let hello = peer.recv().await;
+        assert!(matches!(hello, Message::Hello(_)), "{hello:?}");
+        match peer.recv().await {
+            Message::Peers(first) => (peer, first),
+            other => panic!("expected PEERS, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, message: &Message) {
+        write_message(&mut self.writer, message).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends `messages` in one write, so the node reads them in one go.
+    pub async fn send_batch(&mut self, messages: &[Message]) {
+        let bytes: Vec<u8> = messages.iter().flat_map(|m| m.to_bytes()).collect();
+        self.send_bytes(&bytes).await;
+    }
+
+    pub async fn recv(&mut self) -> Message {
+        self.recv_within(SOON)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {SOON:?}"))
+    }
+
+    /// The next frame, or `None` if none comes within `deadline`.
+    pub async fn recv_within(&mut self, deadline: Duration) -> Option<Message> {
+        match read_one(&mut self.reader, deadline).await {
+            Ok(Some(message)) => Some(message),
+            Err(ConnError::Timeout { .. }) => None,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame that is not a PEERS (keepalives may come first).
+    pub async fn recv_answer(&mut self) -> Message {
+        self.recv_answer_within(SOON)
+            .await
+            .unwrap_or_else(|| panic!("no answer within {SOON:?}"))
+    }
+
+    pub async fn recv_answer_within(&mut self, deadline: Duration) -> Option<Message> {
+        let end = Instant::now() + deadline;
+        loop {
+            match self
+                .recv_within(end.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(Message::Peers(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Proves the connection is open and read: an ASK gets its DONT_HAVE.
+    pub async fn assert_answers(&mut self, byte: u8) {
+        self.send(&Message::Ask(digest(byte))).await;
+        assert_eq!(self.recv_answer().await, Message::DontHave(digest(byte)));
+    }
+
+    /// Reads until the node closes (EOF or reset) within `deadline`; returns
+    /// the frames that came before the close.
+    pub async fn expect_closed_within(&mut self, deadline: Duration) -> Vec<Message> {
+        let end = Instant::now() + deadline;
+        let mut seen = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match read_one(&mut self.reader, left).await {
+                Ok(Some(message)) => seen.push(message),
+                Ok(None) => return seen,
+                Err(ConnError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return seen;
+                }
+                // A GIVE cut off by the close (a stuck reader's).
+                Err(ConnError::Truncated { .. }) => return seen,
+                Err(err) => panic!("expected a close within {deadline:?}: {err}; got {seen:?}"),
+            }
+        }
+    }
+
+    pub async fn expect_closed(&mut self) -> Vec<Message> {
+        self.expect_closed_within(SOON).await
+    }
+}
