@@ -387,7 +387,7 @@ impl Shared {
                 node_id: c.node_id,
                 direction: None,
                 state: st,
-                legacy: false,
+                legacy: c.legacy,
                 source: c.source,
                 connected_since: None,
                 bytes_in: 0,
@@ -630,12 +630,18 @@ fn load_peers(path: &std::path::Path) -> Vec<SavedPeer> {
 /// last dial did not fail.
 fn known_peers(shared: &Shared) -> Vec<SavedPeer> {
     let state = shared.state();
-    let mut addrs: HashSet<PeerAddr> = state.conns.values().filter_map(|c| c.dialable).collect();
+    // Legacy peers are not saved: they announce themselves again.
+    let mut addrs: HashSet<PeerAddr> = state
+        .conns
+        .values()
+        .filter(|c| !c.legacy)
+        .filter_map(|c| c.dialable)
+        .collect();
     addrs.extend(
         state
             .table
             .iter()
-            .filter(|(_, c)| c.failures == 0)
+            .filter(|(_, c)| c.failures == 0 && !c.legacy)
             .map(|(a, _)| *a),
     );
     addrs

@@ -224,7 +224,7 @@ async fn read_bootstrap_answer(
     loop {
         match conn::read_one(reader, shared.config.hello_timeout).await {
             Ok(Some(Message::Peers(peers))) => {
-                offer(shared, server.ip(), &peers, Source::Bootstrap);
+                offer(shared, server.ip(), &peers, Source::Bootstrap, false);
                 shared.metrics.incr(Metric::BootstrapAnnouncesTotal);
                 debug!(entries = peers.entries().len(), "bootstrap answered");
                 return Ok(());
@@ -237,18 +237,40 @@ async fn read_bootstrap_answer(
 }
 
 /// Offers a PEERS list to the table: the first [`PEX_MAX_ENTRIES`] are
-/// considered, the rest dropped and counted.
-fn offer(shared: &Shared, sender: std::net::IpAddr, peers: &Peers, source: Source) {
+/// considered, the rest dropped and counted. A legacy sender's entries go
+/// through [`PeerTable::offer_legacy`](crate::table::PeerTable::offer_legacy).
+fn offer(shared: &Shared, sender: std::net::IpAddr, peers: &Peers, source: Source, legacy: bool) {
     let entries = peers.entries();
     let considered = &entries[..entries.len().min(PEX_MAX_ENTRIES)];
     let excess = entries.len() - considered.len();
+    let mapped;
+    let considered = if legacy {
+        // Only a legacy peer on this host: `loopback_is_local` off makes
+        // loopback stand for another host in tests.
+        let local = AddrClass::of(sender) == AddrClass::Loopback && shared.config.loopback_is_local;
+        mapped = if local {
+            crate::table::legacy_candidates(sender, considered)
+        } else {
+            Vec::new()
+        };
+        if mapped.is_empty() {
+            return;
+        }
+        &mapped[..]
+    } else {
+        considered
+    };
     let (allowed, banned): (Vec<PeerAddr>, Vec<PeerAddr>) = {
         let bans = shared.bans();
         considered
             .iter()
             .partition(|entry| !bans.is_addr_banned(**entry, now()))
     };
-    let (accepted, mut dropped) = shared.state().table.offer(sender, &allowed, source, now());
+    let (accepted, mut dropped) = if legacy {
+        shared.state().table.offer_legacy(sender, &allowed, now())
+    } else {
+        shared.state().table.offer(sender, &allowed, source, now())
+    };
     dropped.extend(banned.iter().map(|_| DropReason::Banned));
     shared
         .metrics
@@ -296,8 +318,8 @@ fn register(
         Direction::In => node_id,
     };
     let mut state = shared.state();
-    if let (Some(peer), Some(addr)) = (node_id, dialed) {
-        state.table.dial_succeeded(&addr, peer);
+    if let Some(addr) = dialed {
+        state.table.dial_succeeded(&addr, node_id);
     }
     if let (Some(peer), Some(opener)) = (node_id, opener) {
         let existing = state
@@ -321,7 +343,9 @@ fn register(
         ConnEntry {
             node_id,
             remote: link.remote,
-            dialable: if hello.is_some() { dialed } else { None },
+            // What we dialled is dialable, legacy or not; an inbound peer
+            // becomes dialable once its dial-back probe succeeds.
+            dialable: dialed,
             direction,
             legacy: hello.is_none(),
             opener,
@@ -574,12 +598,9 @@ impl Rules {
                     }
                     return Err(ConnError::Rule("too_many_peers_frames"));
                 }
-                if legacy {
-                    // A legacy candidate is (observed IP, port from its PEERS); it is
-                    // never relayed to extended peers, and this version does not dial it.
-                    return Ok(());
-                }
-                offer(shared, link.remote.ip(), &peers, Source::Pex);
+                // A legacy peer's entries become legacy candidates (observed
+                // IP, port from its PEERS), taken only on loopback.
+                offer(shared, link.remote.ip(), &peers, Source::Pex, legacy);
             }
             Message::Give(give) => {
                 let (answered, next) = link.ask_book().on_answer(&give.id(), at);

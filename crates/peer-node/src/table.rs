@@ -75,6 +75,27 @@ pub struct Candidate {
     pub next_attempt: Instant,
     /// Last dial or connection error.
     pub last_error: Option<String>,
+    /// A legacy peer's address (PROTOCOL.md "Legacy peers"): dialled only
+    /// on loopback, never relayed, never saved.
+    pub legacy: bool,
+}
+
+/// The candidates a legacy peer's PEERS names (PROTOCOL.md "Legacy peers"):
+/// each entry becomes (observed IP, port from its PEERS), so a legacy peer
+/// can point us only at its own host. Only loopback legacy candidates are
+/// dialled, so a legacy peer anywhere else yields none.
+pub fn legacy_candidates(observed: IpAddr, entries: &[PeerAddr]) -> Vec<PeerAddr> {
+    if AddrClass::of(observed) != AddrClass::Loopback {
+        return Vec::new();
+    }
+    let mut out: Vec<PeerAddr> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let candidate = PeerAddr::new(observed, entry.port());
+        if !out.contains(&candidate) {
+            out.push(candidate);
+        }
+    }
+    out
 }
 
 /// The /24 (IPv4) or /48 (IPv6) an address is in.
@@ -180,6 +201,28 @@ impl PeerTable {
         source: Source,
         now: Instant,
     ) -> (usize, Vec<DropReason>) {
+        self.offer_as(sender, entries, source, false, now)
+    }
+
+    /// Offers legacy candidates (from [`legacy_candidates`]): like
+    /// [`offer`](Self::offer), but the entries are marked legacy.
+    pub fn offer_legacy(
+        &mut self,
+        sender: IpAddr,
+        candidates: &[PeerAddr],
+        now: Instant,
+    ) -> (usize, Vec<DropReason>) {
+        self.offer_as(sender, candidates, Source::Pex, true, now)
+    }
+
+    fn offer_as(
+        &mut self,
+        sender: IpAddr,
+        entries: &[PeerAddr],
+        source: Source,
+        legacy: bool,
+        now: Instant,
+    ) -> (usize, Vec<DropReason>) {
         let mut accepted = 0;
         let mut dropped = Vec::new();
         let sender_loopback = AddrClass::of(sender) == AddrClass::Loopback;
@@ -216,6 +259,7 @@ impl PeerTable {
                     failures: 0,
                     next_attempt: now,
                     last_error: None,
+                    legacy,
                 },
             );
             accepted += 1;
@@ -278,6 +322,7 @@ impl PeerTable {
                 failures: 0,
                 next_attempt: now,
                 last_error: None,
+                legacy: false,
             },
         );
     }
@@ -292,11 +337,16 @@ impl PeerTable {
         }
     }
 
-    /// Records a connection that worked.
-    pub fn dial_succeeded(&mut self, addr: &PeerAddr, node_id: NodeId) {
+    /// Records a connection that worked; `node_id` is `None` for a legacy
+    /// peer (which sends no HELLO).
+    pub fn dial_succeeded(&mut self, addr: &PeerAddr, node_id: Option<NodeId>) {
         if let Some(c) = self.entries.get_mut(addr) {
             c.failures = 0;
-            c.node_id = Some(node_id);
+            if node_id.is_some() {
+                // It answered with a HELLO: whatever named it, it is not legacy.
+                c.node_id = node_id;
+                c.legacy = false;
+            }
             c.last_error = None;
         }
     }
@@ -431,5 +481,47 @@ mod tests {
             table.filter("127.0.0.1".parse().unwrap(), &a),
             Some(DropReason::OurSelf)
         );
+    }
+
+    #[test]
+    fn a_legacy_peers_entries_become_candidates_at_its_observed_ip_only_on_loopback() {
+        let entries = [
+            addr("10.9.8.7:7001"),
+            addr("127.0.0.1:7001"),
+            addr("0.0.0.0:7002"),
+        ];
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            legacy_candidates(loopback, &entries),
+            vec![addr("127.0.0.1:7001"), addr("127.0.0.1:7002")],
+            "mapped to the observed IP, duplicates once"
+        );
+        for elsewhere in ["192.168.1.5", "8.8.8.8", "::1"] {
+            let ip: IpAddr = elsewhere.parse().unwrap();
+            let expect_some = AddrClass::of(ip) == AddrClass::Loopback;
+            assert_eq!(
+                !legacy_candidates(ip, &entries).is_empty(),
+                expect_some,
+                "{elsewhere}"
+            );
+        }
+
+        let mut table = PeerTable::new(false);
+        let t0 = Instant::now();
+        let candidates = legacy_candidates(loopback, &entries);
+        let (accepted, dropped) = table.offer_legacy(loopback, &candidates, t0);
+        assert_eq!((accepted, dropped.len()), (2, 0));
+        assert!(table.get(&addr("127.0.0.1:7001")).unwrap().legacy);
+        // An extended peer's PEERS naming a known address changes nothing.
+        table.offer(loopback, &[addr("127.0.0.1:7002")], Source::Pex, t0);
+        assert!(table.get(&addr("127.0.0.1:7002")).unwrap().legacy);
+        // Dialled, it answered with a HELLO: an extended node after all.
+        table.dial_succeeded(&addr("127.0.0.1:7002"), Some(NodeId([7; 8])));
+        assert!(!table.get(&addr("127.0.0.1:7002")).unwrap().legacy);
+        // Dialled, and legacy indeed: it stays legacy, its backoff reset.
+        table.dial_failed(&addr("127.0.0.1:7001"), "refused".into(), t0);
+        table.dial_succeeded(&addr("127.0.0.1:7001"), None);
+        let c = table.get(&addr("127.0.0.1:7001")).unwrap();
+        assert!(c.legacy && c.failures == 0 && c.node_id.is_none());
     }
 }
