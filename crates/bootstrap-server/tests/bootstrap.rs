@@ -18,10 +18,21 @@ async fn start_server() -> (
     Box<dyn Fn() -> usize + Send + Sync>,
     oneshot::Sender<()>,
 ) {
+    start_server_with(1000).await
+}
+
+/// A server whose registry holds at most `max_peers` entries.
+async fn start_server_with(
+    max_peers: usize,
+) -> (
+    SocketAddr,
+    Box<dyn Fn() -> usize + Send + Sync>,
+    oneshot::Sender<()>,
+) {
     let server = Server::bind(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: None,
-        max_peers: 1000,
+        max_peers,
         legacy: false,
     })
     .await
@@ -143,4 +154,42 @@ async fn twenty_nodes_configured_with_only_the_bootstrap_address_each_reach_four
     for node in nodes {
         node.stop().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_full_of_verified_peers_refuses_the_next_announcer() {
+    const MAX_PEERS: usize = 2;
+    let (server, verified, _stop) = start_server_with(MAX_PEERS).await;
+    let mut ports = Vec::new();
+    for id in 1..=MAX_PEERS {
+        let (listener, node_id) = raw_client(u8::try_from(id).unwrap()).await;
+        let port = listener.local_addr().unwrap().port();
+        answer_probes(listener, node_id);
+        announce(server, port, node_id).await;
+        // At the limit: recorded, probed and listed.
+        assert!(wait_for(Duration::from_secs(10), || verified() == id).await);
+        ports.push(port);
+    }
+
+    // One more: answered like anyone, but not recorded, so never probed.
+    let (listener, node_id) = raw_client(0xc).await;
+    let port = listener.local_addr().unwrap().port();
+    let answer = announce(server, port, node_id).await;
+    assert_eq!(answer.len(), 5 + 18 * MAX_PEERS, "{answer:?}");
+    let probed = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await;
+    assert!(
+        probed.is_err(),
+        "the server probed an announcer it has no room for"
+    );
+    assert_eq!(verified(), MAX_PEERS);
+    // Whoever asks next is told of the verified ones only.
+    let (listener, asker) = raw_client(0xd).await;
+    let port = listener.local_addr().unwrap().port();
+    let answer = announce(server, port, asker).await;
+    let entry = |port: u16| PeerAddr::new("127.0.0.1".parse().unwrap(), port).to_wire();
+    let mut listed: Vec<Vec<u8>> = answer[5..].chunks(18).map(<[u8]>::to_vec).collect();
+    listed.sort();
+    let mut wanted: Vec<Vec<u8>> = ports.iter().map(|&p| entry(p).to_vec()).collect();
+    wanted.sort();
+    assert_eq!(listed, wanted);
 }

@@ -986,6 +986,25 @@ mod tests {
         assert!(err.len() < 200, "{err}");
     }
 
+    #[test]
+    fn a_refused_timeout_is_quoted_whole_up_to_the_echo_limit_and_cut_past_it() {
+        // Characters, not bytes: a multi-byte digit is never cut in half.
+        for unit in ["9", "٣"] {
+            let at_limit = unit.repeat(TIMEOUT_ECHO_CHARS);
+            let err = parse_timeout(&at_limit).unwrap_err();
+            assert!(
+                err.starts_with(&format!("bad timeout {at_limit:?}:")),
+                "{err}"
+            );
+            let over = unit.repeat(TIMEOUT_ECHO_CHARS + 1);
+            let err = parse_timeout(&over).unwrap_err();
+            assert!(
+                err.starts_with(&format!("bad timeout {at_limit:?}:")),
+                "{err}"
+            );
+        }
+    }
+
     /// A backend whose fetches never end, and whose stores always fail.
     struct Stuck(Metrics);
 

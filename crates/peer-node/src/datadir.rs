@@ -788,6 +788,23 @@ mod tests {
     }
 
     #[test]
+    fn a_state_file_is_read_up_to_the_size_limit_and_refused_one_byte_over() {
+        let (_tmp, dir) = prepared();
+        let limit = usize::try_from(MAX_STATE_FILE_BYTES).unwrap();
+        let at_limit = dir.path().join("at-limit");
+        write_new_secret(&at_limit, "a".repeat(limit).as_bytes()).unwrap();
+        let read = read_state_file(&at_limit).unwrap().unwrap();
+        assert_eq!(read.len(), limit, "read whole");
+        let over = dir.path().join("over");
+        write_new_secret(&over, "a".repeat(limit + 1).as_bytes()).unwrap();
+        let err = read_state_file(&over).unwrap_err();
+        assert!(
+            matches!(&err, DataDirError::Malformed { path, .. } if *path == over),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn file_paths_use_the_named_files() {
         let (_tmp, dir) = prepared();
         assert_eq!(dir.api_token_path(), dir.path().join("api-token"));

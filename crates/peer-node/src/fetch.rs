@@ -432,6 +432,32 @@ mod tests {
         );
     }
 
+    // One thread: the fetch task cannot drain its queue while the test runs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fetch_queues_up_to_fetch_events_events_and_drops_the_next() {
+        let shared = idle_node().await;
+        let id = PieceId::of(b"nobody holds this");
+        let mut fetch = Box::pin(shared.fetch(id, Duration::from_secs(10)));
+        // One poll registers the fetch and spawns its task, which has not
+        // run yet.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(fetch.as_mut().poll(&mut cx).is_pending());
+        assert!(shared.fetches().contains_key(&id));
+        // From a connection the fetch does not know: ignored once read.
+        for n in 0..FETCH_EVENTS {
+            assert!(
+                shared.fetch_event(&id, FetchEvent::DontHave(u64::MAX)),
+                "event {n} dropped"
+            );
+        }
+        assert!(
+            !shared.fetch_event(&id, FetchEvent::DontHave(u64::MAX)),
+            "an event past the queue was taken"
+        );
+        // The fetch goes on, reading the queue, and ends as it would have.
+        assert!(matches!(fetch.await, Err(FetchError::NotFound)));
+    }
+
     #[tokio::test]
     async fn widening_dials_at_most_widen_dials_candidates_and_never_a_banned_one() {
         let shared = idle_node().await;

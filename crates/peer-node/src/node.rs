@@ -24,7 +24,8 @@ use crate::fetch::{FETCH_BUDGET_BYTES, FetchHandle};
 use crate::link::Link;
 use crate::metrics::{Metric, Metrics};
 use crate::ratelimit::RateLimiter;
-use crate::serve::{BUDGET_UNIT, SERVE_BUDGET_BYTES};
+use crate::serve::BUDGET_UNIT;
+pub use crate::serve::SERVE_BUDGET_BYTES;
 use crate::session::{self, Purpose};
 use crate::table::{PeerTable, SavedPeer, Source};
 
@@ -74,9 +75,9 @@ pub struct NodeConfig {
     /// Re-announce interval.
     pub reannounce: Duration,
     /// Whether loopback peers get the exemptions of peers on this machine
-    /// (legacy detection without `--legacy`). Always true in the binary; tests
-    /// set it false to see how a peer from another host is treated without
-    /// needing a second host.
+    /// (legacy detection without `--legacy`, no per-IP connection limit).
+    /// Always true in the binary; tests set it false to see how a peer from
+    /// another host is treated without needing a second host.
     pub loopback_is_local: bool,
     /// Global limit on piece bytes given to peers, per second (`None`: unlimited).
     pub max_upload_rate: Option<u64>,
@@ -699,8 +700,8 @@ fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr
             .filter(|c| c.direction == Direction::In)
             .count();
         let over_inbound = inbound >= shared.config.max_inbound();
-        let over_ip = remote.class() != AddrClass::Loopback
-            && per_ip_count(&state, remote.ip()) >= MAX_CONNECTIONS_PER_IP;
+        let local = remote.class() == AddrClass::Loopback && shared.config.loopback_is_local;
+        let over_ip = !local && per_ip_count(&state, remote.ip()) >= MAX_CONNECTIONS_PER_IP;
         let banned = shared.is_banned(remote.ip(), None, None);
         if over_global || over_inbound || over_ip || banned {
             shared.metrics.incr(Metric::ConnectionsRejectedTotal);

@@ -338,6 +338,11 @@ fn register(
             }
         }
     }
+    if let Some(addr) = dialed {
+        // Its entry counts it as outbound from now on; left in `dialing`
+        // too, it would count twice against the outbound target.
+        state.dialing.remove(&addr);
+    }
     state.conns.insert(
         link.id,
         ConnEntry {

@@ -524,4 +524,50 @@ mod tests {
         let c = table.get(&addr("127.0.0.1:7001")).unwrap();
         assert!(c.legacy && c.failures == 0 && c.node_id.is_none());
     }
+
+    #[test]
+    fn backoff_doubles_up_to_dial_backoff_max_and_never_past_it() {
+        let mut table = PeerTable::new(false);
+        let now = Instant::now();
+        let a = addr("127.0.0.1:7001");
+        table.insert_trusted(a, Source::Config, None, now);
+        let none = HashSet::new();
+        let mut capped = 0;
+        for failures in 1..=40u32 {
+            table.dial_failed(&a, "refused".into(), now);
+            let doubled = 1u32
+                .checked_shl(failures - 1)
+                .and_then(|factor| DIAL_BACKOFF_BASE.checked_mul(factor));
+            let expected = doubled.map_or(DIAL_BACKOFF_MAX, |d| d.min(DIAL_BACKOFF_MAX));
+            if doubled.is_none_or(|d| d > DIAL_BACKOFF_MAX) {
+                capped += 1;
+            }
+            let just_before = now + expected - Duration::from_nanos(1);
+            assert!(table.due(just_before, &none, 1).is_empty(), "{failures}");
+            assert_eq!(table.due(now + expected, &none, 1), vec![a], "{failures}");
+        }
+        assert!(capped > 20, "the doubling never reached the maximum");
+    }
+
+    #[test]
+    fn the_table_holds_peer_table_max_entries_and_drops_the_next() {
+        let mut table = PeerTable::new(false);
+        let now = Instant::now();
+        // Loopback entries from a loopback sender: no quota or share applies.
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let entry = |i: usize| PeerAddr::new(lo, MIN_PEER_PORT + u16::try_from(i).unwrap());
+        let entries: Vec<PeerAddr> = (0..PEER_TABLE_MAX).map(entry).collect();
+        let (accepted, dropped) = table.offer(lo, &entries, Source::Pex, now);
+        assert_eq!((accepted, dropped), (PEER_TABLE_MAX, Vec::new()));
+        assert_eq!(table.len(), PEER_TABLE_MAX);
+        let next = entry(PEER_TABLE_MAX);
+        assert_eq!(
+            table.offer(lo, &[next], Source::Pex, now),
+            (0, vec![DropReason::TableFull])
+        );
+        // Trusted additions (configuration, peers.json, inbound) are capped too.
+        table.insert_trusted(next, Source::Config, None, now);
+        assert_eq!(table.len(), PEER_TABLE_MAX);
+        assert!(table.get(&next).is_none());
+    }
 }

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use piece_store::PieceStore;
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
@@ -50,7 +51,20 @@ impl RunningNode {
     pub async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Result<Self, NodeError> {
         let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         configure(&mut config);
-        let node = Node::bind(config).await?;
+        Ok(Self::spawn(Node::bind(config).await?))
+    }
+
+    /// Like [`start`](Self::start), with pieces kept in `store`.
+    pub async fn start_with_store(
+        store: Arc<dyn PieceStore>,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<Self, NodeError> {
+        let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        configure(&mut config);
+        Ok(Self::spawn(Node::bind_with_store(config, store).await?))
+    }
+
+    fn spawn(node: Node) -> Self {
         let addr = node.local_addr();
         let shared = node.shared();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -58,12 +72,12 @@ impl RunningNode {
             // A dropped sender stops the node too.
             let _ = stopped.await;
         }));
-        Ok(Self {
+        Self {
             shared,
             addr,
             stop,
             task,
-        })
+        }
     }
 
     /// Signals the shutdown and waits until [`Node::run`] has returned (its

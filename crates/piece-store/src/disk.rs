@@ -900,3 +900,76 @@ fn scan_pins(root: &Path) -> Result<BTreeSet<PieceId>, StoreError> {
     }
     Ok(pins)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A piece of `len` bytes, distinct for each `seed`.
+    fn piece(seed: u64, len: usize) -> VerifiedPiece {
+        let mut bytes = vec![0x5a; len];
+        let seed = seed.to_le_bytes();
+        let head = len.min(seed.len());
+        bytes[..head].copy_from_slice(&seed[..head]);
+        VerifiedPiece::new(Bytes::from(bytes)).unwrap()
+    }
+
+    fn pending_background_bytes(store: &DiskStore) -> u64 {
+        store.inner.state().pending_background_bytes
+    }
+
+    /// Holds off group commits, as a `put_many` in progress does, until
+    /// dropped; then commits what is queued. Dropped before the store even
+    /// when a test fails, so closing the store does not wait forever.
+    struct HoldCommits<'a>(&'a DiskStore);
+
+    impl<'a> HoldCommits<'a> {
+        fn new(store: &'a DiskStore) -> Self {
+            lock(&store.inner.queue).committing = true;
+            Self(store)
+        }
+    }
+
+    impl Drop for HoldCommits<'_> {
+        fn drop(&mut self) {
+            let mut queue = lock(&self.0.inner.queue);
+            queue.committing = false;
+            self.0.inner.lead_commits(queue);
+        }
+    }
+
+    #[test]
+    fn background_writes_wait_for_a_group_commit_up_to_the_pending_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), DiskStoreConfig::new(1 << 30)).unwrap();
+        // No pending byte is committed (and freed) while the test fills up.
+        let hold = HoldCommits::new(&store);
+        let full = BATCH_MAX_PENDING_BYTES / PIECE_MAX as u64;
+        assert_eq!(full * PIECE_MAX as u64, BATCH_MAX_PENDING_BYTES);
+        for seed in 0..full {
+            let waiter = store
+                .put_one(
+                    piece(seed, PIECE_MAX),
+                    Retention::Cached,
+                    Durability::Background,
+                )
+                .unwrap();
+            assert!(waiter.is_none(), "piece {seed} waits for its commit");
+        }
+        assert_eq!(pending_background_bytes(&store), BATCH_MAX_PENDING_BYTES);
+
+        // One byte more: this put commits before it returns, like a waiting one.
+        let over = piece(full, 1);
+        let waiter = store
+            .put_one(over.clone(), Retention::Cached, Durability::Background)
+            .unwrap();
+        assert!(waiter.is_some(), "a put past the limit returned at once");
+        assert_eq!(pending_background_bytes(&store), BATCH_MAX_PENDING_BYTES);
+
+        drop(hold);
+        wait_done(waiter).unwrap();
+        assert_eq!(pending_background_bytes(&store), 0);
+        assert!(store.inner.piece_path(&over.id()).is_file());
+        assert_eq!(store.stats().pieces, full + 1);
+    }
+}

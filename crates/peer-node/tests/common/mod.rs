@@ -8,15 +8,17 @@
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
 use peer_node::metrics::{Family, Metric};
 use peer_node::node::NodeConfig;
 use peer_node::testing::{RunningNode, wait_for};
+use piece_store::PieceStore;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use wire_format::{Hello, Message, NodeId, PeerAddr, Peers, PieceId};
 
@@ -51,6 +53,18 @@ impl Deref for TestNode {
 impl TestNode {
     pub async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let node = RunningNode::start(|config| {
+            config.target_outbound = 0;
+            configure(config);
+        });
+        Self(node.await.unwrap())
+    }
+
+    /// Like [`start`](Self::start), with pieces kept in `store`.
+    pub async fn start_with_store(
+        store: Arc<dyn PieceStore>,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Self {
+        let node = RunningNode::start_with_store(store, |config| {
             config.target_outbound = 0;
             configure(config);
         });
@@ -122,6 +136,30 @@ impl RawPeer {
             other => panic!("expected HELLO, got {other:?}"),
         }
         assert!(matches!(peer.recv().await, Message::Peers(_)));
+        peer
+    }
+
+    /// The test's end of a connection the node dialled to `listener`: it
+    /// reads the node's HELLO and first PEERS and answers with a HELLO (not
+    /// listening), so the node keeps it as an outbound extended peer.
+    pub async fn accept(node: &TestNode, listener: &TcpListener, id: u8) -> Self {
+        let (stream, _) = tokio::time::timeout(SOON, listener.accept())
+            .await
+            .unwrap_or_else(|_| panic!("the node did not dial within {SOON:?}"))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (rd, writer) = stream.into_split();
+        let mut peer = Self {
+            reader: FrameReader::new(rd),
+            writer,
+        };
+        match peer.recv().await {
+            Message::Hello(theirs) => assert_eq!(theirs.node_id(), node.id()),
+            other => panic!("expected HELLO, got {other:?}"),
+        }
+        assert!(matches!(peer.recv().await, Message::Peers(_)));
+        peer.send(&Message::Hello(Hello::ours(None, false, NodeId([id; 8]))))
+            .await;
         peer
     }
 
