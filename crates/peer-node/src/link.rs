@@ -11,24 +11,20 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use wire_format::limits::{
     ASK_HISTORY_MAX, ASK_HISTORY_TTL, LEGACY_MAX_ASKS_IN_FLIGHT, MAX_ASKS_IN_FLIGHT,
 };
-use wire_format::{Message, NodeId, PeerAddr, PieceId};
+use wire_format::{Hello, Message, NodeId, PeerAddr, PieceId};
 
-/// A frame for the writer. Served answers carry what must be released once
-/// they are written.
+use crate::node::WRITE_QUEUE_FRAMES;
+
+/// The answer to a peer's ASK, for the writer: written unless the ASK was
+/// cancelled before it started; holds its share of the serving byte budget.
 #[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A control frame (PEERS, WANT_HAVE, ASK, CANCEL, HAVE, DONT_HAVE).
-    Frame(Message),
-    /// The answer to a peer's ASK: written unless the ASK was cancelled
-    /// before it started; holds its share of the serving byte budget.
-    Answer {
-        /// The ASK's digest.
-        id: PieceId,
-        /// GIVE or DONT_HAVE; `None` for a legacy peer we do not answer.
-        message: Option<Message>,
-        /// Serving budget, released when the answer is written.
-        permit: Option<OwnedSemaphorePermit>,
-    },
+pub(crate) struct Answer {
+    /// The ASK's digest.
+    pub(crate) id: PieceId,
+    /// GIVE or DONT_HAVE; `None` for a legacy peer we do not answer.
+    pub(crate) message: Option<Message>,
+    /// Serving budget, released when the answer is written.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 /// ASKs a peer sent us that are not answered yet.
@@ -231,7 +227,11 @@ pub(crate) struct Link {
     pub(crate) remote: PeerAddr,
     pub(crate) node_id: Option<NodeId>,
     pub(crate) legacy: bool,
-    pub(crate) tx: mpsc::Sender<Outgoing>,
+    /// Answers to the peer's ASKs (at most its in-flight cap at a time).
+    pub(crate) answers: mpsc::Sender<Answer>,
+    /// Short control frames (ASK, WANT_HAVE, HAVE, DONT_HAVE, CANCEL), up
+    /// to [`WRITE_QUEUE_FRAMES`](crate::node::WRITE_QUEUE_FRAMES).
+    pub(crate) frames: mpsc::Sender<Message>,
     pub(crate) close: watch::Sender<bool>,
     /// Bytes received, updated after every read.
     pub(crate) progress: Arc<AtomicU64>,
@@ -247,7 +247,42 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The writer's ends of a link's two queues.
+pub(crate) type Queues = (mpsc::Receiver<Answer>, mpsc::Receiver<Message>);
+
 impl Link {
+    /// A link for the connection to `remote` (`hello`: `None` for a legacy
+    /// peer) whose received bytes are counted in `progress`, and the
+    /// receiving ends of its queues for the writer.
+    pub(crate) fn new(
+        id: u64,
+        remote: PeerAddr,
+        hello: Option<Hello>,
+        progress: Arc<AtomicU64>,
+        now: Instant,
+    ) -> (Self, Queues) {
+        // Answers wait in their serving tasks for a slot (at most the peer's
+        // in-flight ASKs); short control frames are never waited for.
+        let (answers, answers_rx) = mpsc::channel(MAX_ASKS_IN_FLIGHT);
+        let (frames, frames_rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+        let legacy = hello.is_none();
+        let link = Self {
+            id,
+            remote,
+            node_id: hello.map(|h| h.node_id()),
+            legacy,
+            answers,
+            frames,
+            close: watch::channel(false).0,
+            progress,
+            serve: Mutex::new(ServeBook::default()),
+            asks: Mutex::new(AskBook::new(legacy, now)),
+            listen_port: hello.and_then(|h| h.listen_port()),
+            close_reason: std::sync::OnceLock::new(),
+        };
+        (link, (answers_rx, frames_rx))
+    }
+
     pub(crate) fn serve_book(&self) -> MutexGuard<'_, ServeBook> {
         lock(&self.serve)
     }
@@ -263,7 +298,8 @@ impl Link {
     /// Closes the connection from inside the node, recording why.
     pub(crate) fn close_with(&self, reason: &'static str) {
         let _ = self.close_reason.set(reason);
-        let _ = self.close.send(true);
+        // Stored even when nobody watches yet.
+        self.close.send_replace(true);
     }
 
     /// Why the node closed it, if it did.
@@ -272,13 +308,14 @@ impl Link {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        *self.close.borrow() || self.tx.is_closed()
+        *self.close.borrow() || self.frames.is_closed()
     }
 
-    /// Queues a control frame; false if the queue is full or closed (the
-    /// peer is not reading: the caller closes it or gives up on it).
+    /// Queues a short control frame; false if the queue is full (the peer
+    /// has not read [`WRITE_QUEUE_FRAMES`](crate::node::WRITE_QUEUE_FRAMES)
+    /// of them) or closed.
     pub(crate) fn send(&self, message: Message) -> bool {
-        self.tx.try_send(Outgoing::Frame(message)).is_ok()
+        self.frames.try_send(message).is_ok()
     }
 
     /// Asks for `id` on this connection (or queues the ASK for a slot).

@@ -125,19 +125,28 @@ async fn run(args: Args) -> Result<(), String> {
     })?;
     let api_addr = api_listener.local_addr().map_err(|e| e.to_string())?;
     dir.write_api_addr(api_addr).map_err(|e| e.to_string())?;
+    // Per connection: one frame being read, and its queue of short control
+    // frames (PEERS are written directly, never queued). Node-wide: pieces
+    // being served, asked for, and verified or written.
     let per_conn = wire_format::limits::MAX_FRAME_BYTES
-        + wire_format::limits::MAX_PEERS_LEN * peer_node::node::WRITE_QUEUE_FRAMES;
+        + peer_node::node::WRITE_QUEUE_FRAMES * size_of::<wire_format::Message>();
+    let node_wide = peer_node::node::SERVE_BUDGET_BYTES
+        + peer_node::node::FETCH_BUDGET_BYTES
+        + peer_node::node::VERIFY_QUEUE_PIECES * wire_format::limits::PIECE_MAX;
     info!(
         listen = %node.local_addr(),
         api = %api_addr,
         data_dir = %dir.path().display(),
         node_id = %node.shared().node_id(),
-        "peer-node started; worst-case connection memory = max_connections {} x (one frame {} + write queue {} x {}) = {} MiB; fds ≈ max_connections + {}",
+        "peer-node started; worst-case memory = max_connections {} x (one frame {} + write queue {} x {}) + serving {} MiB + fetching {} MiB + verifying {} x 1 MiB = {} MiB; fds ≈ max_connections + {}",
         args.max_connections,
         wire_format::limits::MAX_FRAME_BYTES,
         peer_node::node::WRITE_QUEUE_FRAMES,
-        wire_format::limits::MAX_PEERS_LEN,
-        (args.max_connections * per_conn) >> 20,
+        size_of::<wire_format::Message>(),
+        peer_node::node::SERVE_BUDGET_BYTES >> 20,
+        peer_node::node::FETCH_BUDGET_BYTES >> 20,
+        peer_node::node::VERIFY_QUEUE_PIECES,
+        (args.max_connections * per_conn + node_wide) >> 20,
         16,
     );
     let shared = node.shared();

@@ -20,7 +20,8 @@ use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, VerifiedPiece};
 use crate::api::{Direction, PeerSource, PeerState, PeerView};
 use crate::bans::{BanTarget, Bans};
 use crate::conn;
-use crate::fetch::{FETCH_BUDGET_BYTES, FetchHandle};
+pub use crate::fetch::FETCH_BUDGET_BYTES;
+use crate::fetch::FetchHandle;
 use crate::link::Link;
 use crate::metrics::{Metric, Metrics};
 use crate::ratelimit::RateLimiter;
@@ -35,10 +36,19 @@ pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Connections one non-loopback IP may hold.
 pub const MAX_CONNECTIONS_PER_IP: usize = 4;
-/// Frames queued for writing on one connection; a peer that lets more pile
-/// up is not reading and is closed. Worst case per connection: this many
-/// control frames (PEERS ≤ 18 KiB each).
-pub const WRITE_QUEUE_FRAMES: usize = 64;
+/// Short control frames (37-byte ASK, WANT_HAVE, HAVE, DONT_HAVE, CANCEL)
+/// queued for writing on one connection: room for the answers to every
+/// WANT_HAVE one read can hold, so a peer that reads is never refused an
+/// answer. Past it (a peer that sends WANT_HAVEs and does not read), a
+/// WANT_HAVE is ignored and counted, as PROTOCOL.md's close table says of
+/// anything it does not list. Worst case per connection: 2,048 × 37 bytes
+/// on the wire, ≈ 150 KiB queued.
+pub const WRITE_QUEUE_FRAMES: usize = 2048;
+const _: () = assert!(
+    WRITE_QUEUE_FRAMES
+        * (wire_format::limits::LEN_FIELD_BYTES + wire_format::limits::DIGEST_MESSAGE_LEN)
+        >= conn::READ_CHUNK_BYTES
+);
 /// How often the dialler looks for work.
 const DIAL_TICK: Duration = Duration::from_millis(100);
 /// First quick re-announce while the node knows too few peers; doubles

@@ -18,7 +18,7 @@ use wire_format::limits::{
 use wire_format::{Give, Message, PieceId};
 
 use crate::conn::ConnError;
-use crate::link::{Link, Outgoing};
+use crate::link::{Answer, Link};
 use crate::metrics::Metric;
 use crate::node::{Shared, now};
 
@@ -74,13 +74,13 @@ pub(crate) fn on_ask(shared: &Arc<Shared>, link: &Arc<Link>, id: PieceId) -> Res
             _ if link.legacy => None,
             _ => Some(Message::DontHave(id)),
         };
-        let answer = Outgoing::Answer {
+        let answer = Answer {
             id,
             message,
             permit: Some(permit),
         };
         // Bounded queue: waits while the writer is busy, never blocks reading.
-        let _ = link.tx.send(answer).await;
+        let _ = link.answers.send(answer).await;
     });
     Ok(())
 }
@@ -111,17 +111,18 @@ pub(crate) fn on_cancel(shared: &Shared, link: &Link, id: PieceId) {
     }
 }
 
-/// A peer's WANT_HAVE: HAVE or DONT_HAVE, from the in-memory index.
-pub(crate) fn on_want_have(shared: &Shared, link: &Link, id: PieceId) -> Result<(), ConnError> {
+/// A peer's WANT_HAVE: HAVE or DONT_HAVE, from the in-memory index. With
+/// [`WRITE_QUEUE_FRAMES`](crate::node::WRITE_QUEUE_FRAMES) answers already
+/// waiting for a peer that does not read them, it is ignored and counted
+/// (PROTOCOL.md has no close row for it; the reader never waits).
+pub(crate) fn on_want_have(shared: &Shared, link: &Link, id: PieceId) {
     let message = if shared.store.has(&id) || shared.fetched(&id).is_some() {
         Message::Have(id)
     } else {
         Message::DontHave(id)
     };
-    if link.send(message) {
-        Ok(())
-    } else {
-        Err(ConnError::Rule("write_queue_full"))
+    if !link.send(message) {
+        shared.metrics.incr(Metric::IgnoredFramesTotal);
     }
 }
 
@@ -150,4 +151,41 @@ pub(crate) fn start_answer(
             .add(Metric::PieceBytesServedTotal, give.piece().len() as u64);
     }
     message.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::node::{Node, NodeConfig, WRITE_QUEUE_FRAMES, now};
+
+    #[tokio::test]
+    async fn want_haves_past_the_unread_write_queue_are_ignored_and_counted_not_closed() {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.target_outbound = 0;
+        let shared = Node::bind(config).await.unwrap().shared();
+        let remote = "127.0.0.1:40000".parse().unwrap();
+        // A link whose writer never runs: a peer that does not read.
+        let (link, (_answers, mut frames)) =
+            Link::new(1, remote, None, Arc::new(AtomicU64::new(0)), now());
+        let id = |n: usize| PieceId::of(&n.to_le_bytes());
+        for n in 0..WRITE_QUEUE_FRAMES {
+            on_want_have(&shared, &link, id(n));
+        }
+        assert_eq!(frames.len(), WRITE_QUEUE_FRAMES);
+        assert_eq!(shared.metrics.value(Metric::IgnoredFramesTotal), 0);
+
+        on_want_have(&shared, &link, id(WRITE_QUEUE_FRAMES));
+        assert_eq!(frames.len(), WRITE_QUEUE_FRAMES, "nothing more is queued");
+        assert_eq!(shared.metrics.value(Metric::IgnoredFramesTotal), 1);
+        assert!(!link.is_closed(), "ignored, not closed");
+
+        // Once the peer reads one answer, the next WANT_HAVE is answered.
+        assert_eq!(frames.recv().await, Some(Message::DontHave(id(0))));
+        on_want_have(&shared, &link, id(WRITE_QUEUE_FRAMES + 1));
+        assert_eq!(frames.len(), WRITE_QUEUE_FRAMES);
+        assert_eq!(shared.metrics.value(Metric::IgnoredFramesTotal), 1);
+    }
 }

@@ -3,14 +3,13 @@
 //! rule, the read loop with the close-or-count rules, and the writer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use piece_store::{Durability, Retention};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wire_format::limits::{
@@ -22,9 +21,9 @@ use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers, PieceId, V
 use crate::api::Direction;
 use crate::conn::{self, ConnError, FrameReader, PeerKind};
 use crate::fetch::FetchEvent;
-use crate::link::{Answered, AskBook, Link, Outgoing, ServeBook};
+use crate::link::{Answer, Answered, Link};
 use crate::metrics::{Family, Metric};
-use crate::node::{ConnEntry, Shared, WRITE_QUEUE_FRAMES, now};
+use crate::node::{ConnEntry, Shared, now};
 use crate::table::{DropReason, Source};
 
 /// A process-wide number for each connection's tracing span.
@@ -433,26 +432,14 @@ async fn serve(shared: Arc<Shared>, conn: Handshaken, record: bool) -> Result<()
         hello,
         legacy_first,
     } = conn;
-    let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
-    let (close_tx, mut close_rx) = watch::channel(false);
     let mut node_closing = shared.closing.subscribe();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
     reader.set_progress_counter(Arc::clone(&bytes_in));
     let legacy = hello.is_none();
-    let link = Arc::new(Link {
-        id: next_span_id(),
-        remote,
-        node_id: hello.map(|h| h.node_id()),
-        legacy,
-        tx,
-        close: close_tx,
-        progress: Arc::clone(&bytes_in),
-        serve: Mutex::new(ServeBook::default()),
-        asks: Mutex::new(AskBook::new(legacy, now())),
-        listen_port: hello.and_then(|h| h.listen_port()),
-        close_reason: std::sync::OnceLock::new(),
-    });
+    let (link, queues) = Link::new(next_span_id(), remote, hello, Arc::clone(&bytes_in), now());
+    let link = Arc::new(link);
+    let mut close_rx = link.close.subscribe();
     if record
         && !register(
             &shared,
@@ -488,7 +475,7 @@ async fn serve(shared: Arc<Shared>, conn: Handshaken, record: bool) -> Result<()
             Arc::clone(&shared),
             Arc::clone(&link),
             wr,
-            rx,
+            queues,
             Arc::clone(&bytes_out),
         )
         .in_current_span(),
@@ -625,7 +612,7 @@ impl Rules {
             Message::Ask(id) => crate::serve::on_ask(shared, link, id)?,
             Message::WantHave(id) => {
                 shared.metrics.incr(Metric::WantHaveReceivedTotal);
-                crate::serve::on_want_have(shared, link, id)?;
+                crate::serve::on_want_have(shared, link, id);
             }
             Message::Cancel(id) => crate::serve::on_cancel(shared, link, id),
             Message::Have(id) => {
@@ -734,9 +721,10 @@ async fn run_writer(
     shared: Arc<Shared>,
     link: Arc<Link>,
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outgoing>,
+    (mut rx, mut frames): crate::link::Queues,
     bytes_out: Arc<AtomicU64>,
 ) {
+    let mut frames_open = true;
     let peer = link.node_id;
     let legacy = link.legacy;
     let mut last_sent = tokio::time::Instant::now();
@@ -775,22 +763,28 @@ async fn run_writer(
                     draining = true;
                     continue;
                 }
-                Some(Outgoing::Frame(message)) => {
-                    if matches!(message, Message::Cancel(_)) {
-                        shared.metrics.incr(Metric::CancelsSentTotal);
-                    }
-                    (message, None)
-                }
-                Some(Outgoing::Answer { id, message: Some(give @ Message::Give(_)), permit }) => {
+                Some(Answer { id, message: Some(give @ Message::Give(_)), permit }) => {
                     gives.push_back((id, give, permit));
                     continue;
                 }
-                Some(Outgoing::Answer { id, message, permit }) => {
+                Some(Answer { id, message, permit }) => {
                     if !crate::serve::start_answer(&shared, &link, &id, message.as_ref()) {
                         continue; // cancelled, or nothing to say to a legacy peer
                     }
                     let Some(message) = message else { continue };
                     (message, permit)
+                }
+            },
+            f = frames.recv(), if !draining && frames_open => match f {
+                None => {
+                    frames_open = false;
+                    continue;
+                }
+                Some(message) => {
+                    if matches!(message, Message::Cancel(_)) {
+                        shared.metrics.incr(Metric::CancelsSentTotal);
+                    }
+                    (message, None)
                 }
             },
             () = async {
