@@ -163,6 +163,49 @@ pub(crate) struct State {
     pub(crate) conns: HashMap<u64, ConnEntry>,
     pub(crate) dialing: HashSet<PeerAddr>,
     pub(crate) table: PeerTable,
+    /// Accepted sockets still open, per IP: counted from accept until their
+    /// task ends, so sockets still waiting for a HELLO and CLIENT
+    /// connections (never registered) count against the limits too.
+    pub(crate) inbound: HashMap<IpAddr, usize>,
+}
+
+impl State {
+    /// Accepted sockets still open.
+    fn inbound_total(&self) -> usize {
+        self.inbound.values().sum()
+    }
+
+    /// Outbound connections (registered) to `ip`, or to anyone.
+    fn outbound(&self, ip: Option<IpAddr>) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.direction == Direction::Out && ip.is_none_or(|ip| c.remote.ip() == ip))
+            .count()
+    }
+
+    /// Connections open: every accepted socket, and outbound connections.
+    fn open_connections(&self) -> usize {
+        self.inbound_total() + self.outbound(None)
+    }
+}
+
+/// One accepted socket's place in [`State::inbound`], held by its task and
+/// given back when the task ends, however it ends.
+struct InboundSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        if let Some(n) = state.inbound.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                state.inbound.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// What the node shares between its tasks.
@@ -326,6 +369,13 @@ impl Shared {
     /// Number of connections open now.
     pub fn connection_count(&self) -> usize {
         self.state().conns.len()
+    }
+
+    /// Sockets that count against the connection limits now: every accepted
+    /// socket until its task ends (registered or not: still waiting for a
+    /// HELLO, or a CLIENT), and outbound connections.
+    pub fn open_connections(&self) -> usize {
+        self.state().open_connections()
     }
 
     /// Dialable addresses of connected HELLO peers, for PEERS.
@@ -550,6 +600,7 @@ impl Node {
                 conns: HashMap::new(),
                 dialing: HashSet::new(),
                 table,
+                inbound: HashMap::new(),
             }),
             closing: watch::Sender::new(false),
             store,
@@ -694,37 +745,38 @@ async fn run_saver(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn per_ip_count(state: &State, ip: IpAddr) -> usize {
-    state.conns.values().filter(|c| c.remote.ip() == ip).count()
-}
-
+/// Accepts `stream` if the connection limits allow it. Every accepted
+/// socket counts from now until its task ends, registered or not.
 fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let remote = PeerAddr::from(remote);
-    {
-        let state = shared.state();
-        let over_global = state.conns.len() >= shared.config.max_connections;
+    let slot = {
+        let mut state = shared.state();
+        let over_global = state.open_connections() >= shared.config.max_connections;
         // Outbound slots stay reserved, so inbound floods cannot take every slot.
-        let inbound = state
-            .conns
-            .values()
-            .filter(|c| c.direction == Direction::In)
-            .count();
-        let over_inbound = inbound >= shared.config.max_inbound();
+        let over_inbound = state.inbound_total() >= shared.config.max_inbound();
         let local = remote.class() == AddrClass::Loopback && shared.config.loopback_is_local;
-        let over_ip = !local && per_ip_count(&state, remote.ip()) >= MAX_CONNECTIONS_PER_IP;
+        let from_ip = state.inbound.get(&remote.ip()).copied().unwrap_or(0)
+            + state.outbound(Some(remote.ip()));
+        let over_ip = !local && from_ip >= MAX_CONNECTIONS_PER_IP;
         let banned = shared.is_banned(remote.ip(), None, None);
         if over_global || over_inbound || over_ip || banned {
             shared.metrics.incr(Metric::ConnectionsRejectedTotal);
             debug!(peer = %remote, over_global, over_inbound, over_ip, "connection refused by limit");
             return;
         }
-    }
+        *state.inbound.entry(remote.ip()).or_insert(0) += 1;
+        InboundSlot {
+            shared: Arc::clone(shared),
+            ip: remote.ip(),
+        }
+    };
     conn::tune(&stream);
     shared.metrics.incr(Metric::ConnectionsInboundTotal);
     let span = info_span!("conn", peer = %remote, dir = "in", conn = session::next_span_id());
     let shared = Arc::clone(shared);
     tokio::spawn(
         async move {
+            let _slot = slot;
             let _ = session::run(shared, stream, Direction::In, None, Purpose::Peer).await;
         }
         .instrument(span),
@@ -769,13 +821,8 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         let want = {
             let state = shared.state();
-            let outbound = state
-                .conns
-                .values()
-                .filter(|c| c.direction == Direction::Out)
-                .count()
-                + state.dialing.len();
-            if state.conns.len() >= shared.config.max_connections {
+            let outbound = state.outbound(None) + state.dialing.len();
+            if state.open_connections() >= shared.config.max_connections {
                 0
             } else {
                 shared

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use wire_format::limits::{
     DIAL_RATE_PER_SEC, DIGEST_MESSAGE_LEN, LEN_FIELD_BYTES, MAX_ASKS_IN_FLIGHT, PIECE_MAX,
 };
-use wire_format::{Give, Message, PeerAddr, PieceId, VerifiedPiece};
+use wire_format::{Give, Hello, Message, NodeId, PeerAddr, PieceId, VerifiedPiece};
 
 use common::{RawPeer, SOON, TestNode, digest};
 
@@ -85,7 +85,7 @@ async fn one_ip_may_hold_max_connections_per_ip_and_the_next_is_refused() {
     // A freed slot is taken again.
     drop(held.pop());
     let freed = wait_for(SOON, || {
-        node.shared.connection_count() == MAX_CONNECTIONS_PER_IP - 1
+        node.shared.open_connections() == MAX_CONNECTIONS_PER_IP - 1
     })
     .await;
     assert!(freed);
@@ -426,4 +426,67 @@ async fn pieces_past_the_verify_queue_wait_and_their_reader_with_them() {
     .await;
     assert!(all);
     assert_eq!(node.shared.connection_count(), 1);
+}
+
+/// Joins `node` as an extended peer once fewer than `limit` sockets are
+/// open (a closed socket's slot comes back once the node has seen the close).
+async fn join_below(node: &TestNode, limit: usize, id: u8) -> RawPeer {
+    let room = wait_for(SOON, || node.shared.open_connections() < limit).await;
+    assert!(room, "open: {}", node.shared.open_connections());
+    RawPeer::extended(node, id).await
+}
+
+#[tokio::test]
+async fn sockets_still_waiting_for_hello_count_against_the_connection_limit() {
+    // Two inbound slots; the two silent sockets take both.
+    let node = TestNode::start(|c| c.max_connections = 2).await;
+    let silent = [
+        tokio::net::TcpStream::connect(node.addr).await.unwrap(),
+        tokio::net::TcpStream::connect(node.addr).await.unwrap(),
+    ];
+    assert!(wait_for(SOON, || node.shared.open_connections() == 2).await);
+    assert_eq!(node.shared.connection_count(), 0, "none registered yet");
+
+    let mut over = RawPeer::connect(node.addr).await;
+    assert!(over.expect_closed().await.is_empty());
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
+
+    // One silent socket goes away: its slot serves a peer again.
+    let [first, _second] = silent;
+    drop(first);
+    let mut again = join_below(&node, 2, 7).await;
+    again.assert_answers(1).await;
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
+}
+
+#[tokio::test]
+async fn client_connections_count_against_the_per_ip_limit() {
+    // CLIENT connections (tools, probes) are never registered, yet each is
+    // an open socket of that IP.
+    let node = TestNode::start(|c| c.loopback_is_local = false).await;
+    let mut clients = Vec::new();
+    for id in 1..=MAX_CONNECTIONS_PER_IP {
+        let mut client = RawPeer::connect(node.addr).await;
+        let hello = Hello::ours(None, true, NodeId([u8::try_from(id).unwrap(); 8]));
+        client.send(&Message::Hello(hello)).await;
+        assert!(matches!(client.recv().await, Message::Hello(_)));
+        clients.push(client);
+    }
+    assert!(
+        wait_for(SOON, || node.shared.open_connections()
+            == MAX_CONNECTIONS_PER_IP)
+        .await
+    );
+    assert_eq!(
+        node.shared.connection_count(),
+        0,
+        "CLIENTs are not registered"
+    );
+
+    let mut over = RawPeer::connect(node.addr).await;
+    assert!(over.expect_closed().await.is_empty());
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
+    for (byte, client) in (1..).zip(&mut clients) {
+        client.assert_answers(byte).await;
+    }
 }

@@ -694,7 +694,7 @@ async fn inbound_connections_stop_at_the_global_limit_less_the_outbound_slots() 
     assert_eq!(node.shared.connection_count(), 2);
     // A freed slot is taken again.
     drop(first);
-    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    assert!(wait_for(SOON, || node.shared.open_connections() == 1).await);
     let _again = RawPeer::extended(&node, 3).await;
     assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
     drop(second);
