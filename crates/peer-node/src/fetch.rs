@@ -485,8 +485,25 @@ mod tests {
             0,
         );
         assert_eq!(shared.widen(WIDEN_DIALS), WIDEN_DIALS);
-        // The rest, less the banned one and those already being dialled.
-        assert_eq!(shared.widen(WIDEN_DIALS), 4);
+        // The rest, less the banned one and those already dialled: 4, as
+        // fast as the dial rate (shared with the dialler) allows.
+        let rest = WIDEN_DIALS + 5 - 1 - WIDEN_DIALS;
+        let mut dialled = shared.widen(WIDEN_DIALS);
+        assert!(dialled <= rest);
+        let done = crate::testing::wait_for(Duration::from_secs(5), || {
+            dialled += shared.widen(WIDEN_DIALS);
+            dialled >= rest
+        })
+        .await;
+        assert!(done && dialled == rest, "dialled {dialled}");
         assert!(!shared.state().dialing.contains(&liar));
+        // Every dial started counts its attempt; the banned one never does.
+        let all = (WIDEN_DIALS + rest) as u64;
+        let counted = crate::testing::wait_for(Duration::from_secs(5), || {
+            shared.metrics.value(Metric::DialAttemptsTotal) >= all
+        })
+        .await;
+        assert!(counted);
+        assert_eq!(shared.metrics.value(Metric::DialAttemptsTotal), all);
     }
 }
