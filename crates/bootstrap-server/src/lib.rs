@@ -8,4 +8,4 @@
 pub mod registry;
 pub mod server;
 
-pub use server::{Server, ServerConfig};
+pub use server::{Server, ServerConfig, ServerStats};

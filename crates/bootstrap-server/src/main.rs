@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bootstrap_server::registry::DEFAULT_MAX_PEERS;
+use bootstrap_server::server::{MAX_CONNECTIONS_PER_IP, MAX_OPEN_CONNECTIONS};
 use bootstrap_server::{Server, ServerConfig};
 use clap::Parser;
 use tracing::info;
@@ -41,10 +42,10 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let server = Server::bind(ServerConfig {
-        listen: args.listen,
         data_dir: args.data_dir.clone(),
         max_peers: args.max_peers,
         legacy: args.legacy,
+        ..ServerConfig::new(args.listen)
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -52,6 +53,8 @@ async fn run(args: Args) -> Result<(), String> {
     info!(
         listen = %addr,
         max_peers = args.max_peers,
+        max_connections = MAX_OPEN_CONNECTIONS,
+        max_connections_per_ip = MAX_CONNECTIONS_PER_IP,
         "bootstrap-server started; worst-case registry memory ≈ max_peers {} x 300 B = {} MiB",
         args.max_peers,
         (args.max_peers * 300) >> 20

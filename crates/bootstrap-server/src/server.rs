@@ -2,9 +2,11 @@
 //! and up to [`PEX_MAX_ENTRIES`] verified peers, records announcers and
 //! verifies them with dial-back probes.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,15 +16,54 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
-use wire_format::limits::{HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES, SHUTDOWN_GRACE};
+use wire_format::limits::{
+    HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL, SHUTDOWN_GRACE,
+};
 use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
 
-use crate::registry::{self, Registry};
+use crate::registry::{self, DEFAULT_MAX_PEERS, Registry};
 
 /// File of verified entries in the data dir.
 pub const REGISTRY_FILE: &str = "registry.json";
 /// How often expired entries are dropped and the registry saved.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Connections open at once, counted from accept until the connection ends
+/// (sockets still waiting for HELLO, CLIENT probes and legacy clients that
+/// keep their connection included); past it a new connection is closed at
+/// once.
+///
+/// Sized for a public server with the default registry: its nodes announce
+/// once per re-announce interval, each announce holding a connection for one
+/// round trip, or for the whole hello timeout at worst. Even if every announce
+/// took that long, the connections open at once would be a quarter of this
+/// bound (checked below), leaving room for bursts: a swarm starting together,
+/// hungry nodes asking again after half a second.
+///
+/// Worst case: this many file descriptors (plus dial-back probes), and
+/// memory of one frame plus one read chunk per connection
+/// (`MAX_OPEN_CONNECTIONS × (MAX_FRAME_BYTES + READ_CHUNK_BYTES)`, ≈ 4.3 GiB)
+/// if every client sends frames as large as the protocol allows.
+///
+/// Loopback counts too: past this bound even a legacy client is closed at
+/// once, which may kill it, rather than the server running out of
+/// descriptors.
+pub const MAX_OPEN_CONNECTIONS: usize = 1 << 12;
+const _: () = assert!(
+    MAX_OPEN_CONNECTIONS as u64
+        >= 4 * (DEFAULT_MAX_PEERS as u64) * HELLO_TIMEOUT.as_secs() / REANNOUNCE_INTERVAL.as_secs()
+);
+
+/// Connections one non-loopback IP may hold open at once. A node holds one
+/// only for an announce's round trip, so several nodes behind one NAT
+/// announcing at the same moment fit, while one host cannot take more than
+/// this share of [`MAX_OPEN_CONNECTIONS`]. Loopback is exempt: the reference
+/// program lives there, and a legacy client keeps its connection.
+pub const MAX_CONNECTIONS_PER_IP: usize = 8;
+
+/// Least time between two warnings that connections are being refused (each
+/// refusal is logged at debug level and counted).
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -35,6 +76,39 @@ pub struct ServerConfig {
     pub max_peers: usize,
     /// Treat non-loopback clients without HELLO as legacy.
     pub legacy: bool,
+    /// Connections open at once: [`MAX_OPEN_CONNECTIONS`], or fewer in tests.
+    /// Not a flag, because the flags are part of the user contract.
+    pub max_connections: usize,
+    /// Whether loopback clients get the exemptions of clients on this machine
+    /// (legacy detection without `--legacy`, no per-IP connection limit).
+    /// Always true in the binary; tests set it false to see how a client from
+    /// another host is treated without needing a second host.
+    pub loopback_is_local: bool,
+}
+
+impl ServerConfig {
+    /// Defaults, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            data_dir: None,
+            max_peers: DEFAULT_MAX_PEERS,
+            legacy: false,
+            max_connections: MAX_OPEN_CONNECTIONS,
+            loopback_is_local: true,
+        }
+    }
+}
+
+/// The server's counts, read while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections open now, from accept until their end.
+    pub open_connections: usize,
+    /// Connections closed at accept because a connection limit was reached.
+    pub refused_connections: u64,
+    /// Registry entries, verified or not.
+    pub registry_entries: usize,
 }
 
 #[derive(Debug)]
@@ -45,13 +119,97 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Set at shutdown: every connection closes.
     closing: watch::Sender<bool>,
-    /// Connections being served now.
-    open: AtomicUsize,
+    /// Connections being served now; a [`ConnectionSlot`] is one of them.
+    open: Mutex<OpenConnections>,
+    /// Connections closed at accept by a limit.
+    refused: AtomicU64,
 }
 
 impl Shared {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open(&self) -> MutexGuard<'_, OpenConnections> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> ServerStats {
+        let open_connections = self.open().total;
+        ServerStats {
+            open_connections,
+            refused_connections: self.refused.load(Ordering::Relaxed),
+            registry_entries: self.registry().len(),
+        }
+    }
+
+    /// Takes a place among the open connections for one from `remote`, or
+    /// names the limit that leaves none. Checked and taken under one lock,
+    /// so concurrent releases never let the counts pass a limit.
+    fn admit(self: &Arc<Self>, remote: PeerAddr) -> Result<ConnectionSlot, Limit> {
+        let local = remote.class() == AddrClass::Loopback && self.config.loopback_is_local;
+        let mut guard = self.open();
+        let open = &mut *guard;
+        if open.total >= self.config.max_connections {
+            return Err(Limit::Global);
+        }
+        let of_ip = open.per_ip.entry(remote.ip()).or_default();
+        if !local && *of_ip >= MAX_CONNECTIONS_PER_IP {
+            return Err(Limit::PerIp);
+        }
+        *of_ip += 1;
+        open.total += 1;
+        Ok(ConnectionSlot {
+            shared: Arc::clone(self),
+            ip: remote.ip(),
+        })
+    }
+}
+
+/// Connections open now, in total and per client IP.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    /// Only IPs with an open connection: never more entries than `total`.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// The limit that refused a connection.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Global,
+    PerIp,
+}
+
+impl Limit {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Global => "max_connections",
+            Self::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+/// One open connection's place in the counts, held by its task and given
+/// back when dropped, on whatever path the task ends.
+#[derive(Debug)]
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut guard = self.shared.open();
+        let open = &mut *guard;
+        // Saturating: `admit` counted this slot in both, so neither is zero.
+        open.total = open.total.saturating_sub(1);
+        if let Entry::Occupied(mut of_ip) = open.per_ip.entry(self.ip) {
+            *of_ip.get_mut() = of_ip.get().saturating_sub(1);
+            if *of_ip.get() == 0 {
+                of_ip.remove();
+            }
+        }
     }
 }
 
@@ -83,7 +241,8 @@ impl Server {
             node_id: NodeId(rand::random()),
             registry: Mutex::new(registry),
             closing: watch::Sender::new(false),
-            open: AtomicUsize::new(0),
+            open: Mutex::new(OpenConnections::default()),
+            refused: AtomicU64::new(0),
             config,
         });
         Ok(Self { shared, listener })
@@ -105,6 +264,12 @@ impl Server {
         move || shared.registry().verified_len()
     }
 
+    /// A handle to read the server's counts while it runs.
+    pub fn stats_handle(&self) -> impl Fn() -> ServerStats + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.stats()
+    }
+
     /// Runs until `shutdown` resolves; saves the registry on the way out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
@@ -124,12 +289,31 @@ impl Server {
             })
         };
         let accept = async {
+            let mut warned_at: Option<Instant> = None;
             loop {
                 match listener.accept().await {
-                    Ok((stream, remote)) => {
-                        let span = info_span!("conn", peer = %remote, dir = "in");
-                        tokio::spawn(serve(Arc::clone(&shared), stream, remote).instrument(span));
-                    }
+                    Ok((stream, remote)) => match shared.admit(PeerAddr::from(remote)) {
+                        Ok(slot) => {
+                            let span = info_span!("conn", peer = %remote, dir = "in");
+                            tokio::spawn(serve(slot, stream, remote).instrument(span));
+                        }
+                        Err(limit) => {
+                            // Closed before anything is read or written.
+                            drop(stream);
+                            let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            debug!(peer = %remote, limit = limit.name(), "connection refused by limit");
+                            if warned_at.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                                warned_at = Some(Instant::now());
+                                warn!(
+                                    refused,
+                                    limit = limit.name(),
+                                    max_connections = shared.config.max_connections,
+                                    max_per_ip = MAX_CONNECTIONS_PER_IP,
+                                    "refusing connections: a connection limit is reached"
+                                );
+                            }
+                        }
+                    },
                     Err(err) => {
                         warn!(%err, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,7 +330,7 @@ impl Server {
         // Close every connection, give them the grace period, then save.
         shared.closing.send_replace(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while shared.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while shared.open().total > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         save(&shared);
@@ -186,14 +370,14 @@ fn spawn_probe(shared: Arc<Shared>, addr: PeerAddr, expected: Option<NodeId>) {
     });
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
-    shared.open.fetch_add(1, Ordering::AcqRel);
+/// Serves one connection; its slot is given back when this ends.
+async fn serve(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
+    let shared = &slot.shared;
     let mut closing = shared.closing.subscribe();
     tokio::select! {
-        () = serve_one(&shared, stream, remote) => {}
+        () = serve_one(shared, stream, remote) => {}
         _ = closing.wait_for(|closing| *closing) => {}
     }
-    shared.open.fetch_sub(1, Ordering::AcqRel);
 }
 
 async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
@@ -201,7 +385,8 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new(rd);
-    let legacy_allowed = remote.class() == AddrClass::Loopback || shared.config.legacy;
+    let legacy_allowed = (remote.class() == AddrClass::Loopback && shared.config.loopback_is_local)
+        || shared.config.legacy;
     let kind = match conn::read_first_frame(&mut reader, legacy_allowed, HELLO_TIMEOUT).await {
         Ok(kind) => kind,
         Err(err) => {
@@ -262,5 +447,70 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
             Ok(Ok(Some(_))) => {}
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_connections: usize) -> Arc<Shared> {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        config.max_connections = max_connections;
+        Arc::new(Shared {
+            listen: PeerAddr::from(config.listen),
+            node_id: NodeId([1; 8]),
+            registry: Mutex::new(Registry::new(config.max_peers)),
+            closing: watch::Sender::new(false),
+            open: Mutex::new(OpenConnections::default()),
+            refused: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    fn public(last: u8, port: u16) -> PeerAddr {
+        PeerAddr::new(IpAddr::from([203, 0, 113, last]), port)
+    }
+
+    #[test]
+    fn slots_come_back_when_dropped_and_ips_without_one_are_forgotten() {
+        let shared = shared(MAX_CONNECTIONS_PER_IP + 1);
+        let held: Vec<_> = (5000..)
+            .take(MAX_CONNECTIONS_PER_IP)
+            .map(|port| shared.admit(public(1, port)))
+            .collect();
+        assert!(held.iter().all(Result::is_ok));
+        assert!(matches!(shared.admit(public(1, 6000)), Err(Limit::PerIp)));
+        let other = shared.admit(public(2, 5000));
+        assert!(other.is_ok());
+        assert!(matches!(shared.admit(public(3, 5000)), Err(Limit::Global)));
+        assert_eq!(shared.open().total, MAX_CONNECTIONS_PER_IP + 1);
+        assert_eq!(shared.open().per_ip.len(), 2, "refusals leave no entry");
+
+        drop(other);
+        assert_eq!(shared.open().per_ip.len(), 1);
+        drop(held);
+        assert_eq!(shared.open().total, 0);
+        assert!(shared.open().per_ip.is_empty());
+    }
+
+    #[test]
+    fn concurrent_admits_and_drops_never_pass_the_limit() {
+        const LIMIT: usize = 3;
+        let shared = shared(LIMIT);
+        std::thread::scope(|scope| {
+            for thread in 0..4u8 {
+                let shared = &shared;
+                scope.spawn(move || {
+                    for round in 0..2000u16 {
+                        let slot = shared.admit(public(thread, round));
+                        assert!(shared.open().total <= LIMIT);
+                        drop(slot);
+                    }
+                });
+            }
+        });
+        assert_eq!(shared.open().total, 0);
+        assert!(shared.open().per_ip.is_empty());
     }
 }

@@ -6,12 +6,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bootstrap_server::{Server, ServerConfig};
 use peer_node::conn::{FrameReader, read_one, write_message};
 use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use wire_format::{Hello, Message, NodeId, PeerAddr, Peers};
+
+mod common;
 
 async fn start_server() -> (
     SocketAddr,
@@ -29,21 +30,8 @@ async fn start_server_with(
     Box<dyn Fn() -> usize + Send + Sync>,
     oneshot::Sender<()>,
 ) {
-    let server = Server::bind(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: None,
-        max_peers,
-        legacy: false,
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let verified = Box::new(server.verified_counter());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    (addr, verified, stop)
+    let server = common::start_server_with(|c| c.max_peers = max_peers).await;
+    (server.addr, server.verified, server.stop)
 }
 
 /// A raw client: a listener answering dial-back probes with HELLO.

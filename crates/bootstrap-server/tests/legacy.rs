@@ -43,10 +43,8 @@ async fn only_core_frames<R: tokio::io::AsyncRead + Unpin>(
 #[tokio::test(start_paused = true)]
 async fn a_legacy_client_of_the_bootstrap_server_keeps_its_connection() {
     let server = Server::bind(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: None,
         max_peers: 100,
-        legacy: false,
+        ..ServerConfig::new("127.0.0.1:0".parse().unwrap())
     })
     .await
     .unwrap();

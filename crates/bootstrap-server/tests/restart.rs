@@ -62,10 +62,9 @@ impl RunningServer {
 
 fn server_config(listen: SocketAddr, data_dir: Option<PathBuf>) -> ServerConfig {
     ServerConfig {
-        listen,
         data_dir,
         max_peers: 1000,
-        legacy: false,
+        ..ServerConfig::new(listen)
     }
 }
 

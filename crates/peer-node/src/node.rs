@@ -198,8 +198,8 @@ impl DialBudget {
     fn take(&mut self, want: usize, now: Instant) -> usize {
         self.credit = (self.credit + now.saturating_duration_since(self.at)).min(DIAL_BURST);
         self.at = now;
-        let affordable = usize::try_from(self.credit.as_nanos() / DIAL_COST.as_nanos())
-            .unwrap_or(usize::MAX);
+        let affordable =
+            usize::try_from(self.credit.as_nanos() / DIAL_COST.as_nanos()).unwrap_or(usize::MAX);
         let granted = want.min(affordable);
         self.credit -= DIAL_COST * u32::try_from(granted).unwrap_or(u32::MAX);
         granted

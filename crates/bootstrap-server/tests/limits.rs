@@ -1,0 +1,131 @@
+//! Connection limits of the bootstrap server: at each limit the connection
+//! is served, one past it is closed before any frame, counted and never
+//! recorded, and a slot freed by a close serves again.
+// Test code: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bootstrap_server::server::MAX_CONNECTIONS_PER_IP;
+use peer_node::testing::wait_for;
+
+mod common;
+
+use common::{Client, SOON, TestServer, start_server_with};
+
+/// The port a legacy client names in its PEERS (ignored by the server).
+const LEGACY_PORT: u16 = 8100;
+
+impl TestServer {
+    fn open(&self) -> usize {
+        (self.stats)().open_connections
+    }
+
+    fn refused(&self) -> u64 {
+        (self.stats)().refused_connections
+    }
+
+    /// Asserts a connection over a limit was refused: closed before any
+    /// frame, counted once more, never recorded, nothing else closed.
+    async fn assert_refused(&self, over: &mut Client, open: usize, refused: u64) {
+        assert!(over.expect_closed().await.is_empty());
+        let stats = (self.stats)();
+        assert_eq!(stats.refused_connections, refused);
+        assert_eq!(stats.open_connections, open);
+        assert_eq!(stats.registry_entries, 0, "a refused announce was recorded");
+    }
+}
+
+/// A loopback port nobody listens on, for an announce that must never be
+/// recorded (a dial-back probe to it would fail at once).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// One byte from a small index, for node ids.
+fn id(i: usize) -> u8 {
+    u8::try_from(i).unwrap()
+}
+
+#[tokio::test]
+async fn the_connection_that_reaches_max_connections_is_served_and_the_next_refused() {
+    const MAX: usize = 3;
+    let server = start_server_with(|c| c.max_connections = MAX).await;
+    // Everything open counts: a socket still waiting for HELLO, a legacy
+    // client that keeps its connection, a CLIENT probe.
+    let silent = Client::connect(server.addr).await;
+    assert!(wait_for(SOON, || server.open() == 1).await);
+    let _legacy = Client::legacy(server.addr, LEGACY_PORT).await;
+    // At the limit: the probe is the last connection that fits, and served.
+    let _probe = Client::probe(server.addr, 3).await;
+    assert_eq!(server.open(), MAX);
+    assert_eq!(server.refused(), 0);
+
+    // One more: closed before anything is read or written.
+    let mut over = Client::try_announce(server.addr, 4, closed_port()).await;
+    server.assert_refused(&mut over, MAX, 1).await;
+
+    // The silent socket goes away: its slot serves again.
+    drop(silent);
+    assert!(wait_for(SOON, || server.open() == MAX - 1).await);
+    let _again = Client::probe(server.addr, 5).await;
+    assert_eq!(server.open(), MAX);
+    let mut over = Client::connect(server.addr).await;
+    server.assert_refused(&mut over, MAX, 2).await;
+}
+
+#[tokio::test]
+async fn one_ip_may_hold_max_connections_per_ip_and_the_next_is_refused() {
+    // Loopback stands in for another host: on this machine it is exempt.
+    let server = start_server_with(|c| c.loopback_is_local = false).await;
+    let mut held = Vec::new();
+    for i in 1..=MAX_CONNECTIONS_PER_IP {
+        held.push(Client::probe(server.addr, id(i)).await);
+    }
+    assert_eq!(server.open(), MAX_CONNECTIONS_PER_IP);
+    assert_eq!(server.refused(), 0);
+
+    let mut over = Client::try_announce(server.addr, 0x40, closed_port()).await;
+    server
+        .assert_refused(&mut over, MAX_CONNECTIONS_PER_IP, 1)
+        .await;
+
+    // A freed slot of that IP serves again.
+    drop(held.pop());
+    assert!(wait_for(SOON, || server.open() == MAX_CONNECTIONS_PER_IP - 1).await);
+    held.push(Client::probe(server.addr, 0x41).await);
+    let mut over = Client::connect(server.addr).await;
+    server
+        .assert_refused(&mut over, MAX_CONNECTIONS_PER_IP, 2)
+        .await;
+}
+
+// Needs a second loopback address, which Linux routes (all of 127.0.0.0/8).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_ip_at_its_limit_leaves_other_ips_served() {
+    let server = start_server_with(|c| c.loopback_is_local = false).await;
+    let mut held = Vec::new();
+    for i in 1..=MAX_CONNECTIONS_PER_IP {
+        held.push(Client::probe(server.addr, id(i)).await);
+    }
+    let other = Client::connect_from(server.addr, "127.0.0.2".parse().unwrap()).await;
+    let _other = other.into_probe(0x40).await;
+    assert_eq!(server.open(), MAX_CONNECTIONS_PER_IP + 1);
+    assert_eq!(server.refused(), 0);
+}
+
+#[tokio::test]
+async fn loopback_is_exempt_from_the_per_ip_limit() {
+    let server = start_server_with(|_| {}).await;
+    let mut held = Vec::new();
+    for i in 0..=MAX_CONNECTIONS_PER_IP {
+        // Legacy clients keep their connection: why loopback is exempt.
+        held.push(if i % 2 == 0 {
+            Client::legacy(server.addr, LEGACY_PORT).await
+        } else {
+            Client::probe(server.addr, id(i)).await
+        });
+    }
+    assert_eq!(server.open(), MAX_CONNECTIONS_PER_IP + 1);
+    assert_eq!(server.refused(), 0);
+}
