@@ -5,10 +5,36 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bootstrap_server::registry::DEFAULT_MAX_PEERS;
-use bootstrap_server::server::{MAX_CONNECTIONS_PER_IP, MAX_OPEN_CONNECTIONS};
+use bootstrap_server::server::{
+    MAX_CONCURRENT_PROBES, MAX_CONNECTIONS_PER_IP, MAX_OPEN_CONNECTIONS,
+};
 use bootstrap_server::{Server, ServerConfig};
 use clap::Parser;
-use tracing::info;
+use tracing::{info, warn};
+
+/// Descriptors kept free besides connections and probes: the listener, the
+/// data dir's lock and files, the runtime's own.
+const RESERVED_FDS: usize = 64;
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux); `None`
+/// where it cannot be read or is unlimited.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Connections the server may hold: [`MAX_OPEN_CONNECTIONS`], or fewer when
+/// the open-files limit would run out first (accept would then fail in a
+/// loop instead of refusing cleanly).
+fn connection_limit(open_files: Option<usize>) -> usize {
+    match open_files {
+        Some(limit) => limit
+            .saturating_sub(MAX_CONCURRENT_PROBES + RESERVED_FDS)
+            .clamp(1, MAX_OPEN_CONNECTIONS),
+        None => MAX_OPEN_CONNECTIONS,
+    }
+}
 
 /// Bootstrap server of the p2p piece exchange.
 #[derive(Debug, Parser)]
@@ -41,10 +67,19 @@ async fn run(args: Args) -> Result<(), String> {
         Some(dir) => Some(piece_store::DirLock::acquire(dir.path()).map_err(|e| e.to_string())?),
         None => None,
     };
+    let max_connections = connection_limit(open_files_limit());
+    if max_connections < MAX_OPEN_CONNECTIONS {
+        warn!(
+            max_connections,
+            "the open-files limit allows only {max_connections} connections (of {MAX_OPEN_CONNECTIONS}); raise it (ulimit -n {}) for a public server",
+            MAX_OPEN_CONNECTIONS + MAX_CONCURRENT_PROBES + RESERVED_FDS
+        );
+    }
     let server = Server::bind(ServerConfig {
         data_dir: args.data_dir.clone(),
         max_peers: args.max_peers,
         legacy: args.legacy,
+        max_connections,
         ..ServerConfig::new(args.listen)
     })
     .await
@@ -53,7 +88,7 @@ async fn run(args: Args) -> Result<(), String> {
     info!(
         listen = %addr,
         max_peers = args.max_peers,
-        max_connections = MAX_OPEN_CONNECTIONS,
+        max_connections,
         max_connections_per_ip = MAX_CONNECTIONS_PER_IP,
         "bootstrap-server started; worst-case registry memory ≈ max_peers {} x 300 B = {} MiB",
         args.max_peers,
@@ -75,6 +110,28 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("bootstrap-server: {err}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_leaves_room_for_probes_under_the_open_files_limit() {
+        assert_eq!(connection_limit(None), MAX_OPEN_CONNECTIONS);
+        let enough = MAX_OPEN_CONNECTIONS + MAX_CONCURRENT_PROBES + RESERVED_FDS;
+        assert_eq!(connection_limit(Some(enough)), MAX_OPEN_CONNECTIONS);
+        assert_eq!(connection_limit(Some(enough - 1)), MAX_OPEN_CONNECTIONS - 1);
+        assert_eq!(
+            connection_limit(Some(1024)),
+            1024 - MAX_CONCURRENT_PROBES - RESERVED_FDS
+        );
+        assert_eq!(connection_limit(Some(10)), 1, "never zero");
+        // This process's limit, where it can be read, is parsed.
+        if std::path::Path::new("/proc/self/limits").exists() {
+            assert!(open_files_limit().is_some_and(|n| n > 0));
         }
     }
 }

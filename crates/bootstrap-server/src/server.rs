@@ -54,6 +54,13 @@ const _: () = assert!(
         >= 4 * (DEFAULT_MAX_PEERS as u64) * HELLO_TIMEOUT.as_secs() / REANNOUNCE_INTERVAL.as_secs()
 );
 
+/// Dial-back probes in flight at once. Each takes a socket for at most the
+/// connect and hello timeouts (10 s), so 256 verify at least 25 new peers a
+/// second even when every probe times out. Re-announces of verified peers
+/// need no probe; a restart re-probes every saved entry through this queue
+/// instead of opening them all at once.
+pub const MAX_CONCURRENT_PROBES: usize = 256;
+
 /// Connections one non-loopback IP may hold open at once. A node holds one
 /// only for an announce's round trip, so several nodes behind one NAT
 /// announcing at the same moment fit, while one host cannot take more than
@@ -84,6 +91,9 @@ pub struct ServerConfig {
     /// Always true in the binary; tests set it false to see how a client from
     /// another host is treated without needing a second host.
     pub loopback_is_local: bool,
+    /// Dial-back probes in flight at once: [`MAX_CONCURRENT_PROBES`], or
+    /// fewer in tests.
+    pub max_probes: usize,
 }
 
 impl ServerConfig {
@@ -96,6 +106,7 @@ impl ServerConfig {
             legacy: false,
             max_connections: MAX_OPEN_CONNECTIONS,
             loopback_is_local: true,
+            max_probes: MAX_CONCURRENT_PROBES,
         }
     }
 }
@@ -123,6 +134,8 @@ struct Shared {
     open: Mutex<OpenConnections>,
     /// Connections closed at accept by a limit.
     refused: AtomicU64,
+    /// Dial-back probes running at once (see [`MAX_CONCURRENT_PROBES`]).
+    probes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -243,6 +256,7 @@ impl Server {
             closing: watch::Sender::new(false),
             open: Mutex::new(OpenConnections::default()),
             refused: AtomicU64::new(0),
+            probes: Arc::new(tokio::sync::Semaphore::new(config.max_probes)),
             config,
         });
         Ok(Self { shared, listener })
@@ -355,6 +369,11 @@ fn spawn_probe(shared: Arc<Shared>, addr: PeerAddr, expected: Option<NodeId>) {
         return;
     }
     tokio::spawn(async move {
+        // A restart re-probes every saved entry: a queue, not a burst of
+        // 100,000 connects.
+        let Ok(_permit) = Arc::clone(&shared.probes).acquire_owned().await else {
+            return;
+        };
         let outcome = conn::probe(addr.socket_addr(), shared.node_id, expected).await;
         let mut registry = shared.registry();
         match outcome {
@@ -464,6 +483,7 @@ mod tests {
             closing: watch::Sender::new(false),
             open: Mutex::new(OpenConnections::default()),
             refused: AtomicU64::new(0),
+            probes: Arc::new(tokio::sync::Semaphore::new(config.max_probes)),
             config,
         })
     }

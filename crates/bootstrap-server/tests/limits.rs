@@ -129,3 +129,69 @@ async fn loopback_is_exempt_from_the_per_ip_limit() {
     assert_eq!(server.open(), MAX_CONNECTIONS_PER_IP + 1);
     assert_eq!(server.refused(), 0);
 }
+
+#[tokio::test]
+async fn at_most_max_probes_dial_back_probes_run_at_once() {
+    use bootstrap_server::registry::{SavedEntry, save_json};
+    use bootstrap_server::server::REGISTRY_FILE;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tokio::net::TcpListener;
+
+    const MAX: usize = 2;
+    // Three saved peers that accept a probe and then say nothing: each probe
+    // holds its place until its hello timeout, or until the peer closes.
+    let peers = [
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let saved: Vec<SavedEntry> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| SavedEntry {
+            addr: l.local_addr().unwrap().to_string(),
+            node_id: format!("{:016x}", i + 1),
+            last_announce_unix_secs: now,
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    save_json(&dir.path().join(REGISTRY_FILE), &saved).unwrap();
+    let _server = start_server_with(|c| {
+        c.data_dir = Some(dir.path().to_owned());
+        c.max_probes = MAX;
+    })
+    .await;
+
+    // The restart re-probes all three; two run, the third waits.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (i, listener) in peers.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tx.send((i, socket)).unwrap();
+        });
+    }
+    let mut probed = Vec::new();
+    for _ in 0..MAX {
+        probed.push(
+            tokio::time::timeout(SOON, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let third = tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await;
+    assert!(third.is_err(), "a probe past the limit ran");
+
+    // One probed peer hangs up: its probe ends and the third one runs.
+    drop(probed.remove(0));
+    let (i, _socket) = tokio::time::timeout(SOON, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(probed.iter().all(|(j, _)| *j != i));
+}
