@@ -210,6 +210,10 @@ async fn run_fetch(
     let mut peers: HashMap<u64, Candidate> = HashMap::new();
     let mut widened: Option<Instant> = None;
     let mut hedged = false;
+    // Whether some peer left without saying no (its connection closed, or
+    // it could not be written to): then "not found" would be a guess, so
+    // the fetch waits for other peers until its deadline instead.
+    let mut unanswered = false;
     // The peer that gave us the last piece probably holds this one too (the
     // pieces of one file travel together): ASK it at once, saving the
     // WANT_HAVE round trip; everyone else gets a WANT_HAVE as usual. If it
@@ -278,6 +282,7 @@ async fn run_fetch(
                     c.progress = (c.link.bytes_received(), at);
                     if !c.link.ask(id, Some(budget), at) {
                         c.state = PeerState::Out;
+                        unanswered = true;
                     }
                 }
             }
@@ -306,6 +311,7 @@ async fn run_fetch(
                     c.progress = (c.link.bytes_received(), at);
                     if !c.link.ask(id, Some(budget), at) {
                         c.state = PeerState::Out;
+                        unanswered = true;
                     }
                 }
             }
@@ -322,18 +328,29 @@ async fn run_fetch(
                 }
             }
         }
-        let pending = peers.values().any(|c| c.state != PeerState::Out);
+        let mut pending = peers.values().any(|c| c.state != PeerState::Out);
+        if !pending {
+            // Connections that came up since the fetch started (the
+            // survivor of a duplicate pair, say) are asked before anything
+            // is concluded.
+            for link in shared.links() {
+                add(&mut peers, link);
+            }
+            pending = peers.values().any(|c| c.state != PeerState::Out);
+        }
         if !pending {
             match widened {
                 None => {
                     let dials = shared.widen(WIDEN_DIALS);
-                    if dials == 0 {
+                    if dials == 0 && !unanswered {
                         return Err(FetchError::NotFound);
                     }
-                    shared.metrics.incr(Metric::FetchWidensTotal);
+                    if dials > 0 {
+                        shared.metrics.incr(Metric::FetchWidensTotal);
+                    }
                     widened = Some(at);
                 }
-                Some(since) if at.duration_since(since) >= WIDEN_WAIT => {
+                Some(since) if at.duration_since(since) >= WIDEN_WAIT && !unanswered => {
                     return Err(FetchError::NotFound);
                 }
                 Some(_) => {}
@@ -356,6 +373,7 @@ async fn run_fetch(
             }
             if c.state != PeerState::Out && c.link.is_closed() {
                 c.state = PeerState::Out;
+                unanswered = true;
             }
         }
         let Some(event) = event else { continue };
@@ -367,9 +385,17 @@ async fn run_fetch(
                     c.state = PeerState::Holder;
                 }
             }
-            FetchEvent::DontHave(conn) | FetchEvent::Failed(conn) => {
+            FetchEvent::DontHave(conn) => {
                 if let Some(c) = peers.get_mut(&conn) {
                     c.state = PeerState::Out;
+                }
+            }
+            FetchEvent::Failed(conn) => {
+                if let Some(c) = peers.get_mut(&conn)
+                    && c.state != PeerState::Out
+                {
+                    c.state = PeerState::Out;
+                    unanswered = true;
                 }
             }
             FetchEvent::Gave(conn, piece) => {
@@ -383,7 +409,7 @@ async fn run_fetch(
                 return Ok(piece);
             }
             FetchEvent::Connected(link) => {
-                if widened.is_some() {
+                if widened.is_some() || unanswered {
                     add(&mut peers, link);
                 }
             }

@@ -996,3 +996,44 @@ async fn the_upload_rate_paces_gives_but_never_delays_control_frames() {
         other => panic!("expected the GIVE, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_fetch_whose_only_peer_leaves_asks_a_peer_that_connected_meanwhile() {
+    // The race behind a rare 404 in the benchmark: a fetch starts while its
+    // one peer is a connection about to close (the loser of a duplicate
+    // pair), and the surviving connection came up after the fetch started.
+    let node = TestNode::start(|_| {}).await;
+    let p = piece(9, 64 << 10);
+    let mut leaving = RawPeer::extended(&node, 1).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    assert_eq!(leaving.recv_answer().await, Message::WantHave(p.id()));
+
+    let mut holder = RawPeer::extended(&node, 2).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    drop(leaving);
+
+    assert_eq!(holder.recv_answer().await, Message::WantHave(p.id()));
+    holder.send(&Message::Have(p.id())).await;
+    assert_eq!(holder.recv_answer().await, Message::Ask(p.id()));
+    holder
+        .send(&Message::Give(
+            Give::new(p.id(), p.bytes().clone()).unwrap(),
+        ))
+        .await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+}
+
+#[tokio::test]
+async fn a_fetch_whose_peer_leaves_without_an_answer_ends_at_its_deadline_not_as_not_found() {
+    // Nobody said "I don't have it": "not found" would be a guess.
+    let node = TestNode::start(|_| {}).await;
+    let id = PieceId::of(b"held by a peer that hung up");
+    let mut leaving = RawPeer::extended(&node, 1).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    let deadline = Duration::from_secs(1);
+    let fetch = node.spawn_fetch(id, deadline);
+    assert_eq!(leaving.recv_answer().await, Message::WantHave(id));
+    drop(leaving);
+    assert!(matches!(fetch.await.unwrap(), Err(FetchError::Deadline)));
+}
