@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
+use crate::conn::{ConnError, FrameReader, read_one};
 use crate::node::{Node, NodeConfig, NodeError, Shared};
 
 /// How often [`wait_for`] checks its condition.
@@ -30,6 +31,37 @@ pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     cond()
+}
+
+/// Reads frames until the other side closes (end of stream, a reset or
+/// broken pipe, or a frame cut off by the close) within `deadline`; returns
+/// the frames that came first, or what went wrong instead of a close.
+pub async fn frames_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    deadline: Duration,
+) -> Result<Vec<wire_format::Message>, String> {
+    let end = Instant::now() + deadline;
+    let mut seen = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match read_one(reader, left).await {
+            Ok(Some(message)) => seen.push(message),
+            Ok(None) | Err(ConnError::Truncated { .. }) => return Ok(seen),
+            Err(ConnError::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Ok(seen);
+            }
+            Err(err) => {
+                return Err(format!(
+                    "expected a close within {deadline:?}: {err}; got {seen:?}"
+                ));
+            }
+        }
+    }
 }
 
 /// A [`Node`] listening on `127.0.0.1:0` (unless configured otherwise) and

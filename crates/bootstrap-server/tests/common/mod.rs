@@ -5,15 +5,14 @@
 #![allow(dead_code, reason = "each test crate uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bootstrap_server::{Server, ServerConfig, ServerStats};
 use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
+use peer_node::testing::frames_until_closed;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 use wire_format::{Hello, Message, NodeId, PeerAddr, Peers};
 
 /// How long a test waits for something that should happen at once.
@@ -131,23 +130,8 @@ impl Client {
     /// Reads until the server closes (EOF or reset) within [`SOON`];
     /// returns the frames that came before the close.
     pub async fn expect_closed(&mut self) -> Vec<Message> {
-        let end = Instant::now() + SOON;
-        let mut seen = Vec::new();
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match read_one(&mut self.reader, left).await {
-                Ok(Some(message)) => seen.push(message),
-                Ok(None) => return seen,
-                Err(ConnError::Io(err))
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                    ) =>
-                {
-                    return seen;
-                }
-                Err(err) => panic!("expected a close within {SOON:?}: {err}; got {seen:?}"),
-            }
-        }
+        frames_until_closed(&mut self.reader, SOON)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
     }
 }

@@ -5,7 +5,6 @@
 #![allow(dead_code, reason = "each test crate uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use std::time::Duration;
 use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
 use peer_node::metrics::{Family, Metric};
 use peer_node::node::NodeConfig;
-use peer_node::testing::{RunningNode, wait_for};
+use peer_node::testing::{RunningNode, frames_until_closed, wait_for};
 use piece_store::PieceStore;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -236,21 +235,9 @@ impl RawPeer {
     /// Reads until the node closes (EOF or reset) within `deadline`; returns
     /// the frames that came before the close.
     pub async fn expect_closed_within(&mut self, deadline: Duration) -> Vec<Message> {
-        let end = Instant::now() + deadline;
-        let mut seen = Vec::new();
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match read_one(&mut self.reader, left).await {
-                Ok(Some(message)) => seen.push(message),
-                Ok(None) => return seen,
-                Err(ConnError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-                    return seen;
-                }
-                // A GIVE cut off by the close (a stuck reader's).
-                Err(ConnError::Truncated { .. }) => return seen,
-                Err(err) => panic!("expected a close within {deadline:?}: {err}; got {seen:?}"),
-            }
-        }
+        frames_until_closed(&mut self.reader, deadline)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
     }
 
     pub async fn expect_closed(&mut self) -> Vec<Message> {
