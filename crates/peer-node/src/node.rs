@@ -919,6 +919,52 @@ async fn run_announcer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire_format::Hello;
+
+    /// Registers `n` extended peers, each dialable at its own port.
+    fn connect_extended(shared: &Shared, n: u16) {
+        let mut state = shared.state();
+        for i in 0..n {
+            let addr = PeerAddr::new([127, 0, 0, 1].into(), 20_000 + i);
+            let id = u64::from(i) + 1;
+            let hello = Hello::ours(Some(addr.port()), false, NodeId(id.to_le_bytes()));
+            let (link, _queues) = Link::new(id, addr, Some(hello), Arc::default(), now());
+            state.conns.insert(
+                id,
+                ConnEntry {
+                    node_id: Some(hello.node_id()),
+                    remote: addr,
+                    dialable: Some(addr),
+                    direction: Direction::In,
+                    legacy: false,
+                    opener: Some(hello.node_id()),
+                    since: SystemTime::now(),
+                    link: Arc::new(link),
+                    bytes_in: Arc::default(),
+                    bytes_out: Arc::default(),
+                },
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peers_frame_we_send_names_at_most_pex_max_entries_peers() {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.target_outbound = 0;
+        let at_limit = Node::bind(config.clone()).await.unwrap().shared();
+        connect_extended(&at_limit, u16::try_from(PEX_MAX_ENTRIES).unwrap());
+        assert_eq!(at_limit.dialable_peers(None, false).len(), PEX_MAX_ENTRIES);
+
+        let over = Node::bind(config).await.unwrap().shared();
+        connect_extended(&over, u16::try_from(PEX_MAX_ENTRIES + 1).unwrap());
+        let sent = over.dialable_peers(None, false);
+        assert_eq!(sent.len(), PEX_MAX_ENTRIES);
+        assert_eq!(
+            sent.iter().collect::<HashSet<_>>().len(),
+            PEX_MAX_ENTRIES,
+            "no repeats"
+        );
+    }
 
     #[test]
     fn the_dial_budget_grants_a_seconds_worth_at_once_then_the_rate() {
