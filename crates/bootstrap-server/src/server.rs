@@ -2,15 +2,13 @@
 //! and up to [`PEX_MAX_ENTRIES`] verified peers, records announcers and
 //! verifies them with dial-back probes.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use peer_node::conn::{self, FrameReader, PeerKind};
+use peer_node::conn::{self, FrameReader, OpenSockets, PeerKind, SocketSlot};
 use peer_node::node::bind_listener;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -131,7 +129,7 @@ struct Shared {
     /// Set at shutdown: every connection closes.
     closing: watch::Sender<bool>,
     /// Connections being served now; a [`ConnectionSlot`] is one of them.
-    open: Mutex<OpenConnections>,
+    open: OpenSockets,
     /// Connections closed at accept by a limit.
     refused: AtomicU64,
     /// Dial-back probes running at once (see [`MAX_CONCURRENT_PROBES`]).
@@ -143,12 +141,8 @@ impl Shared {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn open(&self) -> MutexGuard<'_, OpenConnections> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn stats(&self) -> ServerStats {
-        let open_connections = self.open().total;
+        let open_connections = self.open.total();
         ServerStats {
             open_connections,
             refused_connections: self.refused.load(Ordering::Relaxed),
@@ -161,30 +155,20 @@ impl Shared {
     /// so concurrent releases never let the counts pass a limit.
     fn admit(self: &Arc<Self>, remote: PeerAddr) -> Result<ConnectionSlot, Limit> {
         let local = remote.class() == AddrClass::Loopback && self.config.loopback_is_local;
-        let mut guard = self.open();
-        let open = &mut *guard;
-        if open.total >= self.config.max_connections {
-            return Err(Limit::Global);
-        }
-        let of_ip = open.per_ip.entry(remote.ip()).or_default();
-        if !local && *of_ip >= MAX_CONNECTIONS_PER_IP {
-            return Err(Limit::PerIp);
-        }
-        *of_ip += 1;
-        open.total += 1;
+        let socket = self.open.take(remote.ip(), |total, of_ip| {
+            if total >= self.config.max_connections {
+                Err(Limit::Global)
+            } else if !local && of_ip >= MAX_CONNECTIONS_PER_IP {
+                Err(Limit::PerIp)
+            } else {
+                Ok(())
+            }
+        })?;
         Ok(ConnectionSlot {
             shared: Arc::clone(self),
-            ip: remote.ip(),
+            _socket: socket,
         })
     }
-}
-
-/// Connections open now, in total and per client IP.
-#[derive(Debug, Default)]
-struct OpenConnections {
-    total: usize,
-    /// Only IPs with an open connection: never more entries than `total`.
-    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// The limit that refused a connection.
@@ -203,27 +187,11 @@ impl Limit {
     }
 }
 
-/// One open connection's place in the counts, held by its task and given
-/// back when dropped, on whatever path the task ends.
+/// One open connection's place in the counts, held by its task.
 #[derive(Debug)]
 struct ConnectionSlot {
     shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut guard = self.shared.open();
-        let open = &mut *guard;
-        // Saturating: `admit` counted this slot in both, so neither is zero.
-        open.total = open.total.saturating_sub(1);
-        if let Entry::Occupied(mut of_ip) = open.per_ip.entry(self.ip) {
-            *of_ip.get_mut() = of_ip.get().saturating_sub(1);
-            if *of_ip.get() == 0 {
-                of_ip.remove();
-            }
-        }
-    }
+    _socket: SocketSlot,
 }
 
 /// A bound bootstrap server.
@@ -254,7 +222,7 @@ impl Server {
             node_id: NodeId(rand::random()),
             registry: Mutex::new(registry),
             closing: watch::Sender::new(false),
-            open: Mutex::new(OpenConnections::default()),
+            open: OpenSockets::default(),
             refused: AtomicU64::new(0),
             probes: Arc::new(tokio::sync::Semaphore::new(config.max_probes)),
             config,
@@ -344,7 +312,7 @@ impl Server {
         // Close every connection, give them the grace period, then save.
         shared.closing.send_replace(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while shared.open().total > 0 && tokio::time::Instant::now() < deadline {
+        while shared.open.total() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         save(&shared);
@@ -471,6 +439,8 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn shared(max_connections: usize) -> Arc<Shared> {
@@ -481,7 +451,7 @@ mod tests {
             node_id: NodeId([1; 8]),
             registry: Mutex::new(Registry::new(config.max_peers)),
             closing: watch::Sender::new(false),
-            open: Mutex::new(OpenConnections::default()),
+            open: OpenSockets::default(),
             refused: AtomicU64::new(0),
             probes: Arc::new(tokio::sync::Semaphore::new(config.max_probes)),
             config,
@@ -504,14 +474,14 @@ mod tests {
         let other = shared.admit(public(2, 5000));
         assert!(other.is_ok());
         assert!(matches!(shared.admit(public(3, 5000)), Err(Limit::Global)));
-        assert_eq!(shared.open().total, MAX_CONNECTIONS_PER_IP + 1);
-        assert_eq!(shared.open().per_ip.len(), 2, "refusals leave no entry");
+        assert_eq!(shared.open.total(), MAX_CONNECTIONS_PER_IP + 1);
+        assert_eq!(shared.open.ips(), 2, "refusals leave no entry");
 
         drop(other);
-        assert_eq!(shared.open().per_ip.len(), 1);
+        assert_eq!(shared.open.ips(), 1);
         drop(held);
-        assert_eq!(shared.open().total, 0);
-        assert!(shared.open().per_ip.is_empty());
+        assert_eq!(shared.open.total(), 0);
+        assert_eq!(shared.open.ips(), 0);
     }
 
     #[test]
@@ -524,13 +494,13 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..2000u16 {
                         let slot = shared.admit(public(thread, round));
-                        assert!(shared.open().total <= LIMIT);
+                        assert!(shared.open.total() <= LIMIT);
                         drop(slot);
                     }
                 });
             }
         });
-        assert_eq!(shared.open().total, 0);
-        assert!(shared.open().per_ip.is_empty());
+        assert_eq!(shared.open.total(), 0);
+        assert_eq!(shared.open.ips(), 0);
     }
 }

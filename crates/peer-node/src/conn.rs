@@ -9,11 +9,15 @@
 //! * [`read_first_frame`] classifies a peer by its first frame (the HELLO exchange and
 //!   legacy detection of PROTOCOL.md §3); the node and server sequence it.
 //! * [`probe`] is the dial-back probe both programs use.
+//! * [`OpenSockets`] counts accepted sockets, in total and per IP, for the
+//!   connection limits of both programs.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -230,6 +234,78 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnError> {
         })??;
     tune(&stream);
     Ok(stream)
+}
+
+/// Accepted sockets still open, in total and per IP: connection limits
+/// count a socket from accept until its task ends, whether or not it ever
+/// sends a HELLO or is registered. Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct OpenSockets(Arc<Mutex<SocketCounts>>);
+
+#[derive(Debug, Default)]
+struct SocketCounts {
+    total: usize,
+    /// Only IPs with an open socket: never more entries than `total`.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl OpenSockets {
+    fn counts(&self) -> MutexGuard<'_, SocketCounts> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sockets open now.
+    pub fn total(&self) -> usize {
+        self.counts().total
+    }
+
+    /// Distinct IPs with a socket open now.
+    pub fn ips(&self) -> usize {
+        self.counts().per_ip.len()
+    }
+
+    /// Takes a place for a socket from `ip` if `admit(total, of_ip)` allows
+    /// it (the counts before this socket), or returns `admit`'s refusal.
+    /// Checked and taken under one lock, so concurrent takes and releases
+    /// never let the counts pass a limit.
+    pub fn take<E>(
+        &self,
+        ip: IpAddr,
+        admit: impl FnOnce(usize, usize) -> Result<(), E>,
+    ) -> Result<SocketSlot, E> {
+        let mut guard = self.counts();
+        let counts = &mut *guard;
+        admit(counts.total, counts.per_ip.get(&ip).copied().unwrap_or(0))?;
+        counts.total += 1;
+        *counts.per_ip.entry(ip).or_default() += 1;
+        Ok(SocketSlot {
+            sockets: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open socket's place in [`OpenSockets`], held by its task and given
+/// back when dropped, however the task ends.
+#[derive(Debug)]
+pub struct SocketSlot {
+    sockets: OpenSockets,
+    ip: IpAddr,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut guard = self.sockets.counts();
+        let counts = &mut *guard;
+        // `take` counted this slot in both, so neither is zero.
+        counts.total = counts.total.saturating_sub(1);
+        if let Entry::Occupied(mut of_ip) = counts.per_ip.entry(self.ip) {
+            *of_ip.get_mut() = of_ip.get().saturating_sub(1);
+            if *of_ip.get() == 0 {
+                of_ip.remove();
+            }
+        }
+    }
 }
 
 /// Sets the options every peer connection gets: no Nagle delay (frames are

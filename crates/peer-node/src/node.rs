@@ -19,7 +19,7 @@ use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, VerifiedPiece};
 
 use crate::api::{Direction, PeerSource, PeerState, PeerView};
 use crate::bans::{BanTarget, Bans};
-use crate::conn;
+use crate::conn::{self, OpenSockets};
 pub use crate::fetch::FETCH_BUDGET_BYTES;
 use crate::fetch::FetchHandle;
 use crate::link::Link;
@@ -163,10 +163,6 @@ pub(crate) struct State {
     pub(crate) conns: HashMap<u64, ConnEntry>,
     pub(crate) dialing: HashSet<PeerAddr>,
     pub(crate) table: PeerTable,
-    /// Accepted sockets still open, per IP: counted from accept until their
-    /// task ends, so sockets still waiting for a HELLO and CLIENT
-    /// connections (never registered) count against the limits too.
-    pub(crate) inbound: HashMap<IpAddr, usize>,
     /// New connects allowed now (PROTOCOL.md §4: dialling is rate-limited),
     /// shared by the dialler and widening fetches.
     pub(crate) dial_budget: DialBudget,
@@ -213,41 +209,12 @@ impl DialBudget {
 }
 
 impl State {
-    /// Accepted sockets still open.
-    fn inbound_total(&self) -> usize {
-        self.inbound.values().sum()
-    }
-
     /// Outbound connections (registered) to `ip`, or to anyone.
     fn outbound(&self, ip: Option<IpAddr>) -> usize {
         self.conns
             .values()
             .filter(|c| c.direction == Direction::Out && ip.is_none_or(|ip| c.remote.ip() == ip))
             .count()
-    }
-
-    /// Connections open: every accepted socket, and outbound connections.
-    fn open_connections(&self) -> usize {
-        self.inbound_total() + self.outbound(None)
-    }
-}
-
-/// One accepted socket's place in [`State::inbound`], held by its task and
-/// given back when the task ends, however it ends.
-struct InboundSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for InboundSlot {
-    fn drop(&mut self) {
-        let mut state = self.shared.state();
-        if let Some(n) = state.inbound.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                state.inbound.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -266,6 +233,10 @@ pub struct Shared {
     pub(crate) serve_budget: Arc<Semaphore>,
     /// In-flight fetch budget ([`crate::fetch::FETCH_BUDGET_BYTES`], in KiB units).
     pub(crate) fetch_budget: Arc<Semaphore>,
+    /// Accepted sockets still open: counted from accept until their task
+    /// ends, so sockets still waiting for a HELLO and CLIENT connections
+    /// (never registered) count against the limits too.
+    pub(crate) inbound: OpenSockets,
     /// Pieces received and waiting for (or in) verification, across all
     /// connections: bounds the memory of unverified bytes.
     pub(crate) verify_slots: Arc<Semaphore>,
@@ -420,7 +391,8 @@ impl Shared {
     /// socket until its task ends (registered or not: still waiting for a
     /// HELLO, or a CLIENT), and outbound connections.
     pub fn open_connections(&self) -> usize {
-        self.state().open_connections()
+        let state = self.state();
+        self.inbound.total() + state.outbound(None)
     }
 
     /// Dialable addresses of connected HELLO peers, for PEERS.
@@ -645,13 +617,13 @@ impl Node {
                 conns: HashMap::new(),
                 dialing: HashSet::new(),
                 table,
-                inbound: HashMap::new(),
                 dial_budget: DialBudget::new(now()),
             }),
             closing: watch::Sender::new(false),
             store,
             serve_budget: Arc::new(Semaphore::new(SERVE_BUDGET_BYTES / BUDGET_UNIT)),
             fetch_budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES / BUDGET_UNIT)),
+            inbound: OpenSockets::default(),
             verify_slots: Arc::new(Semaphore::new(VERIFY_QUEUE_PIECES)),
             fetches: Mutex::new(HashMap::new()),
             bans: Mutex::new(Bans::new()),
@@ -795,26 +767,29 @@ async fn run_saver(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// socket counts from now until its task ends, registered or not.
 fn accept_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let remote = PeerAddr::from(remote);
+    let local = remote.class() == AddrClass::Loopback && shared.config.loopback_is_local;
+    let banned = shared.is_banned(remote.ip(), None, None);
     let slot = {
-        let mut state = shared.state();
-        let over_global = state.open_connections() >= shared.config.max_connections;
-        // Outbound slots stay reserved, so inbound floods cannot take every slot.
-        let over_inbound = state.inbound_total() >= shared.config.max_inbound();
-        let local = remote.class() == AddrClass::Loopback && shared.config.loopback_is_local;
-        let from_ip = state.inbound.get(&remote.ip()).copied().unwrap_or(0)
-            + state.outbound(Some(remote.ip()));
-        let over_ip = !local && from_ip >= MAX_CONNECTIONS_PER_IP;
-        let banned = shared.is_banned(remote.ip(), None, None);
-        if over_global || over_inbound || over_ip || banned {
-            shared.metrics.incr(Metric::ConnectionsRejectedTotal);
-            debug!(peer = %remote, over_global, over_inbound, over_ip, "connection refused by limit");
-            return;
-        }
-        *state.inbound.entry(remote.ip()).or_insert(0) += 1;
-        InboundSlot {
-            shared: Arc::clone(shared),
-            ip: remote.ip(),
-        }
+        // Lock order: the state, then the socket counts (a slot's release
+        // takes only the counts).
+        let state = shared.state();
+        let outbound = state.outbound(None);
+        let outbound_to_ip = state.outbound(Some(remote.ip()));
+        shared.inbound.take(remote.ip(), |inbound, from_ip| {
+            let over_global = inbound + outbound >= shared.config.max_connections;
+            // Outbound slots stay reserved, so inbound floods cannot take every slot.
+            let over_inbound = inbound >= shared.config.max_inbound();
+            let over_ip = !local && from_ip + outbound_to_ip >= MAX_CONNECTIONS_PER_IP;
+            if over_global || over_inbound || over_ip || banned {
+                debug!(peer = %remote, over_global, over_inbound, over_ip, banned, "connection refused by limit");
+                return Err(());
+            }
+            Ok(())
+        })
+    };
+    let Ok(slot) = slot else {
+        shared.metrics.incr(Metric::ConnectionsRejectedTotal);
+        return;
     };
     conn::tune(&stream);
     shared.metrics.incr(Metric::ConnectionsInboundTotal);
@@ -868,7 +843,7 @@ async fn run_dialler(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let want = {
             let state = shared.state();
             let outbound = state.outbound(None) + state.dialing.len();
-            if state.open_connections() >= shared.config.max_connections {
+            if shared.inbound.total() + state.outbound(None) >= shared.config.max_connections {
                 0
             } else {
                 shared
