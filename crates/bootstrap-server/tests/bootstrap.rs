@@ -31,7 +31,7 @@ async fn start_server_with(
     oneshot::Sender<()>,
 ) {
     let server = common::start_server_with(|c| c.max_peers = max_peers).await;
-    (server.addr, server.verified, server.stop)
+    (server.addr, server.verified, server.shutdown)
 }
 
 /// A raw client: a listener answering dial-back probes with HELLO.

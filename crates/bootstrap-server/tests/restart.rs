@@ -16,50 +16,16 @@ use peer_node::node::NodeConfig;
 use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use wire_format::{Hello, Message, NodeId};
+
+mod common;
+
+use common::{STOP_DEADLINE, TestServer};
 
 /// Longest a swarm of a few loopback nodes may take to form.
 const FORM_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the swarm is watched after its bootstrap server stops.
 const WATCH_FOR: Duration = Duration::from_secs(2);
-/// Longest a clean stop may take (the nodes' grace period is 5 s).
-const STOP_DEADLINE: Duration = Duration::from_secs(10);
-
-/// A running bootstrap server.
-struct RunningServer {
-    addr: SocketAddr,
-    verified: Box<dyn Fn() -> usize + Send + Sync>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl RunningServer {
-    fn start(server: Server) -> Self {
-        let addr = server.local_addr().unwrap();
-        let verified = Box::new(server.verified_counter());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            verified,
-            stop,
-            task,
-        }
-    }
-
-    /// Sends the shutdown and waits until `run` has returned (registry saved).
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(STOP_DEADLINE, self.task)
-            .await
-            .expect("the bootstrap server stops in time")
-            .unwrap();
-    }
-}
-
 fn server_config(listen: SocketAddr, data_dir: Option<PathBuf>) -> ServerConfig {
     ServerConfig {
         data_dir,
@@ -68,9 +34,9 @@ fn server_config(listen: SocketAddr, data_dir: Option<PathBuf>) -> ServerConfig 
     }
 }
 
-async fn start_server(data_dir: Option<PathBuf>) -> RunningServer {
+async fn start_server(data_dir: Option<PathBuf>) -> TestServer {
     let config = server_config("127.0.0.1:0".parse().unwrap(), data_dir);
-    RunningServer::start(Server::bind(config).await.unwrap())
+    TestServer::start(Server::bind(config).await.unwrap())
 }
 
 /// Starts a node that bootstraps from `bootstrap`, adjusted by `configure`.
@@ -307,7 +273,7 @@ async fn the_bootstrap_server_restarts_on_its_port_at_once_and_reverifies_its_re
         0,
         "restored entries are re-probed before they are listed"
     );
-    let restarted = RunningServer::start(restarted);
+    let restarted = TestServer::start(restarted);
     assert_eq!(restarted.addr, port_addr);
     let reverified = wait_for(FORM_DEADLINE, || (restarted.verified)() == 3).await;
     assert!(

@@ -13,37 +13,59 @@ use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
 use peer_node::testing::frames_until_closed;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use wire_format::{Hello, Message, NodeId, PeerAddr, Peers};
 
 /// How long a test waits for something that should happen at once.
 pub const SOON: Duration = Duration::from_secs(5);
 
-/// A bootstrap server running until [`stop`](Self::stop) is sent or dropped.
+/// Longest a clean stop may take (the server's grace period is 5 s).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A bootstrap server running in the test's runtime until
+/// [`stop`](Self::stop) is called, or `shutdown` is sent or dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub verified: Box<dyn Fn() -> usize + Send + Sync>,
     pub stats: Box<dyn Fn() -> ServerStats + Send + Sync>,
-    pub stop: oneshot::Sender<()>,
+    pub shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Runs a bound server.
+    pub fn start(server: Server) -> Self {
+        let addr = server.local_addr().unwrap();
+        let verified = Box::new(server.verified_counter());
+        let stats = Box::new(server.stats_handle());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            verified,
+            stats,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Sends the shutdown and waits until `run` has returned (registry saved).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(STOP_DEADLINE, self.task)
+            .await
+            .expect("the bootstrap server stops in time")
+            .unwrap();
+    }
 }
 
 /// A server on `127.0.0.1:0` with the defaults, adjusted by `configure`.
 pub async fn start_server_with(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
     configure(&mut config);
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let verified = Box::new(server.verified_counter());
-    let stats = Box::new(server.stats_handle());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    TestServer {
-        addr,
-        verified,
-        stats,
-        stop,
-    }
+    TestServer::start(Server::bind(config).await.unwrap())
 }
 
 /// A raw client socket.
