@@ -270,43 +270,32 @@ impl Server {
                 }
             })
         };
-        let accept = async {
-            let mut warned_at: Option<Instant> = None;
-            loop {
-                match listener.accept().await {
-                    Ok((stream, remote)) => match shared.admit(PeerAddr::from(remote)) {
-                        Ok(slot) => {
-                            let span = info_span!("conn", peer = %remote, dir = "in");
-                            tokio::spawn(serve(slot, stream, remote).instrument(span));
-                        }
-                        Err(limit) => {
-                            // Closed before anything is read or written.
-                            drop(stream);
-                            let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                            debug!(peer = %remote, limit = limit.name(), "connection refused by limit");
-                            if warned_at.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
-                                warned_at = Some(Instant::now());
-                                warn!(
-                                    refused,
-                                    limit = limit.name(),
-                                    max_connections = shared.config.max_connections,
-                                    max_per_ip = MAX_CONNECTIONS_PER_IP,
-                                    "refusing connections: a connection limit is reached"
-                                );
-                            }
-                        }
-                    },
-                    Err(err) => {
-                        warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut warned_at: Option<Instant> = None;
+        conn::accept_until(&listener, shutdown, |stream, remote| {
+            match shared.admit(PeerAddr::from(remote)) {
+                Ok(slot) => {
+                    let span = info_span!("conn", peer = %remote, dir = "in");
+                    tokio::spawn(serve(slot, stream, remote).instrument(span));
+                }
+                Err(limit) => {
+                    // Closed before anything is read or written.
+                    drop(stream);
+                    let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                    debug!(peer = %remote, limit = limit.name(), "connection refused by limit");
+                    if warned_at.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                        warned_at = Some(Instant::now());
+                        warn!(
+                            refused,
+                            limit = limit.name(),
+                            max_connections = shared.config.max_connections,
+                            max_per_ip = MAX_CONNECTIONS_PER_IP,
+                            "refusing connections: a connection limit is reached"
+                        );
                     }
                 }
             }
-        };
-        tokio::select! {
-            () = shutdown => {}
-            () = accept => {}
-        }
+        })
+        .await;
         maintenance.abort();
         drop(listener);
         // Close every connection, give them the grace period, then save.

@@ -236,6 +236,34 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnError> {
     Ok(stream)
 }
 
+/// Pause after a failed accept (out of descriptors, say) before the next.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Accepts connections on `listener`, handing each to `on_accept`, until
+/// `shutdown` resolves. A failed accept is logged and retried after
+/// [`ACCEPT_RETRY`], so a full descriptor table does not spin.
+pub async fn accept_until(
+    listener: &tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) {
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => on_accept(stream, remote),
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = accept => {}
+    }
+}
+
 /// Accepted sockets still open, in total and per IP: connection limits
 /// count a socket from accept until its task ends, whether or not it ever
 /// sends a HELLO or is registered. Clones share the counts.

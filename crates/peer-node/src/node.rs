@@ -656,21 +656,10 @@ impl Node {
         let announcer = tokio::spawn(run_announcer(Arc::clone(&shared), stop_rx.clone()));
         let saver = tokio::spawn(run_saver(Arc::clone(&shared), stop_rx.clone()));
         let listener = self.listener;
-        let accept = async {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, remote)) => accept_connection(&shared, stream, remote),
-                    Err(err) => {
-                        warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            () = shutdown => {}
-            () = accept => {}
-        }
+        conn::accept_until(&listener, shutdown, |stream, remote| {
+            accept_connection(&shared, stream, remote);
+        })
+        .await;
         info!("shutting down");
         let _ = stop_tx.send(true);
         drop(listener);
