@@ -92,69 +92,29 @@ impl Shared {
         {
             return Ok(bytes);
         }
-        let mut result = {
-            let mut fetches = self.fetches();
-            match fetches.get(&id) {
-                Some(handle) => {
-                    self.metrics.incr(Metric::FetchesJoinedTotal);
-                    handle.result.clone()
+        let mut from_store_once = true;
+        let mut result = loop {
+            let joined = {
+                let mut fetches = self.fetches();
+                match fetches.get(&id) {
+                    Some(handle) => {
+                        self.metrics.incr(Metric::FetchesJoinedTotal);
+                        Some(handle.result.clone())
+                    }
+                    // A fetch that just ended leaves only once its cache copy
+                    // is stored: checked under the lock, the piece is either
+                    // still registered (above) or already in the store.
+                    None if from_store_once && self.store.has(&id) => None,
+                    None => Some(self.start_fetch(&mut fetches, id, timeout)),
                 }
+            };
+            match joined {
+                Some(result) => break result,
                 None => {
-                    let (events_tx, events_rx) = mpsc::channel(FETCH_EVENTS);
-                    let (result_tx, result_rx) = watch::channel(None);
-                    fetches.insert(
-                        id,
-                        FetchHandle {
-                            events: events_tx,
-                            result: result_rx.clone(),
-                        },
-                    );
-                    self.metrics.incr(Metric::FetchesStartedTotal);
-                    let shared = Arc::clone(self);
-                    let span = info_span!("fetch", piece = %id);
-                    tokio::spawn(
-                        async move {
-                            let outcome = run_fetch(&shared, id, timeout, events_rx).await;
-                            match outcome {
-                                Ok(piece) => {
-                                    shared.metrics.incr(Metric::FetchesSucceededTotal);
-                                    // The requesters get the piece at once...
-                                    let _ = result_tx.send(Some(Ok(piece.bytes().clone())));
-                                    // ...and the fetch stays registered (answering
-                                    // newcomers from its result) until the cache
-                                    // copy is in the store, so nobody fetches the
-                                    // piece again in between.
-                                    let store = Arc::clone(&shared.store);
-                                    let _ = tokio::task::spawn_blocking(move || {
-                                        if !store.has(&piece.id()) {
-                                            let _ = store.put(
-                                                piece,
-                                                Retention::Cached,
-                                                Durability::Background,
-                                            );
-                                        }
-                                    })
-                                    .await;
-                                    shared.fetches().remove(&id);
-                                }
-                                Err(err) => {
-                                    shared.fetches().remove(&id);
-                                    match &err {
-                                        FetchError::NotFound => {
-                                            shared.metrics.incr(Metric::FetchesNotFoundTotal)
-                                        }
-                                        FetchError::Deadline => {
-                                            shared.metrics.incr(Metric::FetchesDeadlineTotal)
-                                        }
-                                        _ => {}
-                                    }
-                                    let _ = result_tx.send(Some(Err(err)));
-                                }
-                            }
-                        }
-                        .instrument(span),
-                    );
-                    result_rx
+                    from_store_once = false;
+                    if let Some(bytes) = crate::serve::read_piece(self, id).await {
+                        return Ok(bytes);
+                    }
                 }
             }
         };
@@ -171,6 +131,67 @@ impl Shared {
         tokio::time::timeout(timeout, wait)
             .await
             .unwrap_or(Err(FetchError::Deadline))
+    }
+
+    /// Registers and spawns the fetch of `id` (the caller holds the lock on
+    /// the fetch registry); returns where its result will appear.
+    fn start_fetch(
+        self: &Arc<Self>,
+        fetches: &mut HashMap<PieceId, FetchHandle>,
+        id: PieceId,
+        timeout: Duration,
+    ) -> watch::Receiver<Option<Result<Bytes, FetchError>>> {
+        let (events_tx, events_rx) = mpsc::channel(FETCH_EVENTS);
+        let (result_tx, result_rx) = watch::channel(None);
+        fetches.insert(
+            id,
+            FetchHandle {
+                events: events_tx,
+                result: result_rx.clone(),
+            },
+        );
+        self.metrics.incr(Metric::FetchesStartedTotal);
+        let shared = Arc::clone(self);
+        let span = info_span!("fetch", piece = %id);
+        tokio::spawn(
+            async move {
+                let outcome = run_fetch(&shared, id, timeout, events_rx).await;
+                match outcome {
+                    Ok(piece) => {
+                        shared.metrics.incr(Metric::FetchesSucceededTotal);
+                        // The requesters get the piece at once...
+                        let _ = result_tx.send(Some(Ok(piece.bytes().clone())));
+                        // ...and the fetch stays registered (answering
+                        // newcomers from its result) until the cache
+                        // copy is in the store, so nobody fetches the
+                        // piece again in between.
+                        let store = Arc::clone(&shared.store);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if !store.has(&piece.id()) {
+                                let _ = store.put(piece, Retention::Cached, Durability::Background);
+                            }
+                        })
+                        .await;
+                        shared.fetches().remove(&id);
+                    }
+                    Err(err) => {
+                        shared.fetches().remove(&id);
+                        match &err {
+                            FetchError::NotFound => {
+                                shared.metrics.incr(Metric::FetchesNotFoundTotal)
+                            }
+                            FetchError::Deadline => {
+                                shared.metrics.incr(Metric::FetchesDeadlineTotal)
+                            }
+                            _ => {}
+                        }
+                        let _ = result_tx.send(Some(Err(err)));
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        result_rx
     }
 
     /// The piece, if a fetch for it has just finished and its cache copy is
