@@ -3,7 +3,9 @@
 //!
 //! * [`FrameReader`] reads whole frames into one buffer (reserving a whole
 //!   GIVE at once once its header is known) and never reads a body the
-//!   decoder would reject.
+//!   decoder would reject. A large GIVE's piece can instead be handed over
+//!   in chunks while it arrives ([`Frame::GiveHead`]), so it is hashed while
+//!   the rest is still on the wire.
 //! * [`write_message`] writes a frame; a GIVE goes out as header + piece in
 //!   one vectored write, with the progress deadline of a stuck reader.
 //! * [`read_first_frame`] classifies a peer by its first frame (the HELLO exchange and
@@ -23,11 +25,13 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use wire_format::limits::{
-    CONNECT_TIMEOUT, FRAME_HEADER_BYTES, GIVE_WRITE_PROGRESS_TIMEOUT, HELLO_TIMEOUT,
+    CONNECT_TIMEOUT, FRAME_HEADER_BYTES, GIVE_HEADER_BYTES, GIVE_WRITE_PROGRESS_TIMEOUT,
+    HELLO_TIMEOUT, LEN_FIELD_BYTES,
 };
-use wire_format::{DecodeError, Decoder, Hello, Message, NodeId};
+use wire_format::{DecodeError, Decoder, Hello, Message, MessageType, NodeId, PieceId};
 
 /// Bytes reserved for a read when no frame header is pending. Small frames
 /// (everything but GIVE and large PEERS) fit many to one read.
@@ -74,6 +78,39 @@ impl ConnError {
     }
 }
 
+/// What [`FrameReader::next_frame`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole message.
+    Message(Message),
+    /// The header of a GIVE whose piece is still arriving. Call
+    /// [`FrameReader::stream_piece`] to take the piece in chunks as it
+    /// arrives, or `next_frame` again to read the GIVE whole.
+    GiveHead {
+        /// The digest the GIVE names.
+        id: PieceId,
+        /// Bytes of the piece that follow the header.
+        piece_len: usize,
+    },
+    /// Every byte of the GIVE being streamed has been handed over.
+    GiveEnd {
+        /// The digest the GIVE named.
+        id: PieceId,
+        /// Bytes handed over.
+        piece_len: usize,
+    },
+}
+
+/// The GIVE whose piece is being handed over in chunks.
+#[derive(Debug)]
+struct PieceStream {
+    id: PieceId,
+    piece_len: usize,
+    remaining: usize,
+    min_chunk: usize,
+    sink: mpsc::Sender<BytesMut>,
+}
+
 /// Reads frames from one connection.
 #[derive(Debug)]
 pub struct FrameReader<R> {
@@ -84,6 +121,9 @@ pub struct FrameReader<R> {
     /// Shared copy of `bytes_in`, updated after every read (not only after
     /// whole frames), so others can see a large frame making progress.
     progress: Option<Arc<AtomicU64>>,
+    /// The GIVE at the head of the buffer was offered as [`Frame::GiveHead`].
+    offered: bool,
+    streaming: Option<PieceStream>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -95,6 +135,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             decoder: Decoder::new(),
             bytes_in: 0,
             progress: None,
+            offered: false,
+            streaming: None,
         }
     }
 
@@ -121,16 +163,72 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Memory: the buffer never grows past one frame plus one read chunk.
     pub async fn next(&mut self) -> Result<Option<Message>, ConnError> {
         loop {
+            match self.next_frame(0).await? {
+                None => return Ok(None),
+                Some(Frame::Message(message)) => return Ok(Some(message)),
+                // Not offered with a threshold of 0, and nothing streams.
+                Some(Frame::GiveHead { .. } | Frame::GiveEnd { .. }) => {}
+            }
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean close between frames.
+    ///
+    /// A GIVE whose piece is at least `stream_from` bytes (`0`: never) is
+    /// offered as [`Frame::GiveHead`] once its digest has arrived and before
+    /// its piece has; while a piece streams, its bytes go to the sink given
+    /// to [`stream_piece`](Self::stream_piece) and this returns
+    /// [`Frame::GiveEnd`] after the last one.
+    ///
+    /// Cancel-safe: bytes read before a cancellation stay buffered, and a
+    /// chunk leaves the buffer only once its sink has room for it.
+    pub async fn next_frame(&mut self, stream_from: usize) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(stream) = &self.streaming {
+                let take = self.buf.len().min(stream.remaining);
+                if take > 0 && (take >= stream.min_chunk || take == stream.remaining) {
+                    match stream.sink.reserve().await {
+                        Ok(permit) => permit.send(self.buf.split_to(take)),
+                        // Nobody wants the piece any more: read it off and drop it.
+                        Err(_) => self.buf.advance(take),
+                    }
+                    let Some(stream) = self.streaming.as_mut() else {
+                        continue;
+                    };
+                    stream.remaining -= take;
+                    if stream.remaining == 0 {
+                        let (id, piece_len) = (stream.id, stream.piece_len);
+                        self.streaming = None;
+                        return Ok(Some(Frame::GiveEnd { id, piece_len }));
+                    }
+                    continue;
+                }
+                if self.buf.capacity() == self.buf.len() {
+                    // Not reached when the whole piece was reserved up front.
+                    self.buf.reserve(stream.remaining - self.buf.len());
+                }
+                if !self.read_more().await? {
+                    return Err(ConnError::Truncated {
+                        buffered: self.buf.len(),
+                    });
+                }
+                continue;
+            }
             if let Some(message) = self.decoder.decode(&mut self.buf)? {
-                return Ok(Some(message));
+                self.offered = false;
+                return Ok(Some(Frame::Message(message)));
             }
             let want = match self.decoder.frame_len(&self.buf)? {
-                Some(total) => total.saturating_sub(self.buf.len()).max(FRAME_HEADER_BYTES),
+                Some(total) => {
+                    if let Some(head) = self.give_head(total, stream_from) {
+                        return Ok(Some(head));
+                    }
+                    total.saturating_sub(self.buf.len()).max(FRAME_HEADER_BYTES)
+                }
                 None => READ_CHUNK_BYTES,
             };
             self.buf.reserve(want);
-            let n = self.io.read_buf(&mut self.buf).await?;
-            if n == 0 {
+            if !self.read_more().await? {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -139,11 +237,85 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     })
                 };
             }
-            self.bytes_in += n as u64;
-            if let Some(progress) = &self.progress {
-                progress.store(self.bytes_in, Ordering::Relaxed);
-            }
         }
+    }
+
+    /// The GIVE at the head of the buffer (`total` bytes, not all here) as a
+    /// [`Frame::GiveHead`], if it qualifies and was not offered already.
+    fn give_head(&mut self, total: usize, stream_from: usize) -> Option<Frame> {
+        if stream_from == 0 || self.offered {
+            return None;
+        }
+        let (id, piece_len) = self.partial_give(total)?;
+        if piece_len < stream_from {
+            return None;
+        }
+        self.offered = true;
+        Some(Frame::GiveHead { id, piece_len })
+    }
+
+    /// The digest and piece length of a GIVE (`total` bytes) at the head of
+    /// the buffer whose digest is here and whose piece is not all here.
+    fn partial_give(&self, total: usize) -> Option<(PieceId, usize)> {
+        if self.buf.get(LEN_FIELD_BYTES) != Some(&(MessageType::Give as u8))
+            || self.buf.len() >= total
+        {
+            return None;
+        }
+        let digest = self
+            .buf
+            .get(FRAME_HEADER_BYTES..GIVE_HEADER_BYTES)?
+            .first_chunk::<{ wire_format::limits::DIGEST_BYTES }>()?;
+        Some((
+            PieceId::from_bytes(*digest),
+            total.checked_sub(GIVE_HEADER_BYTES)?,
+        ))
+    }
+
+    /// Streams the piece of the GIVE just offered as [`Frame::GiveHead`]:
+    /// from now on its bytes go to `sink` in chunks of at least `min_chunk`
+    /// bytes (the last one may be shorter) as they arrive, and `next_frame`
+    /// returns [`Frame::GiveEnd`] after the last. The chunks are split in
+    /// order off one buffer that holds the whole piece, so the receiver can
+    /// join them without copying ([`wire_format::PieceHasher`]). If the sink
+    /// is dropped, the rest of the piece is read and discarded.
+    ///
+    /// Returns false, and changes nothing, if no GIVE head was just offered.
+    pub fn stream_piece(&mut self, sink: mpsc::Sender<BytesMut>, min_chunk: usize) -> bool {
+        if !self.offered || self.streaming.is_some() {
+            return false;
+        }
+        let Ok(Some(total)) = self.decoder.frame_len(&self.buf) else {
+            return false;
+        };
+        let Some((id, piece_len)) = self.partial_give(total) else {
+            return false;
+        };
+        self.offered = false;
+        self.buf.advance(GIVE_HEADER_BYTES);
+        // The whole piece in one buffer, so the chunks are contiguous.
+        self.buf.reserve(piece_len.saturating_sub(self.buf.len()));
+        self.streaming = Some(PieceStream {
+            id,
+            piece_len,
+            remaining: piece_len,
+            min_chunk: min_chunk.max(1),
+            sink,
+        });
+        true
+    }
+
+    /// One read into the buffer's spare capacity; false at end of stream.
+    async fn read_more(&mut self) -> Result<bool, ConnError> {
+        let n = self.io.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.bytes_in += n as u64;
+        if let Some(progress) = &self.progress {
+            progress.store(self.bytes_in, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 
     /// The socket, to write on it between reads (a duplex socket read
@@ -418,6 +590,167 @@ mod tests {
             Err(ConnError::Truncated { buffered: 3 })
         ));
         assert_eq!(first, writer.await.unwrap());
+    }
+
+    /// A GIVE of `len` distinct bytes, and its piece.
+    fn give_of(len: usize) -> (Message, Bytes) {
+        let piece: Bytes = (0..len).map(|i| u8::try_from(i % 253).unwrap()).collect();
+        let give = Message::Give(Give::new(PieceId::of(&piece), piece.clone()).unwrap());
+        (give, piece)
+    }
+
+    /// `messages` written one after another into a pipe that holds 16 KiB,
+    /// so the reader sees every large frame arrive in many reads.
+    fn feed(messages: Vec<Message>) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+        let (mut a, b) = tokio::io::duplex(16 << 10);
+        let writer = tokio::spawn(async move {
+            for message in &messages {
+                if write_message(&mut a, message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (b, writer)
+    }
+
+    #[tokio::test]
+    async fn a_large_give_is_offered_by_its_head_then_streamed_in_contiguous_chunks() {
+        let (give, piece) = give_of(300_000);
+        let id = PieceId::of(&piece);
+        let ask = Message::Ask(PieceId::from_bytes([1; 32]));
+        let (io, writer) = feed(vec![give, ask.clone()]);
+        let mut reader = FrameReader::new(io);
+        assert_eq!(
+            reader.next_frame(300_000).await.unwrap(),
+            Some(Frame::GiveHead {
+                id,
+                piece_len: 300_000
+            })
+        );
+        let (sink, mut chunks) = mpsc::channel(64);
+        assert!(reader.stream_piece(sink, 64 << 10));
+        let (again, _) = mpsc::channel(1);
+        assert!(!reader.stream_piece(again, 1), "streamed twice");
+        assert_eq!(
+            reader.next_frame(300_000).await.unwrap(),
+            Some(Frame::GiveEnd {
+                id,
+                piece_len: 300_000
+            })
+        );
+        let mut received = Vec::new();
+        while let Ok(chunk) = chunks.try_recv() {
+            received.push(chunk);
+        }
+        let (last, rest) = received.split_last().unwrap();
+        assert!(!rest.is_empty());
+        assert!(rest.iter().all(|c| c.len() >= 64 << 10));
+        assert!(!last.is_empty());
+        for pair in received.windows(2) {
+            assert_eq!(
+                pair[0].as_ptr().wrapping_add(pair[0].len()),
+                pair[1].as_ptr(),
+                "chunks not split in order off one buffer"
+            );
+        }
+        let mut hasher = wire_format::PieceHasher::new(id);
+        for chunk in received {
+            hasher.update(chunk);
+        }
+        assert_eq!(hasher.finish().unwrap().bytes(), &piece);
+        // The frame after the piece is read as usual.
+        assert_eq!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::Message(ask))
+        );
+        assert_eq!(reader.next_frame(1).await.unwrap(), None);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_give_head_not_taken_up_is_read_whole_and_small_gives_are_never_offered() {
+        let (big, big_piece) = give_of(200_000);
+        let (small, _) = give_of(100_000);
+        let (io, writer) = feed(vec![big.clone(), small.clone(), big.clone()]);
+        let mut reader = FrameReader::new(io);
+        // Declined: offered once, then read whole.
+        assert_eq!(
+            reader.next_frame(150_000).await.unwrap(),
+            Some(Frame::GiveHead {
+                id: PieceId::of(&big_piece),
+                piece_len: 200_000
+            })
+        );
+        assert_eq!(
+            reader.next_frame(150_000).await.unwrap(),
+            Some(Frame::Message(big))
+        );
+        // One byte under the threshold: never offered.
+        assert_eq!(
+            reader.next_frame(100_001).await.unwrap(),
+            Some(Frame::Message(small))
+        );
+        // A threshold of 0 never offers.
+        assert!(matches!(
+            reader.next_frame(0).await.unwrap(),
+            Some(Frame::Message(Message::Give(_)))
+        ));
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_piece_nobody_takes_any_more_is_read_off_and_the_stream_goes_on() {
+        let (give, piece) = give_of(200_000);
+        let ask = Message::Ask(PieceId::from_bytes([2; 32]));
+        let (io, writer) = feed(vec![give, ask.clone()]);
+        let mut reader = FrameReader::new(io);
+        assert!(matches!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::GiveHead { .. })
+        ));
+        let (sink, chunks) = mpsc::channel(1);
+        assert!(reader.stream_piece(sink, 1));
+        drop(chunks);
+        assert_eq!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::GiveEnd {
+                id: PieceId::of(&piece),
+                piece_len: 200_000
+            })
+        );
+        assert_eq!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::Message(ask))
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_closing_mid_piece_is_truncation_not_a_piece() {
+        let (give, _) = give_of(200_000);
+        let frame = give.to_bytes();
+        let (mut a, b) = tokio::io::duplex(16 << 10);
+        let writer = tokio::spawn(async move {
+            a.write_all(&frame[..100_000]).await.unwrap();
+        });
+        let mut reader = FrameReader::new(b);
+        assert!(matches!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::GiveHead { .. })
+        ));
+        let (sink, mut chunks) = mpsc::channel(64);
+        assert!(reader.stream_piece(sink, 1));
+        assert!(matches!(
+            reader.next_frame(1).await,
+            Err(ConnError::Truncated { .. })
+        ));
+        writer.await.unwrap();
+        drop(reader);
+        let mut streamed = 0;
+        while let Some(chunk) = chunks.recv().await {
+            streamed += chunk.len();
+        }
+        assert!(streamed < 200_000, "the whole piece was handed over");
     }
 
     #[tokio::test(start_paused = true)]

@@ -173,6 +173,16 @@ impl AskBook {
             .map(|a| a.sent.max(self.last_answer))
     }
 
+    /// Whether a GIVE for `id` would answer an ASK of ours, outstanding or
+    /// late ([`on_answer`](Self::on_answer) without its effects).
+    pub(crate) fn expects(&self, id: &PieceId, now: Instant) -> bool {
+        self.outstanding.iter().any(|a| a.id == *id)
+            || self
+                .history
+                .iter()
+                .any(|(h, at)| h == id && now.duration_since(*at) < ASK_HISTORY_TTL)
+    }
+
     /// Records an answer (GIVE or DONT_HAVE) for `id`; returns what it
     /// answers and the next waiting ASK to send, if a slot freed.
     pub(crate) fn on_answer(&mut self, id: &PieceId, now: Instant) -> (Answered, Option<Message>) {

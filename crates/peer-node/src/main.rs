@@ -132,13 +132,14 @@ async fn run(args: Args) -> Result<(), String> {
         + peer_node::node::WRITE_QUEUE_FRAMES * size_of::<wire_format::Message>();
     let node_wide = peer_node::node::SERVE_BUDGET_BYTES
         + peer_node::node::FETCH_BUDGET_BYTES
-        + peer_node::node::VERIFY_QUEUE_PIECES * wire_format::limits::PIECE_MAX;
+        + (peer_node::node::VERIFY_QUEUE_PIECES + peer_node::node::STREAMING_GIVES_MAX)
+            * wire_format::limits::PIECE_MAX;
     info!(
         listen = %node.local_addr(),
         api = %api_addr,
         data_dir = %dir.path().display(),
         node_id = %node.shared().node_id(),
-        "peer-node started; worst-case memory = max_connections {} x (one frame {} + write queue {} x {}) + serving {} MiB + fetching {} MiB + verifying {} x 1 MiB = {} MiB; fds ≈ max_connections + {}",
+        "peer-node started; worst-case memory = max_connections {} x (one frame {} + write queue {} x {}) + serving {} MiB + fetching {} MiB + verifying ({} + {} streamed) x 1 MiB = {} MiB; fds ≈ max_connections + {}",
         args.max_connections,
         wire_format::limits::MAX_FRAME_BYTES,
         peer_node::node::WRITE_QUEUE_FRAMES,
@@ -146,6 +147,7 @@ async fn run(args: Args) -> Result<(), String> {
         peer_node::node::SERVE_BUDGET_BYTES >> 20,
         peer_node::node::FETCH_BUDGET_BYTES >> 20,
         peer_node::node::VERIFY_QUEUE_PIECES,
+        peer_node::node::STREAMING_GIVES_MAX,
         (args.max_connections * per_conn + node_wide) >> 20,
         16,
     );

@@ -142,6 +142,8 @@ metric_list! {
         "Piece bytes received from peers and verified (duplicates included).";
     DuplicateBytesTotal => "duplicate_bytes_total", Counter,
         "Verified piece bytes that arrived late (after a hedge, CANCEL or deadline).";
+    GivesStreamedTotal => "gives_streamed_total", Counter,
+        "GIVEs whose piece was hashed while it arrived (the rest are hashed once whole).";
     FetchesStartedTotal => "fetches_started_total", Counter,
         "Swarm fetches started for the local user.";
     FetchesJoinedTotal => "fetches_joined_total", Counter,

@@ -60,6 +60,11 @@ pub const DEFAULT_MEMORY_STORE_BYTES: u64 = 1 << 30;
 /// finds them all taken waits (bounding unverified bytes in memory to this
 /// many pieces).
 pub const VERIFY_QUEUE_PIECES: usize = 32;
+/// GIVEs hashed while they arrive, node-wide (see `STREAM_GIVES_FROM` in
+/// the session). A GIVE that finds them all taken is read whole and verified
+/// as before: peers trickling the pieces we asked them for can hold at most
+/// these (and as many blocking threads), never a verify slot.
+pub const STREAMING_GIVES_MAX: usize = 8;
 /// How often `peers.json` is saved.
 pub const PEERS_SAVE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
@@ -240,6 +245,8 @@ pub struct Shared {
     /// Pieces received and waiting for (or in) verification, across all
     /// connections: bounds the memory of unverified bytes.
     pub(crate) verify_slots: Arc<Semaphore>,
+    /// GIVEs being hashed while they arrive, at most [`STREAMING_GIVES_MAX`].
+    pub(crate) stream_slots: Arc<Semaphore>,
     /// Fetches in progress, by piece.
     pub(crate) fetches: Mutex<HashMap<PieceId, FetchHandle>>,
     /// Peers that lied, for an hour.
@@ -625,6 +632,7 @@ impl Node {
             fetch_budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES / BUDGET_UNIT)),
             inbound: OpenSockets::default(),
             verify_slots: Arc::new(Semaphore::new(VERIFY_QUEUE_PIECES)),
+            stream_slots: Arc::new(Semaphore::new(STREAMING_GIVES_MAX)),
             fetches: Mutex::new(HashMap::new()),
             bans: Mutex::new(Bans::new()),
             upload: Arc::new(RateLimiter::new(config.max_upload_rate)),

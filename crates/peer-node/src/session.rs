@@ -8,23 +8,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use piece_store::{Durability, Retention};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wire_format::limits::{
     IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_UNSOLICITED_GIVES_PER_MINUTE, PEX_INTERVAL,
     PEX_MAX_ENTRIES, PEX_MAX_FRAMES_PER_INTERVAL,
 };
-use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers, PieceId, VerifiedPiece};
+use wire_format::{
+    AddrClass, Hello, Message, NodeId, PeerAddr, Peers, PieceError, PieceHasher, PieceId,
+    VerifiedPiece,
+};
 
 use crate::api::Direction;
-use crate::conn::{self, ConnError, FrameReader, PeerKind};
+use crate::conn::{self, ConnError, Frame, FrameReader, PeerKind};
 use crate::fetch::FetchEvent;
 use crate::link::{Answer, Answered, Link};
 use crate::metrics::{Family, Metric};
 use crate::node::{ConnEntry, Shared, now};
 use crate::table::{DropReason, Source};
+
+/// A GIVE whose piece is at least this many bytes is hashed while it
+/// arrives: its chunks go to a hashing thread as they are read, so the hash
+/// is done soon after the last byte instead of starting then.
+pub const STREAM_GIVES_FROM: usize = 64 << 10;
+
+/// Bytes handed to the hashing thread at a time while a piece arrives (the
+/// last chunk of a piece may be shorter): fewer wake-ups than one per read.
+pub const STREAM_CHUNK_BYTES: usize = 128 << 10;
 
 /// A process-wide number for each connection's tracing span.
 pub(crate) fn next_span_id() -> u64 {
@@ -486,8 +500,8 @@ async fn serve(shared: Arc<Shared>, conn: Handshaken, record: bool) -> Result<()
             rules.handle(&shared, &link, first).await?;
         }
         loop {
-            let message = tokio::select! {
-                read = timeout(IDLE_TIMEOUT, reader.next()) => match read {
+            let frame = tokio::select! {
+                read = timeout(IDLE_TIMEOUT, reader.next_frame(STREAM_GIVES_FROM)) => match read {
                     Err(_) => return Err(ConnError::Timeout { what: "idle", after: IDLE_TIMEOUT }),
                     Ok(result) => result?,
                 },
@@ -496,10 +510,14 @@ async fn serve(shared: Arc<Shared>, conn: Handshaken, record: bool) -> Result<()
                     return Err(ConnError::Rule("node_shutdown"));
                 }
             };
-            let Some(message) = message else {
-                return Ok(());
-            };
-            rules.handle(&shared, &link, message).await?;
+            match frame {
+                None => return Ok(()),
+                Some(Frame::Message(message)) => rules.handle(&shared, &link, message).await?,
+                Some(Frame::GiveHead { id, .. }) => {
+                    rules.start_give(&shared, &link, &mut reader, id);
+                }
+                Some(Frame::GiveEnd { id, .. }) => rules.end_give(&shared, &link, &id)?,
+            }
         }
     }
     .await;
@@ -550,6 +568,10 @@ struct Rules {
     pex_frames: usize,
     give_window: Option<Instant>,
     unsolicited_gives: usize,
+    /// The GIVE being hashed while it arrives, and how to tell its hashing
+    /// thread, once the last byte is in, whether it answers an ASK of ours
+    /// (`true`: a late answer). Dropped unsent, the thread drops the piece.
+    streaming: Option<(PieceId, oneshot::Sender<bool>)>,
 }
 
 /// Counts an event in a one-minute window; returns the count in the window.
@@ -595,19 +617,9 @@ impl Rules {
                 offer(shared, link.remote.ip(), &peers, Source::Pex, legacy);
             }
             Message::Give(give) => {
-                let (answered, next) = link.ask_book().on_answer(&give.id(), at);
-                if let Some(next) = next {
-                    link.send(next);
+                if let Some(late) = self.answer_give(shared, link, &give.id(), at)? {
+                    receive_give(shared, link, give, late).await;
                 }
-                if answered == Answered::Unsolicited {
-                    shared.metrics.incr(Metric::UnsolicitedGivesTotal);
-                    let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, at);
-                    if !legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
-                        return Err(ConnError::Rule("too_many_unsolicited_gives"));
-                    }
-                    return Ok(());
-                }
-                receive_give(shared, link, give, answered == Answered::Late).await;
             }
             Message::Ask(id) => crate::serve::on_ask(shared, link, id)?,
             Message::WantHave(id) => {
@@ -646,6 +658,92 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// A GIVE has arrived whole: marks its ASK answered. `Some(late)` if it
+    /// answers one of ours; `None` if unsolicited (counted, and past the
+    /// per-minute cap an extended peer is closed).
+    fn answer_give(
+        &mut self,
+        shared: &Shared,
+        link: &Link,
+        id: &PieceId,
+        at: Instant,
+    ) -> Result<Option<bool>, ConnError> {
+        let (answered, next) = link.ask_book().on_answer(id, at);
+        if let Some(next) = next {
+            link.send(next);
+        }
+        if answered == Answered::Unsolicited {
+            shared.metrics.incr(Metric::UnsolicitedGivesTotal);
+            let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, at);
+            if !link.legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
+                return Err(ConnError::Rule("too_many_unsolicited_gives"));
+            }
+            return Ok(None);
+        }
+        Ok(Some(answered == Answered::Late))
+    }
+
+    /// The header of a large GIVE has arrived. If it names a piece we asked
+    /// this peer for and a streaming slot is free, its bytes are hashed on a
+    /// blocking thread as they arrive; otherwise it is read whole and judged
+    /// as before. Never waits: a peer trickling its GIVE holds a streaming
+    /// slot, not a verify slot, so it cannot hold up verification.
+    fn start_give<R: AsyncRead + Unpin>(
+        &mut self,
+        shared: &Arc<Shared>,
+        link: &Arc<Link>,
+        reader: &mut FrameReader<R>,
+        id: PieceId,
+    ) {
+        if !link.ask_book().expects(&id, now()) {
+            return;
+        }
+        let Ok(slot) = Arc::clone(&shared.stream_slots).try_acquire_owned() else {
+            return;
+        };
+        // Room for every chunk of the largest piece: the reader never waits
+        // for the hashing thread (the bytes are in its buffer anyway).
+        let (chunks, mut rx) =
+            mpsc::channel(wire_format::limits::PIECE_MAX.div_ceil(STREAM_CHUNK_BYTES) + 1);
+        if !reader.stream_piece(chunks, STREAM_CHUNK_BYTES) {
+            return;
+        }
+        shared.metrics.incr(Metric::GivesStreamedTotal);
+        let (verdict, verdict_rx) = oneshot::channel();
+        self.streaming = Some((id, verdict));
+        let shared = Arc::clone(shared);
+        let link = Arc::clone(link);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
+            let _slot = slot;
+            let mut hasher = PieceHasher::new(id);
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(chunk);
+            }
+            // No verdict: the connection ended mid-piece, or the GIVE turned
+            // out unsolicited by the time it was whole.
+            if let Ok(late) = verdict_rx.blocking_recv() {
+                let len = hasher.len() as u64;
+                finish_give(&shared, &link, id, len, hasher.finish(), late);
+            }
+        });
+    }
+
+    /// The last byte of a streamed GIVE has gone to its hashing thread.
+    fn end_give(&mut self, shared: &Shared, link: &Link, id: &PieceId) -> Result<(), ConnError> {
+        let streaming = self.streaming.take();
+        if let Some(late) = self.answer_give(shared, link, id, now())?
+            && let Some((streamed, verdict)) = streaming
+            && streamed == *id
+        {
+            let _ = verdict.send(late);
+        }
+        Ok(())
+    }
+}
+
 /// A GIVE that answers one of our ASKs (or is a late answer to one): wait
 /// for a slot (bounding the bytes being verified or written node-wide to
 /// `VERIFY_QUEUE_PIECES` pieces), then, on the blocking pool while this
@@ -670,41 +768,63 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
         let _slot = slot;
         let (id, bytes) = give.into_parts();
         let len = bytes.len() as u64;
-        match VerifiedPiece::verify(id, bytes) {
-            Ok(piece) => {
-                shared.metrics.incr(Metric::PiecesFetchedTotal);
-                shared.metrics.add(Metric::PieceBytesFetchedTotal, len);
-                if late {
-                    shared.metrics.add(Metric::DuplicateBytesTotal, len);
-                } else {
-                    shared.last_giver.store(link.id, Ordering::Relaxed);
-                }
-                // A running fetch takes the piece (and writes its cache copy
-                // once the requesters have it); otherwise, a late answer,
-                // it is cached here, durable with the next group commit.
-                let copy = piece.clone();
-                if !shared.fetch_event(&id, FetchEvent::Gave(link.id, piece))
-                    && !shared.store.has(&copy.id())
-                {
-                    let _ = shared
-                        .store
-                        .put(copy, Retention::Cached, Durability::Background);
-                }
+        finish_give(
+            &shared,
+            &link,
+            id,
+            len,
+            VerifiedPiece::verify(id, bytes),
+            late,
+        );
+    });
+}
+
+/// After the hash of a GIVE that answered one of our ASKs: a match goes to
+/// its fetch (or, a late answer nobody waits for, to the cache); a mismatch
+/// bans the peer, closes it, and sends the fetch elsewhere. Runs on the
+/// hashing thread: no task hop between "verified" and "the fetch has it".
+fn finish_give(
+    shared: &Shared,
+    link: &Link,
+    id: PieceId,
+    len: u64,
+    verified: Result<VerifiedPiece, PieceError>,
+    late: bool,
+) {
+    match verified {
+        Ok(piece) => {
+            shared.metrics.incr(Metric::PiecesFetchedTotal);
+            shared.metrics.add(Metric::PieceBytesFetchedTotal, len);
+            if late {
+                shared.metrics.add(Metric::DuplicateBytesTotal, len);
+            } else {
+                shared.last_giver.store(link.id, Ordering::Relaxed);
             }
-            Err(err) => {
-                // Proof of a lie: ban, close, and let the fetch go elsewhere.
-                shared.metrics.incr(Metric::BansTotal);
-                warn!(conn = link.id, %id, %err, "peer sent a piece that does not match its name; banned");
-                shared.ban(
-                    &link,
-                    format!("sent a piece that does not match its name ({err})"),
-                    Some(id),
-                );
-                link.close_with("banned");
-                shared.fetch_event(&id, FetchEvent::Failed(link.id));
+            // A running fetch takes the piece (and writes its cache copy
+            // once the requesters have it); otherwise, a late answer,
+            // it is cached here, durable with the next group commit.
+            let copy = piece.clone();
+            if !shared.fetch_event(&id, FetchEvent::Gave(link.id, piece))
+                && !shared.store.has(&copy.id())
+            {
+                let _ = shared
+                    .store
+                    .put(copy, Retention::Cached, Durability::Background);
             }
         }
-    });
+        Err(err) => {
+            // Proof of a lie: ban, close, and let the fetch go elsewhere.
+            shared.metrics.incr(Metric::BansTotal);
+            warn!(conn = link.id, %id, %err, "peer sent a piece that does not match its name; banned");
+            shared.ban(
+                link,
+                format!("sent a piece that does not match its name ({err})"),
+                Some(id),
+            );
+            link.close_with("banned");
+            shared.fetch_event(&id, FetchEvent::Failed(link.id));
+        }
+    }
 }
 
 /// A GIVE waiting for upload tokens: its ASK's digest, the frame, and its

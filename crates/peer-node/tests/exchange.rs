@@ -1046,3 +1046,196 @@ async fn a_fetch_whose_peer_leaves_without_an_answer_ends_at_its_deadline_not_as
     drop(leaving);
     assert!(matches!(fetch.await.unwrap(), Err(FetchError::Deadline)));
 }
+
+// ---------------------------------------------------------------------------
+// Pieces hashed while they arrive
+
+/// A raw extended peer the node asks for `p`: connected (the node's
+/// `connections`-th), its HAVE sent, the node's ASK read. Returns the peer
+/// and the node's fetch.
+async fn asked_raw_peer(
+    fetcher: &TestNode,
+    id: u8,
+    connections: usize,
+    p: &VerifiedPiece,
+    timeout: Duration,
+) -> (RawPeer, tokio::task::JoinHandle<Result<Bytes, FetchError>>) {
+    let mut peer = RawPeer::extended(fetcher, id).await;
+    assert!(wait_for(SOON, || fetcher.shared.connection_count() == connections).await);
+    let fetch = fetcher.spawn_fetch(p.id(), timeout);
+    // Fetches still running for earlier peers ask this one too: it has none.
+    let expect = async |peer: &mut RawPeer, want: Message| loop {
+        match peer.recv_answer().await {
+            m if m == want => return,
+            Message::WantHave(other) if other != p.id() => {
+                peer.send(&Message::DontHave(other)).await;
+            }
+            m => panic!("expected {want:?}, got {m:?}"),
+        }
+    };
+    expect(&mut peer, Message::WantHave(p.id())).await;
+    peer.send(&Message::Have(p.id())).await;
+    expect(&mut peer, Message::Ask(p.id())).await;
+    (peer, fetch)
+}
+
+/// The GIVE frame of `bytes` under `p`'s name, and where its second half starts.
+fn give_frame(p: &VerifiedPiece, bytes: Bytes) -> (Bytes, usize) {
+    let frame = Message::Give(Give::new(p.id(), bytes).unwrap()).to_bytes();
+    let half = frame.len() / 2;
+    (frame, half)
+}
+
+/// Waits until the node has read at least `bytes` from the connection of
+/// the peer with node id `id`.
+async fn wait_read(node: &TestNode, id: NodeId, bytes: usize) {
+    assert!(
+        wait_for(SOON, || node
+            .shared
+            .peer_views()
+            .iter()
+            .any(|v| v.node_id == Some(id) && v.bytes_in >= bytes as u64))
+        .await,
+        "the node did not read {bytes} bytes from {id}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_arriving_in_parts_is_hashed_as_it_comes_and_delivered_only_once_whole() {
+    let fetcher = TestNode::start(|_| {}).await;
+    let p = piece(21, MIB);
+    let (mut holder, fetch) = asked_raw_peer(&fetcher, 0x21, 1, &p, FETCH_TIMEOUT).await;
+    let (frame, half) = give_frame(&p, p.bytes().clone());
+    holder.send_bytes(&frame[..half]).await;
+    wait_read(&fetcher, NodeId([0x21; 8]), half).await;
+    assert!(!fetch.is_finished(), "a fetch ended on half a piece");
+    assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 0);
+    holder.send_bytes(&frame[half..]).await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 1);
+    assert_eq!(fetcher.metric(Metric::PieceBytesFetchedTotal), MIB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_whose_second_half_lies_is_banned_once_whole_and_returns_nothing() {
+    let fetcher = TestNode::start(|_| {}).await;
+    let p = piece(22, MIB);
+    let (mut liar, fetch) = asked_raw_peer(&fetcher, 0x22, 1, &p, Duration::from_secs(2)).await;
+    let mut forged = p.bytes().to_vec();
+    forged[MIB - 1] ^= 1;
+    let (frame, half) = give_frame(&p, Bytes::from(forged));
+    liar.send_bytes(&frame[..half]).await;
+    wait_read(&fetcher, NodeId([0x22; 8]), half).await;
+    liar.send_bytes(&frame[half..]).await;
+    liar.expect_closed_within(SOON).await;
+    assert_eq!(fetcher.metric(Metric::BansTotal), 1);
+    assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 0);
+    assert!(fetch.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_hanging_up_mid_give_deliver_nothing_and_keep_no_verify_slot() {
+    let fetcher = TestNode::start(|_| {}).await;
+    // One more hang-up than there are verify slots: a slot kept by any of
+    // them would leave the last whole piece waiting for one.
+    let mut fetches = Vec::new();
+    for i in 0..=peer_node::node::VERIFY_QUEUE_PIECES {
+        let seed = 100 + i as u64;
+        let p = piece(seed, MIB);
+        let (mut peer, fetch) = asked_raw_peer(
+            &fetcher,
+            seed.to_le_bytes()[0],
+            1,
+            &p,
+            Duration::from_secs(1),
+        )
+        .await;
+        let (frame, half) = give_frame(&p, p.bytes().clone());
+        peer.send_bytes(&frame[..half]).await;
+        wait_read(&fetcher, NodeId([seed.to_le_bytes()[0]; 8]), half).await;
+        drop(peer);
+        assert!(wait_for(SOON, || fetcher.shared.connection_count() == 0).await);
+        fetches.push(fetch);
+    }
+    for fetch in fetches {
+        assert_eq!(fetch.await.unwrap(), Err(FetchError::Deadline));
+    }
+    assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 0);
+    let p = piece(99, MIB);
+    let (mut holder, fetch) = asked_raw_peer(&fetcher, 0x99, 1, &p, FETCH_TIMEOUT).await;
+    let (frame, half) = give_frame(&p, p.bytes().clone());
+    holder.send_bytes(&frame[..half]).await;
+    wait_read(&fetcher, NodeId([0x99; 8]), half).await;
+    holder.send_bytes(&frame[half..]).await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_trickling_from_more_peers_than_there_are_verify_slots_hold_up_no_other_give() {
+    let fetcher = TestNode::start(|_| {}).await;
+    // Each peer is asked for its piece and sends half of it, then nothing:
+    // the first STREAMING_GIVES_MAX stream, the rest are being read whole.
+    let mut trickling = Vec::new();
+    for i in 0..=peer_node::node::VERIFY_QUEUE_PIECES {
+        let seed = 200 + i as u64;
+        let id = seed.to_le_bytes()[0];
+        let p = piece(seed, MIB);
+        let (mut peer, fetch) = asked_raw_peer(&fetcher, id, i + 1, &p, FETCH_TIMEOUT).await;
+        let (frame, half) = give_frame(&p, p.bytes().clone());
+        peer.send_bytes(&frame[..half]).await;
+        wait_read(&fetcher, NodeId([id; 8]), half).await;
+        trickling.push((peer, fetch));
+    }
+    assert_eq!(
+        fetcher.metric(Metric::GivesStreamedTotal),
+        peer_node::node::STREAMING_GIVES_MAX as u64
+    );
+    // A whole GIVE from one more peer is still verified and delivered.
+    let p = piece(199, MIB);
+    let connections = trickling.len() + 1;
+    let (mut holder, fetch) = asked_raw_peer(&fetcher, 199, connections, &p, FETCH_TIMEOUT).await;
+    holder
+        .send(&Message::Give(
+            Give::new(p.id(), p.bytes().clone()).unwrap(),
+        ))
+        .await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    for (_, fetch) in &trickling {
+        assert!(!fetch.is_finished());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_streaming_gives_max_gives_stream_at_once() {
+    let fetcher = TestNode::start(|_| {}).await;
+    let max = peer_node::node::STREAMING_GIVES_MAX;
+    let mut peers = Vec::new();
+    for i in 0..=max {
+        let seed = 300 + i as u64;
+        let id = seed.to_le_bytes()[0];
+        let p = piece(seed, MIB);
+        let (mut peer, fetch) = asked_raw_peer(&fetcher, id, i + 1, &p, FETCH_TIMEOUT).await;
+        let (frame, half) = give_frame(&p, p.bytes().clone());
+        peer.send_bytes(&frame[..half]).await;
+        wait_read(&fetcher, NodeId([id; 8]), half).await;
+        let streamed = fetcher.metric(Metric::GivesStreamedTotal);
+        assert_eq!(streamed, (i + 1).min(max) as u64, "after {} peers", i + 1);
+        peers.push((peer, frame, half, fetch, p));
+    }
+    // The one over the limit is read whole, and verified all the same.
+    let (mut over, frame, half, fetch, p) = peers.pop().unwrap();
+    over.send_bytes(&frame[half..]).await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    // One streaming GIVE ends: its slot streams the next.
+    let (mut first, frame, half, fetch, p) = peers.remove(0);
+    first.send_bytes(&frame[half..]).await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    let p = piece(399, MIB);
+    let (mut next, fetch) = asked_raw_peer(&fetcher, 0x99, max + 2, &p, FETCH_TIMEOUT).await;
+    let (frame, half) = give_frame(&p, p.bytes().clone());
+    next.send_bytes(&frame[..half]).await;
+    wait_read(&fetcher, NodeId([0x99; 8]), half).await;
+    assert_eq!(fetcher.metric(Metric::GivesStreamedTotal), max as u64 + 1);
+    next.send_bytes(&frame[half..]).await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+}

@@ -27,4 +27,4 @@ pub use codec::{DecodeError, Decoder};
 pub use message::{
     EncodeError, Give, Hello, HelloFlags, Message, MessageType, NodeId, Peers, encode_give_header,
 };
-pub use piece::{PieceError, PieceId, PieceIdParseError, VerifiedPiece};
+pub use piece::{PieceError, PieceHasher, PieceId, PieceIdParseError, VerifiedPiece};

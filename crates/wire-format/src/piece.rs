@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::limits::{DIGEST_BYTES, PIECE_MAX, PIECE_MIN};
@@ -193,6 +193,81 @@ impl VerifiedPiece {
     }
 }
 
+/// Verifies a piece while its bytes arrive: each chunk is hashed as it is
+/// handed over, and the chunks are joined back into one buffer. Chunks split
+/// in order off one buffer (as a socket reader that reserved the whole frame
+/// does) are joined without copying; others are copied.
+///
+/// The only way out is [`PieceHasher::finish`], which checks the size and the
+/// name, so this is another constructor of [`VerifiedPiece`] that hashes every
+/// byte it puts in the piece. Hashing costs about 0.5 ms per MiB: feed it on a
+/// blocking thread, never on an async I/O task.
+pub struct PieceHasher {
+    expected: PieceId,
+    hasher: Sha256,
+    bytes: BytesMut,
+    /// Bytes offered past [`PIECE_MAX`]: dropped, and the piece fails its size check.
+    overflow: usize,
+}
+
+impl PieceHasher {
+    /// A hasher for the piece named `expected`.
+    pub fn new(expected: PieceId) -> Self {
+        Self {
+            expected,
+            hasher: Sha256::new(),
+            bytes: BytesMut::new(),
+            overflow: 0,
+        }
+    }
+
+    /// Hashes the next chunk of the piece and keeps it. Memory stays bounded
+    /// by [`PIECE_MAX`]: bytes past it are counted, not kept.
+    pub fn update(&mut self, chunk: BytesMut) {
+        if self.overflow > 0 || self.bytes.len() + chunk.len() > PIECE_MAX {
+            self.overflow += chunk.len();
+            return;
+        }
+        self.hasher.update(&chunk);
+        self.bytes.unsplit(chunk);
+    }
+
+    /// Bytes taken so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.overflow
+    }
+
+    /// True until a byte has been taken.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The verified piece, or why the bytes are not the piece named.
+    pub fn finish(self) -> Result<VerifiedPiece, PieceError> {
+        check_size(self.len())?;
+        let actual = PieceId(self.hasher.finalize().into());
+        if actual != self.expected {
+            return Err(PieceError::Mismatch {
+                expected: self.expected,
+                actual,
+            });
+        }
+        Ok(VerifiedPiece {
+            id: actual,
+            bytes: self.bytes.freeze(),
+        })
+    }
+}
+
+impl fmt::Debug for PieceHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PieceHasher")
+            .field("expected", &self.expected)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
 impl fmt::Debug for VerifiedPiece {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifiedPiece")
@@ -251,6 +326,62 @@ mod tests {
         // 64 bytes but not 64 characters.
         let multibyte = format!("é{}", &ZEROS_1MIB[..62]);
         assert!(multibyte.parse::<PieceId>().is_err());
+    }
+
+    #[test]
+    fn piece_hasher_joins_chunks_split_off_one_buffer_without_copying() {
+        let data: Vec<u8> = (0..PIECE_MAX)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let id = PieceId::of(&data);
+        let mut buf = BytesMut::with_capacity(PIECE_MAX);
+        buf.extend_from_slice(&data);
+        let start = buf.as_ptr();
+        let mut hasher = PieceHasher::new(id);
+        for size in [1, 4096, 65_536, 300_000] {
+            hasher.update(buf.split_to(size));
+        }
+        hasher.update(buf.split());
+        assert_eq!(hasher.len(), PIECE_MAX);
+        let piece = hasher.finish().unwrap();
+        assert_eq!(piece.id(), id);
+        assert_eq!(piece.bytes().as_ref(), &data[..]);
+        assert_eq!(piece.bytes().as_ptr(), start, "the chunks were copied");
+    }
+
+    #[test]
+    fn piece_hasher_copies_chunks_from_elsewhere_and_checks_name_and_size() {
+        let id = PieceId::of(b"hello world");
+        let mut hasher = PieceHasher::new(id);
+        hasher.update(BytesMut::from(&b"hello "[..]));
+        hasher.update(BytesMut::from(&b"world"[..]));
+        assert_eq!(hasher.finish().unwrap().bytes().as_ref(), b"hello world");
+
+        let mut wrong = PieceHasher::new(id);
+        wrong.update(BytesMut::from(&b"hello there"[..]));
+        assert!(matches!(wrong.finish(), Err(PieceError::Mismatch { .. })));
+
+        assert!(matches!(
+            PieceHasher::new(id).finish(),
+            Err(PieceError::Size { len: 0, .. })
+        ));
+        // At PIECE_MAX it is a piece; one byte more is not, and is not kept.
+        let zeros: PieceId = ZEROS_1MIB.parse().unwrap();
+        let mut max = PieceHasher::new(zeros);
+        max.update(BytesMut::zeroed(PIECE_MAX));
+        assert_eq!(max.finish().unwrap().len(), PIECE_MAX);
+        let mut over = PieceHasher::new(zeros);
+        over.update(BytesMut::zeroed(PIECE_MAX));
+        over.update(BytesMut::zeroed(1));
+        assert_eq!(over.len(), PIECE_MAX + 1);
+        assert_eq!(
+            over.finish(),
+            Err(PieceError::Size {
+                len: PIECE_MAX + 1,
+                min: 1,
+                max: PIECE_MAX
+            })
+        );
     }
 
     #[test]
