@@ -714,10 +714,7 @@ impl Rules {
         self.streaming = Some((id, verdict));
         let shared = Arc::clone(shared);
         let link = Arc::clone(link);
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _span = span.entered();
-            let _slot = slot;
+        on_hashing_thread(slot, move || {
             let mut hasher = PieceHasher::new(id);
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(chunk);
@@ -759,13 +756,10 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
     };
     let shared = Arc::clone(shared);
     let link = Arc::clone(link);
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _span = span.entered();
-        // The slot is held until the cache copy is written too: a disk
-        // slower than the network then slows the reader (bounded memory),
-        // instead of piling up pieces waiting for the disk.
-        let _slot = slot;
+    // The slot is held until the cache copy is written too: a disk slower
+    // than the network then slows the reader (bounded memory), instead of
+    // piling up pieces waiting for the disk.
+    on_hashing_thread(slot, move || {
         let (id, bytes) = give.into_parts();
         let len = bytes.len() as u64;
         finish_give(
@@ -776,6 +770,20 @@ async fn receive_give(shared: &Arc<Shared>, link: &Arc<Link>, give: wire_format:
             VerifiedPiece::verify(id, bytes),
             late,
         );
+    });
+}
+
+/// Runs `work` (hashing a piece, then handing it on) on the blocking pool,
+/// in the connection's tracing span, holding `slot` until it is done.
+fn on_hashing_thread(
+    slot: tokio::sync::OwnedSemaphorePermit,
+    work: impl FnOnce() + Send + 'static,
+) {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _span = span.entered();
+        let _slot = slot;
+        work();
     });
 }
 

@@ -1100,17 +1100,38 @@ async fn wait_read(node: &TestNode, id: NodeId, bytes: usize) {
     );
 }
 
+/// A raw peer (node id `[id; 8]`, the node's `connections`-th) asked for
+/// `p`, that has sent the first half of `bytes` as `p`'s GIVE and seen the
+/// node read it. Returns the peer, the rest of the frame, and the fetch.
+async fn half_given(
+    fetcher: &TestNode,
+    id: u8,
+    connections: usize,
+    p: &VerifiedPiece,
+    bytes: Bytes,
+    timeout: Duration,
+) -> (
+    RawPeer,
+    Bytes,
+    tokio::task::JoinHandle<Result<Bytes, FetchError>>,
+) {
+    let (mut peer, fetch) = asked_raw_peer(fetcher, id, connections, p, timeout).await;
+    let (frame, half) = give_frame(p, bytes);
+    peer.send_bytes(&frame[..half]).await;
+    wait_read(fetcher, NodeId([id; 8]), half).await;
+    (peer, frame.slice(half..), fetch)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_give_arriving_in_parts_is_hashed_as_it_comes_and_delivered_only_once_whole() {
     let fetcher = TestNode::start(|_| {}).await;
     let p = piece(21, MIB);
-    let (mut holder, fetch) = asked_raw_peer(&fetcher, 0x21, 1, &p, FETCH_TIMEOUT).await;
-    let (frame, half) = give_frame(&p, p.bytes().clone());
-    holder.send_bytes(&frame[..half]).await;
-    wait_read(&fetcher, NodeId([0x21; 8]), half).await;
+    let (mut holder, rest, fetch) =
+        half_given(&fetcher, 0x21, 1, &p, p.bytes().clone(), FETCH_TIMEOUT).await;
     assert!(!fetch.is_finished(), "a fetch ended on half a piece");
     assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 0);
-    holder.send_bytes(&frame[half..]).await;
+    assert_eq!(fetcher.metric(Metric::GivesStreamedTotal), 1);
+    holder.send_bytes(&rest).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
     assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 1);
     assert_eq!(fetcher.metric(Metric::PieceBytesFetchedTotal), MIB as u64);
@@ -1120,13 +1141,12 @@ async fn a_give_arriving_in_parts_is_hashed_as_it_comes_and_delivered_only_once_
 async fn a_give_whose_second_half_lies_is_banned_once_whole_and_returns_nothing() {
     let fetcher = TestNode::start(|_| {}).await;
     let p = piece(22, MIB);
-    let (mut liar, fetch) = asked_raw_peer(&fetcher, 0x22, 1, &p, Duration::from_secs(2)).await;
     let mut forged = p.bytes().to_vec();
     forged[MIB - 1] ^= 1;
-    let (frame, half) = give_frame(&p, Bytes::from(forged));
-    liar.send_bytes(&frame[..half]).await;
-    wait_read(&fetcher, NodeId([0x22; 8]), half).await;
-    liar.send_bytes(&frame[half..]).await;
+    let timeout = Duration::from_secs(2);
+    let (mut liar, rest, fetch) =
+        half_given(&fetcher, 0x22, 1, &p, Bytes::from(forged), timeout).await;
+    liar.send_bytes(&rest).await;
     liar.expect_closed_within(SOON).await;
     assert_eq!(fetcher.metric(Metric::BansTotal), 1);
     assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 0);
@@ -1142,17 +1162,9 @@ async fn peers_hanging_up_mid_give_deliver_nothing_and_keep_no_verify_slot() {
     for i in 0..=peer_node::node::VERIFY_QUEUE_PIECES {
         let seed = 100 + i as u64;
         let p = piece(seed, MIB);
-        let (mut peer, fetch) = asked_raw_peer(
-            &fetcher,
-            seed.to_le_bytes()[0],
-            1,
-            &p,
-            Duration::from_secs(1),
-        )
-        .await;
-        let (frame, half) = give_frame(&p, p.bytes().clone());
-        peer.send_bytes(&frame[..half]).await;
-        wait_read(&fetcher, NodeId([seed.to_le_bytes()[0]; 8]), half).await;
+        let timeout = Duration::from_secs(1);
+        let id = seed.to_le_bytes()[0];
+        let (peer, _, fetch) = half_given(&fetcher, id, 1, &p, p.bytes().clone(), timeout).await;
         drop(peer);
         assert!(wait_for(SOON, || fetcher.shared.connection_count() == 0).await);
         fetches.push(fetch);
@@ -1162,11 +1174,9 @@ async fn peers_hanging_up_mid_give_deliver_nothing_and_keep_no_verify_slot() {
     }
     assert_eq!(fetcher.metric(Metric::PiecesFetchedTotal), 0);
     let p = piece(99, MIB);
-    let (mut holder, fetch) = asked_raw_peer(&fetcher, 0x99, 1, &p, FETCH_TIMEOUT).await;
-    let (frame, half) = give_frame(&p, p.bytes().clone());
-    holder.send_bytes(&frame[..half]).await;
-    wait_read(&fetcher, NodeId([0x99; 8]), half).await;
-    holder.send_bytes(&frame[half..]).await;
+    let (mut holder, rest, fetch) =
+        half_given(&fetcher, 0x99, 1, &p, p.bytes().clone(), FETCH_TIMEOUT).await;
+    holder.send_bytes(&rest).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
 }
 
@@ -1178,13 +1188,10 @@ async fn gives_trickling_from_more_peers_than_there_are_verify_slots_hold_up_no_
     let mut trickling = Vec::new();
     for i in 0..=peer_node::node::VERIFY_QUEUE_PIECES {
         let seed = 200 + i as u64;
-        let id = seed.to_le_bytes()[0];
         let p = piece(seed, MIB);
-        let (mut peer, fetch) = asked_raw_peer(&fetcher, id, i + 1, &p, FETCH_TIMEOUT).await;
-        let (frame, half) = give_frame(&p, p.bytes().clone());
-        peer.send_bytes(&frame[..half]).await;
-        wait_read(&fetcher, NodeId([id; 8]), half).await;
-        trickling.push((peer, fetch));
+        let id = seed.to_le_bytes()[0];
+        let bytes = p.bytes().clone();
+        trickling.push(half_given(&fetcher, id, i + 1, &p, bytes, FETCH_TIMEOUT).await);
     }
     assert_eq!(
         fetcher.metric(Metric::GivesStreamedTotal),
@@ -1200,7 +1207,7 @@ async fn gives_trickling_from_more_peers_than_there_are_verify_slots_hold_up_no_
         ))
         .await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
-    for (_, fetch) in &trickling {
+    for (_, _, fetch) in &trickling {
         assert!(!fetch.is_finished());
     }
 }
@@ -1212,30 +1219,35 @@ async fn at_most_streaming_gives_max_gives_stream_at_once() {
     let mut peers = Vec::new();
     for i in 0..=max {
         let seed = 300 + i as u64;
-        let id = seed.to_le_bytes()[0];
         let p = piece(seed, MIB);
-        let (mut peer, fetch) = asked_raw_peer(&fetcher, id, i + 1, &p, FETCH_TIMEOUT).await;
-        let (frame, half) = give_frame(&p, p.bytes().clone());
-        peer.send_bytes(&frame[..half]).await;
-        wait_read(&fetcher, NodeId([id; 8]), half).await;
+        let id = seed.to_le_bytes()[0];
+        let bytes = p.bytes().clone();
+        peers.push((
+            half_given(&fetcher, id, i + 1, &p, bytes, FETCH_TIMEOUT).await,
+            p,
+        ));
         let streamed = fetcher.metric(Metric::GivesStreamedTotal);
         assert_eq!(streamed, (i + 1).min(max) as u64, "after {} peers", i + 1);
-        peers.push((peer, frame, half, fetch, p));
     }
     // The one over the limit is read whole, and verified all the same.
-    let (mut over, frame, half, fetch, p) = peers.pop().unwrap();
-    over.send_bytes(&frame[half..]).await;
+    let ((mut over, rest, fetch), p) = peers.pop().unwrap();
+    over.send_bytes(&rest).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
     // One streaming GIVE ends: its slot streams the next.
-    let (mut first, frame, half, fetch, p) = peers.remove(0);
-    first.send_bytes(&frame[half..]).await;
+    let ((mut first, rest, fetch), p) = peers.remove(0);
+    first.send_bytes(&rest).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
     let p = piece(399, MIB);
-    let (mut next, fetch) = asked_raw_peer(&fetcher, 0x99, max + 2, &p, FETCH_TIMEOUT).await;
-    let (frame, half) = give_frame(&p, p.bytes().clone());
-    next.send_bytes(&frame[..half]).await;
-    wait_read(&fetcher, NodeId([0x99; 8]), half).await;
+    let (mut next, rest, fetch) = half_given(
+        &fetcher,
+        0x99,
+        max + 2,
+        &p,
+        p.bytes().clone(),
+        FETCH_TIMEOUT,
+    )
+    .await;
     assert_eq!(fetcher.metric(Metric::GivesStreamedTotal), max as u64 + 1);
-    next.send_bytes(&frame[half..]).await;
+    next.send_bytes(&rest).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
 }
