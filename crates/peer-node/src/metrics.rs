@@ -96,6 +96,8 @@ metric_list! {
         "Outbound connections established.";
     ConnectionsOpen => "connections_open", Gauge,
         "Connections open now.";
+    ServeAnswersWaiting => "serve_answers_waiting", Gauge,
+        "Answers to peers' ASKs for pieces we hold, waiting for a share of the serving budget.";
     ConnectionsRejectedTotal => "connections_rejected_total", Counter,
         "Inbound connections refused by a connection limit or a ban.";
     HelloReceivedTotal => "hello_received_total", Counter,

@@ -3,13 +3,15 @@
 //! Reading never stops for serving: an ASK only books the answer and starts
 //! a task that waits for its share of the serving byte budget (a FIFO
 //! semaphore, so connections are served in turn), reads the store on the
-//! blocking pool and hands the answer to the connection's writer. Worst-case
+//! blocking pool and hands the answer to the connection's writer. An ASK for
+//! a piece the index does not have is answered at once, without a share. Worst-case
 //! memory: [`SERVE_BUDGET_BYTES`] of pieces read for writing, plus
 //! `MAX_ASKS_IN_FLIGHT` booked answers per connection.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 use wire_format::limits::{
     LEGACY_ANSWER_INTERVAL, LEGACY_MAX_ASKS_IN_FLIGHT, LEGACY_PIECE_BYTES, MAX_ASKS_IN_FLIGHT,
@@ -52,13 +54,31 @@ pub(crate) fn on_ask(shared: &Arc<Shared>, link: &Arc<Link>, id: PieceId) -> Res
         }
         book.queue(id);
     }
+    // Nothing to read: say so at once (silence, to a legacy peer). A
+    // DONT_HAVE takes no share of the serving budget, so a node busy
+    // serving still says "no" without waiting behind GIVEs. The queue holds
+    // every answer the peer may have booked, so it has room.
+    if !shared.store.has(&id) && shared.fetched(&id).is_none() {
+        let answer = Answer {
+            id,
+            message: (!link.legacy).then_some(Message::DontHave(id)),
+            permit: None,
+        };
+        if let Err(TrySendError::Full(answer)) = link.answers.try_send(answer) {
+            let link = Arc::clone(link);
+            tokio::spawn(async move { link.answers.send(answer).await });
+        }
+        return Ok(());
+    }
     let shared = Arc::clone(shared);
     let link = Arc::clone(link);
     tokio::spawn(async move {
-        let Ok(permit) = Arc::clone(&shared.serve_budget)
+        shared.metrics.incr(Metric::ServeAnswersWaiting);
+        let permit = Arc::clone(&shared.serve_budget)
             .acquire_many_owned(PIECE_UNITS)
-            .await
-        else {
+            .await;
+        shared.metrics.decr(Metric::ServeAnswersWaiting);
+        let Ok(permit) = permit else {
             return;
         };
         if !link.serve_book().is_queued(&id) {
