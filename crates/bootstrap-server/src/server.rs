@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use peer_node::conn::{self, FrameReader, OpenSockets, PeerKind, SocketSlot};
+use peer_node::conn::{self, Frame, FrameReader, OpenSockets, PeerKind, SocketSlot};
 use peer_node::node::bind_listener;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -39,9 +39,10 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// hungry nodes asking again after half a second.
 ///
 /// Worst case: this many file descriptors (plus dial-back probes), and
-/// memory of one frame plus one read chunk per connection
-/// (`MAX_OPEN_CONNECTIONS × (MAX_FRAME_BYTES + READ_CHUNK_BYTES)`, ≈ 4.3 GiB)
-/// if every client sends frames as large as the protocol allows.
+/// memory of about two read chunks per connection: the largest frame the
+/// server keeps is a PEERS of 18 KiB, and a GIVE's piece is dropped as it is
+/// read (`MAX_OPEN_CONNECTIONS × 2 × READ_CHUNK_BYTES`, 512 MiB) however
+/// large the frames clients send.
 ///
 /// Loopback counts too: past this bound even a legacy client is closed at
 /// once, which may kill it, rather than the server running out of
@@ -370,6 +371,8 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
             return;
         }
     };
+    // A legacy client that sent a GIVE first: its piece is dropped unread.
+    reader.discard_piece();
     let hello = match &kind {
         PeerKind::Extended(hello) => Some(*hello),
         PeerKind::Legacy(_) => None,
@@ -414,11 +417,15 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
     }
     // The server never closes first except on idle: read until the client
     // closes (a legacy client keeps its connection and writes more later).
+    // A GIVE's piece is read off and dropped as it comes, never held whole.
     loop {
-        match timeout(IDLE_TIMEOUT, reader.next()).await {
-            Ok(Ok(Some(Message::Hello(_)))) => {
+        match timeout(IDLE_TIMEOUT, reader.next_frame(1)).await {
+            Ok(Ok(Some(Frame::Message(Message::Hello(_))))) => {
                 debug!("second HELLO: closing");
                 return;
+            }
+            Ok(Ok(Some(Frame::GiveHead { .. }))) => {
+                reader.discard_piece();
             }
             Ok(Ok(Some(_))) => {}
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,

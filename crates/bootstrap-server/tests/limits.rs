@@ -1,11 +1,15 @@
 //! Connection limits of the bootstrap server: at each limit the connection
 //! is served, one past it is closed before any frame, counted and never
-//! recorded, and a slot freed by a close serves again.
+//! recorded, and a slot freed by a close serves again. And the memory of a
+//! connection: a GIVE's piece is dropped as it is read, never held whole.
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bootstrap_server::server::MAX_CONNECTIONS_PER_IP;
+use bytes::Bytes;
 use peer_node::testing::wait_for;
+use wire_format::limits::PIECE_MAX;
+use wire_format::{Give, Hello, Message, NodeId, PieceId};
 
 mod common;
 
@@ -194,4 +198,44 @@ async fn at_most_max_probes_dial_back_probes_run_at_once() {
         .unwrap()
         .unwrap();
     assert!(probed.iter().all(|(j, _)| *j != i));
+}
+
+// ---------------------------------------------------------------------------
+// Memory per connection: a GIVE's piece is read off and dropped, never held
+
+/// A whole GIVE frame with a piece of the largest size.
+fn give_frame() -> Bytes {
+    let piece = Bytes::from(vec![7u8; PIECE_MAX]);
+    Message::Give(Give::new(PieceId::of(&piece), piece).unwrap()).to_bytes()
+}
+
+#[tokio::test]
+async fn gives_sent_to_the_server_are_read_off_and_the_connection_stays_in_step() {
+    let server = start_server_with(|_| {}).await;
+    let frame = give_frame();
+    // A legacy client whose first frame is a GIVE is answered like any other.
+    let mut legacy = Client::connect(server.addr).await;
+    legacy.send_bytes(&frame).await.unwrap();
+    legacy.expect_answer().await;
+    // GIVEs after a HELLO are read off; a second HELLO after them still
+    // closes the connection, so the framing stayed in step.
+    let mut client = Client::probe(server.addr, 0x50).await;
+    client.send_bytes(&frame).await.unwrap();
+    client.send_bytes(&frame).await.unwrap();
+    let hello = Message::Hello(Hello::ours(None, true, NodeId([0x50; 8])));
+    client.send(&hello).await.unwrap();
+    assert!(client.expect_closed().await.is_empty());
+    assert_eq!(server.open(), 1, "the legacy client keeps its connection");
+}
+
+#[tokio::test]
+async fn a_give_first_from_a_client_that_may_not_be_legacy_is_closed_at_its_head() {
+    let server = start_server_with(|c| c.loopback_is_local = false).await;
+    let mut client = Client::connect(server.addr).await;
+    // The head and a little of the piece, never the rest: closed all the
+    // same, at once rather than at the hello timeout.
+    let sent = std::time::Instant::now();
+    client.send_bytes(&give_frame()[..1000]).await.unwrap();
+    assert!(client.expect_closed().await.is_empty());
+    assert!(sent.elapsed() < wire_format::limits::HELLO_TIMEOUT);
 }

@@ -108,7 +108,8 @@ struct PieceStream {
     piece_len: usize,
     remaining: usize,
     min_chunk: usize,
-    sink: mpsc::Sender<BytesMut>,
+    /// `None`: the piece is read off and dropped, a read chunk at a time.
+    sink: Option<mpsc::Sender<BytesMut>>,
 }
 
 /// Reads frames from one connection.
@@ -187,10 +188,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(stream) = &self.streaming {
                 let take = self.buf.len().min(stream.remaining);
                 if take > 0 && (take >= stream.min_chunk || take == stream.remaining) {
-                    match stream.sink.reserve().await {
-                        Ok(permit) => permit.send(self.buf.split_to(take)),
-                        // Nobody wants the piece any more: read it off and drop it.
-                        Err(_) => self.buf.advance(take),
+                    match stream.sink.as_ref().map(mpsc::Sender::reserve) {
+                        Some(reserve) => match reserve.await {
+                            Ok(permit) => permit.send(self.buf.split_to(take)),
+                            // Nobody wants the piece any more: read it off and drop it.
+                            Err(_) => self.buf.advance(take),
+                        },
+                        None => self.buf.advance(take),
                     }
                     let Some(stream) = self.streaming.as_mut() else {
                         continue;
@@ -203,14 +207,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }
                     continue;
                 }
-                if self.buf.capacity() == self.buf.len() {
-                    // Not reached when the whole piece was reserved up front.
-                    self.buf.reserve(stream.remaining - self.buf.len());
-                }
-                // Up to one chunk at a time, so each is handed over while it
-                // is still in the CPU's cache (hashing bytes that have left
-                // it runs at about 60 % of the speed on this kind of VM).
-                let limit = stream.min_chunk.saturating_sub(self.buf.len()).max(1);
+                let limit = if stream.sink.is_some() {
+                    if self.buf.capacity() == self.buf.len() {
+                        // Not reached when the whole piece was reserved up front.
+                        self.buf.reserve(stream.remaining - self.buf.len());
+                    }
+                    // Up to one chunk at a time, so each is handed over while
+                    // it is still in the CPU's cache (hashing bytes that have
+                    // left it runs at about 60 % of the speed on this kind of VM).
+                    stream.min_chunk.saturating_sub(self.buf.len()).max(1)
+                } else {
+                    // Dropped as read: one read chunk of memory at most.
+                    self.buf.reserve(READ_CHUNK_BYTES);
+                    READ_CHUNK_BYTES
+                };
                 if !self.read_more(limit).await? {
                     return Err(ConnError::Truncated {
                         buffered: self.buf.len(),
@@ -227,7 +237,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     if let Some(head) = self.give_head(total, stream_from) {
                         return Ok(Some(head));
                     }
-                    total.saturating_sub(self.buf.len()).max(FRAME_HEADER_BYTES)
+                    let may_be_offered = stream_from > 0
+                        && !self.offered
+                        && self.buf.get(LEN_FIELD_BYTES) == Some(&(MessageType::Give as u8))
+                        && total.saturating_sub(GIVE_HEADER_BYTES) >= stream_from;
+                    if may_be_offered {
+                        // Only as far as its head: whoever takes it up decides
+                        // whether the whole piece is ever held.
+                        GIVE_HEADER_BYTES.saturating_sub(self.buf.len()).max(1)
+                    } else {
+                        total.saturating_sub(self.buf.len()).max(FRAME_HEADER_BYTES)
+                    }
                 }
                 None => READ_CHUNK_BYTES,
             };
@@ -286,6 +306,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ///
     /// Returns false, and changes nothing, if no GIVE head was just offered.
     pub fn stream_piece(&mut self, sink: mpsc::Sender<BytesMut>, min_chunk: usize) -> bool {
+        self.start_piece(Some(sink), min_chunk)
+    }
+
+    /// Reads off the piece of the GIVE just offered as [`Frame::GiveHead`]
+    /// and drops it, holding at most [`READ_CHUNK_BYTES`] of it in memory;
+    /// `next_frame` returns [`Frame::GiveEnd`] after its last byte.
+    ///
+    /// Returns false, and changes nothing, if no GIVE head was just offered.
+    pub fn discard_piece(&mut self) -> bool {
+        self.start_piece(None, 1)
+    }
+
+    fn start_piece(&mut self, sink: Option<mpsc::Sender<BytesMut>>, min_chunk: usize) -> bool {
         if !self.offered || self.streaming.is_some() {
             return false;
         }
@@ -297,8 +330,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         self.offered = false;
         self.buf.advance(GIVE_HEADER_BYTES);
-        // The whole piece in one buffer, so the chunks are contiguous.
-        self.buf.reserve(piece_len.saturating_sub(self.buf.len()));
+        if sink.is_some() {
+            // The whole piece in one buffer, so the chunks are contiguous.
+            self.buf.reserve(piece_len.saturating_sub(self.buf.len()));
+        }
         self.streaming = Some(PieceStream {
             id,
             piece_len,
@@ -376,21 +411,45 @@ pub enum PeerKind {
     Legacy(Option<Message>),
 }
 
+/// What a connection sent first.
+enum First {
+    Message(Message),
+    /// A GIVE, its head offered and its piece not read yet.
+    Give,
+}
+
 /// Reads the first frame of a connection and classifies the peer.
 ///
 /// `legacy_allowed`: whether this peer may be legacy (it is on loopback, or
 /// the operator passed `--legacy`). Otherwise anything but a HELLO within
-/// [`HELLO_TIMEOUT`] is a protocol error.
+/// [`HELLO_TIMEOUT`] is a protocol error; a GIVE is one as soon as its head
+/// is in, before its piece is read.
+///
+/// A legacy peer whose first frame is a GIVE is `Legacy(None)`, with that
+/// GIVE next in the reader and its head offered: `next_frame` reads it
+/// whole, [`FrameReader::discard_piece`] drops it unread.
 pub async fn read_first_frame<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     legacy_allowed: bool,
     hello_timeout: Duration,
 ) -> Result<PeerKind, ConnError> {
-    match timeout(hello_timeout, reader.next()).await {
-        Ok(Ok(Some(Message::Hello(hello)))) => Ok(PeerKind::Extended(hello)),
-        Ok(Ok(Some(other))) if legacy_allowed && !other.kind().is_extension() => {
+    let first = async {
+        loop {
+            match reader.next_frame(1).await? {
+                Some(Frame::Message(message)) => return Ok(Some(First::Message(message))),
+                Some(Frame::GiveHead { .. }) => return Ok(Some(First::Give)),
+                // Nothing streams before the caller asks for it.
+                Some(Frame::GiveEnd { .. }) => {}
+                None => return Ok(None),
+            }
+        }
+    };
+    match timeout(hello_timeout, first).await {
+        Ok(Ok(Some(First::Message(Message::Hello(hello))))) => Ok(PeerKind::Extended(hello)),
+        Ok(Ok(Some(First::Message(other)))) if legacy_allowed && !other.kind().is_extension() => {
             Ok(PeerKind::Legacy(Some(other)))
         }
+        Ok(Ok(Some(First::Give))) if legacy_allowed => Ok(PeerKind::Legacy(None)),
         Ok(Ok(Some(_))) => Err(ConnError::Rule("first_frame_not_hello")),
         Ok(Ok(None)) => Err(ConnError::Io(io::ErrorKind::UnexpectedEof.into())),
         Ok(Err(err)) => Err(err),
@@ -757,6 +816,66 @@ mod tests {
             streamed += chunk.len();
         }
         assert!(streamed < 200_000, "the whole piece was handed over");
+    }
+
+    #[tokio::test]
+    async fn a_discarded_piece_is_read_off_a_chunk_at_a_time_and_never_held_whole() {
+        let (give, piece) = give_of(wire_format::limits::PIECE_MAX);
+        let ask = Message::Ask(PieceId::from_bytes([3; 32]));
+        let (io, writer) = feed(vec![give, ask.clone()]);
+        let mut reader = FrameReader::new(io);
+        assert!(matches!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::GiveHead { .. })
+        ));
+        assert!(reader.buf.capacity() <= READ_CHUNK_BYTES);
+        assert!(reader.discard_piece());
+        let mut most = 0;
+        let end = loop {
+            // Poll one step at a time, watching what the reader holds.
+            let step = timeout(Duration::from_millis(1), reader.next_frame(1)).await;
+            most = most.max(reader.buf.capacity());
+            if let Ok(frame) = step {
+                break frame.unwrap();
+            }
+        };
+        assert_eq!(
+            end,
+            Some(Frame::GiveEnd {
+                id: PieceId::of(&piece),
+                piece_len: wire_format::limits::PIECE_MAX
+            })
+        );
+        assert!(most <= 2 * READ_CHUNK_BYTES, "held {most} bytes");
+        assert_eq!(
+            reader.next_frame(1).await.unwrap(),
+            Some(Frame::Message(ask))
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_give_sent_first_is_an_error_at_its_head_or_left_to_the_caller_of_a_legacy_peer() {
+        let (give, _) = give_of(200_000);
+        let frame = give.to_bytes();
+        // Not allowed to be legacy: an error once the head is in, though the
+        // piece never comes.
+        let (mut a, b) = tokio::io::duplex(16 << 10);
+        a.write_all(&frame[..1000]).await.unwrap();
+        let mut reader = FrameReader::new(b);
+        assert!(matches!(
+            read_first_frame(&mut reader, false, HELLO_TIMEOUT).await,
+            Err(ConnError::Rule("first_frame_not_hello"))
+        ));
+        // A legacy peer: the GIVE is next in the reader, read whole.
+        let (io, writer) = feed(vec![give.clone()]);
+        let mut reader = FrameReader::new(io);
+        assert!(matches!(
+            read_first_frame(&mut reader, true, HELLO_TIMEOUT).await,
+            Ok(PeerKind::Legacy(None))
+        ));
+        assert_eq!(reader.next().await.unwrap(), Some(give));
+        writer.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,6 +137,11 @@ impl Client {
         write_message(self.reader.get_mut(), message).await
     }
 
+    /// Writes raw bytes (part of a frame, say); the server may close first.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        tokio::io::AsyncWriteExt::write_all(self.reader.get_mut(), bytes).await
+    }
+
     /// The server's answer: its HELLO, then one PEERS.
     pub async fn expect_answer(&mut self) -> Peers {
         match read_one(&mut self.reader, SOON).await {
