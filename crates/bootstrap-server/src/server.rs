@@ -63,8 +63,10 @@ pub const MAX_CONCURRENT_PROBES: usize = 256;
 /// Connections one non-loopback IP may hold open at once. A node holds one
 /// only for an announce's round trip, so several nodes behind one NAT
 /// announcing at the same moment fit, while one host cannot take more than
-/// this share of [`MAX_OPEN_CONNECTIONS`]. Loopback is exempt: the reference
-/// program lives there, and a legacy client keeps its connection.
+/// this share of [`MAX_OPEN_CONNECTIONS`]. A public IPv6 /64 counts as one
+/// IP ([`wire_format::host_key`]): one host usually holds a whole /64.
+/// Loopback is exempt: the reference program lives there, and a legacy
+/// client keeps its connection.
 pub const MAX_CONNECTIONS_PER_IP: usize = 8;
 
 /// Least time between two warnings that connections are being refused (each
@@ -456,6 +458,28 @@ mod tests {
 
     fn public(last: u8, port: u16) -> PeerAddr {
         PeerAddr::new(IpAddr::from([203, 0, 113, last]), port)
+    }
+
+    #[test]
+    fn a_public_ipv6_64_counts_as_one_host_and_a_private_one_does_not() {
+        let shared = shared(4 * MAX_CONNECTIONS_PER_IP);
+        let v6 = |ip: &str, port: u16| PeerAddr::new(ip.parse().unwrap(), port);
+        // Every address of one public /64 draws on the same per-IP limit.
+        let held: Vec<_> = (1..=MAX_CONNECTIONS_PER_IP)
+            .map(|i| shared.admit(v6(&format!("2606:4700:10::{i:x}"), 7000)))
+            .collect();
+        assert!(held.iter().all(Result::is_ok));
+        assert!(matches!(
+            shared.admit(v6("2606:4700:10::ffff:1", 7000)),
+            Err(Limit::PerIp)
+        ));
+        // The next /64 is another host.
+        assert!(shared.admit(v6("2606:4700:11::1", 7000)).is_ok());
+        // A LAN's hosts share a private /64: each address is its own host.
+        let lan: Vec<_> = (1..=MAX_CONNECTIONS_PER_IP + 1)
+            .map(|i| shared.admit(v6(&format!("fd00::{i:x}"), 7000)))
+            .collect();
+        assert!(lan.iter().all(Result::is_ok));
     }
 
     #[test]

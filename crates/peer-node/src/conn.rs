@@ -31,7 +31,7 @@ use wire_format::limits::{
     CONNECT_TIMEOUT, FRAME_HEADER_BYTES, GIVE_HEADER_BYTES, GIVE_WRITE_PROGRESS_TIMEOUT,
     HELLO_TIMEOUT, LEN_FIELD_BYTES,
 };
-use wire_format::{DecodeError, Decoder, Hello, Message, MessageType, NodeId, PieceId};
+use wire_format::{DecodeError, Decoder, Hello, Message, MessageType, NodeId, PieceId, host_key};
 
 /// Bytes reserved for a read when no frame header is pending. Small frames
 /// (everything but GIVE and large PEERS) fit many to one read.
@@ -532,12 +532,14 @@ impl OpenSockets {
     /// Takes a place for a socket from `ip` if `admit(total, of_ip)` allows
     /// it (the counts before this socket), or returns `admit`'s refusal.
     /// Checked and taken under one lock, so concurrent takes and releases
-    /// never let the counts pass a limit.
+    /// never let the counts pass a limit. "Of its IP" is of its host: a
+    /// public IPv6 address counts with its whole /64 ([`host_key`]).
     pub fn take<E>(
         &self,
         ip: IpAddr,
         admit: impl FnOnce(usize, usize) -> Result<(), E>,
     ) -> Result<SocketSlot, E> {
+        let ip = host_key(ip);
         let mut guard = self.counts();
         let counts = &mut *guard;
         admit(counts.total, counts.per_ip.get(&ip).copied().unwrap_or(0))?;

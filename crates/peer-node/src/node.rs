@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use wire_format::limits::{DIAL_RATE_PER_SEC, HELLO_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL};
-use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, VerifiedPiece};
+use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, VerifiedPiece, host_key};
 
 use crate::api::{Direction, PeerSource, PeerState, PeerView};
 use crate::bans::{BanTarget, Bans};
@@ -34,7 +34,8 @@ use crate::table::{PeerTable, SavedPeer, Source};
 pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
 /// Default global connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
-/// Connections one non-loopback IP may hold.
+/// Connections one non-loopback IP may hold (a public IPv6 /64 counts as
+/// one IP: [`wire_format::host_key`]).
 pub const MAX_CONNECTIONS_PER_IP: usize = 4;
 /// Short control frames (37-byte ASK, WANT_HAVE, HAVE, DONT_HAVE, CANCEL)
 /// queued for writing on one connection: room for the answers to every
@@ -214,11 +215,15 @@ impl DialBudget {
 }
 
 impl State {
-    /// Outbound connections (registered) to `ip`, or to anyone.
+    /// Outbound connections (registered) to the host of `ip` (its /64 for
+    /// public IPv6, see [`host_key`]), or to anyone.
     fn outbound(&self, ip: Option<IpAddr>) -> usize {
         self.conns
             .values()
-            .filter(|c| c.direction == Direction::Out && ip.is_none_or(|ip| c.remote.ip() == ip))
+            .filter(|c| {
+                c.direction == Direction::Out
+                    && ip.is_none_or(|ip| host_key(c.remote.ip()) == host_key(ip))
+            })
             .count()
     }
 }

@@ -110,6 +110,22 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// The address that stands for one host in per-host connection limits: a
+/// public IPv6 address's /64 (its first address, the low 64 bits zero),
+/// since one host usually holds a whole /64 and can pick any address in it;
+/// any other address itself, in canonical form. Private, link-local and
+/// loopback IPv6 keep their full address: a LAN's hosts share a /64.
+pub fn host_key(ip: IpAddr) -> IpAddr {
+    let ip = canonical_ip(ip);
+    match ip {
+        IpAddr::V6(v6) if AddrClass::of(ip) == AddrClass::Public => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        other => other,
+    }
+}
+
 /// A peer's address in canonical form.
 ///
 /// Construction canonicalises (`::ffff:a.b.c.d` becomes `a.b.c.d`), so two
@@ -201,6 +217,18 @@ impl std::str::FromStr for PeerAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_ipv6_host_is_its_64_and_everything_else_itself() {
+        let key = |s: &str| host_key(s.parse().unwrap());
+        assert_eq!(key("2606:4700:10::6814:1"), key("2606:4700:10::ffff:1:2"));
+        assert_eq!(key("2606:4700:10::6814:1").to_string(), "2606:4700:10::");
+        assert_ne!(key("2606:4700:10::1"), key("2606:4700:11::1"));
+        for exact in ["fd00::1", "fe80::1", "::1", "8.8.8.8", "192.168.1.2"] {
+            assert_eq!(key(exact).to_string(), exact);
+        }
+        assert_eq!(key("::ffff:8.8.8.8").to_string(), "8.8.8.8");
+    }
 
     fn class(s: &str) -> AddrClass {
         AddrClass::of(s.parse().unwrap())

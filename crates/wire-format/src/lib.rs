@@ -22,7 +22,7 @@ pub mod limits;
 pub mod message;
 pub mod piece;
 
-pub use addr::{AddrClass, PeerAddr};
+pub use addr::{AddrClass, PeerAddr, host_key};
 pub use codec::{DecodeError, Decoder};
 pub use message::{
     EncodeError, Give, Hello, HelloFlags, Message, MessageType, NodeId, Peers, encode_give_header,
