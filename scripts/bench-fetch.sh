@@ -8,6 +8,12 @@
 #
 # Data dirs go under $BENCH_DIR (default: a temp dir under $TMPDIR); point
 # it at /dev/shm to take the disk out of the measurement.
+#
+# WARM_GIB=N first writes and deletes N GiB under $BENCH_DIR. On a VM that
+# hands freed memory back to its host, the first touch of a page costs a
+# host fault (about 2.7 ms per MiB measured on the reference machine kind),
+# and the nodes' new files and buffers would pay it; warming makes the run
+# measure the program instead. docs/BENCHMARKS.md gives figures both ways.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bulk=${1:-1024}
@@ -25,6 +31,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
+if [ "${WARM_GIB:-0}" -gt 0 ]; then
+  dd if=/dev/zero of="$work/warm" bs=1M count=$((WARM_GIB * 1024)) status=none
+  rm -f "$work/warm"
+fi
 start_node() { # name, extra args...
   local name=$1; shift
   mkdir -m 700 "$work/$name"
