@@ -4,8 +4,8 @@
 //! a task that waits for its share of the serving byte budget (a FIFO
 //! semaphore, so connections are served in turn), reads the store on the
 //! blocking pool and hands the answer to the connection's writer. An ASK for
-//! a piece the index does not have is answered at once, without a share. Worst-case
-//! memory: [`SERVE_BUDGET_BYTES`] of pieces read for writing, plus
+//! a piece the index does not have is answered at once, without a share.
+//! Worst-case memory: [`SERVE_BUDGET_BYTES`] of pieces read for writing, plus
 //! `MAX_ASKS_IN_FLIGHT` booked answers per connection.
 
 use std::sync::Arc;
