@@ -880,6 +880,99 @@ mod tests {
         writer.await.unwrap();
     }
 
+    /// A small deterministic generator for the randomised test below.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            usize::try_from(self.0 % n as u64).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_discarded_and_declined_gives_keep_every_frame_in_step() {
+        // How often each answer to a GIVE head was taken: declined, streamed, discarded.
+        let mut taken = [0usize; 3];
+        for seed in 1..=20u64 {
+            let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let messages: Vec<Message> = (0..30)
+                .map(|_| match rng.below(4) {
+                    0 => Message::Ask(PieceId::from_bytes(
+                        [u8::try_from(rng.below(256)).unwrap(); 32],
+                    )),
+                    1 => Message::WantHave(PieceId::from_bytes([7; 32])),
+                    _ => give_of(1 + rng.below(300_000)).0,
+                })
+                .collect();
+            // The frames back to back, written in pieces of random sizes
+            // through a pipe of random capacity.
+            let wire: Vec<u8> = messages.iter().flat_map(|m| m.to_bytes()).collect();
+            let mut writes = Vec::new();
+            let mut at = 0;
+            while at < wire.len() {
+                let n = (1 + rng.below(100_000)).min(wire.len() - at);
+                writes.push(wire[at..at + n].to_vec());
+                at += n;
+            }
+            let (mut a, b) = tokio::io::duplex(1 + rng.below(64 << 10));
+            let writer = tokio::spawn(async move {
+                for bytes in writes {
+                    a.write_all(&bytes).await.unwrap();
+                }
+            });
+            let stream_from = [1, 1000, 64 << 10, 200_000][rng.below(4)];
+            let mut reader = FrameReader::new(b);
+            let mut expected = messages.into_iter();
+            while let Some(frame) = reader.next_frame(stream_from).await.unwrap() {
+                let Frame::GiveHead { id, piece_len } = frame else {
+                    assert_eq!(
+                        Some(frame),
+                        expected.next().map(Frame::Message),
+                        "seed {seed}"
+                    );
+                    continue;
+                };
+                let Some(Message::Give(give)) = expected.next() else {
+                    panic!("seed {seed}: a GIVE head where no GIVE was sent");
+                };
+                assert_eq!((id, piece_len), (give.id(), give.piece().len()));
+                let end = Some(Frame::GiveEnd { id, piece_len });
+                let choice = rng.below(3);
+                taken[choice] += 1;
+                match choice {
+                    0 => {
+                        let whole = reader.next_frame(stream_from).await.unwrap();
+                        assert_eq!(whole, Some(Frame::Message(Message::Give(give))));
+                    }
+                    1 => {
+                        let (sink, mut chunks) = mpsc::channel(4);
+                        assert!(reader.stream_piece(sink, 1 + rng.below(200_000)));
+                        let hashing = tokio::spawn(async move {
+                            let mut hasher = wire_format::PieceHasher::new(id);
+                            while let Some(chunk) = chunks.recv().await {
+                                hasher.update(chunk);
+                            }
+                            hasher.finish()
+                        });
+                        assert_eq!(reader.next_frame(stream_from).await.unwrap(), end);
+                        let piece = hashing.await.unwrap().unwrap();
+                        assert_eq!(piece.bytes(), give.piece(), "seed {seed}");
+                    }
+                    _ => {
+                        assert!(reader.discard_piece());
+                        assert_eq!(reader.next_frame(stream_from).await.unwrap(), end);
+                    }
+                }
+            }
+            assert_eq!(expected.next(), None, "seed {seed}: frames left unread");
+            writer.await.unwrap();
+        }
+        assert!(taken.iter().all(|&n| n >= 10), "too few of each: {taken:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stuck_reader_fails_the_give_write_at_the_progress_deadline() {
         let piece = Bytes::from(vec![1u8; 1 << 20]);
