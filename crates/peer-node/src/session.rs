@@ -572,6 +572,9 @@ struct Rules {
     /// thread, once the last byte is in, whether it answers an ASK of ours
     /// (`true`: a late answer). Dropped unsent, the thread drops the piece.
     streaming: Option<(PieceId, oneshot::Sender<bool>)>,
+    /// The GIVE being read off and dropped: it answered nothing of ours
+    /// when its head arrived, so it cannot answer an ASK sent since.
+    discarding: Option<PieceId>,
 }
 
 /// Counts an event in a one-minute window; returns the count in the window.
@@ -674,21 +677,29 @@ impl Rules {
             link.send(next);
         }
         if answered == Answered::Unsolicited {
-            shared.metrics.incr(Metric::UnsolicitedGivesTotal);
-            let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, at);
-            if !link.legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
-                return Err(ConnError::Rule("too_many_unsolicited_gives"));
-            }
+            self.unsolicited(shared, link, at)?;
             return Ok(None);
         }
         Ok(Some(answered == Answered::Late))
     }
 
+    /// An unsolicited GIVE: counted, and past the per-minute cap an
+    /// extended peer is closed.
+    fn unsolicited(&mut self, shared: &Shared, link: &Link, at: Instant) -> Result<(), ConnError> {
+        shared.metrics.incr(Metric::UnsolicitedGivesTotal);
+        let n = count_in_window(&mut self.give_window, &mut self.unsolicited_gives, at);
+        if !link.legacy && n > MAX_UNSOLICITED_GIVES_PER_MINUTE {
+            return Err(ConnError::Rule("too_many_unsolicited_gives"));
+        }
+        Ok(())
+    }
+
     /// The header of a large GIVE has arrived. If it names a piece we asked
     /// this peer for and a streaming slot is free, its bytes are hashed on a
-    /// blocking thread as they arrive; otherwise it is read whole and judged
-    /// as before. Never waits: a peer trickling its GIVE holds a streaming
-    /// slot, not a verify slot, so it cannot hold up verification.
+    /// blocking thread as they arrive; if it names nothing we asked, it is
+    /// read off and dropped, never held; otherwise it is read whole and
+    /// judged as before. Never waits: a peer trickling its GIVE holds a
+    /// streaming slot, not a verify slot, so it cannot hold up verification.
     fn start_give<R: AsyncRead + Unpin>(
         &mut self,
         shared: &Arc<Shared>,
@@ -697,6 +708,9 @@ impl Rules {
         id: PieceId,
     ) {
         if !link.ask_book().expects(&id, now()) {
+            if reader.discard_piece() {
+                self.discarding = Some(id);
+            }
             return;
         }
         let Ok(slot) = Arc::clone(&shared.stream_slots).try_acquire_owned() else {
@@ -728,8 +742,12 @@ impl Rules {
         });
     }
 
-    /// The last byte of a streamed GIVE has gone to its hashing thread.
+    /// The last byte of a streamed GIVE has gone to its hashing thread, or
+    /// that of a dropped one has been read off.
     fn end_give(&mut self, shared: &Shared, link: &Link, id: &PieceId) -> Result<(), ConnError> {
+        if self.discarding.take().is_some() {
+            return self.unsolicited(shared, link, now());
+        }
         let streaming = self.streaming.take();
         if let Some(late) = self.answer_give(shared, link, id, now())?
             && let Some((streamed, verdict)) = streaming

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use wire_format::limits::{
     HELLO_LEN, HELLO_MAGIC, HELLO_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_LEN,
     MAX_PEERS_PER_FRAME, MAX_UNSOLICITED_GIVES_PER_MINUTE, PEER_INFO_BYTES, PEX_MAX_ENTRIES,
-    PEX_MAX_FRAMES_PER_INTERVAL,
+    PEX_MAX_FRAMES_PER_INTERVAL, PIECE_MAX,
 };
 use wire_format::{AddrClass, Give, Hello, HelloFlags, Message, NodeId, PeerAddr, Peers, PieceId};
 
@@ -256,22 +256,31 @@ async fn with_legacy_allowed_a_peer_from_another_host_without_hello_is_kept_as_l
     assert_eq!(node.shared.connection_count(), 2);
 }
 
+/// An unsolicited GIVE of `len` bytes: a short one is read whole, a 1 MiB
+/// one is read off and dropped as it arrives; the rules are the same.
+fn unsolicited_give(len: usize) -> Message {
+    let piece = Bytes::from(vec![0x5a; len]);
+    Message::Give(Give::new(PieceId::of(&piece), piece).unwrap())
+}
+
 #[tokio::test]
 async fn a_legacy_peer_is_not_closed_for_unsolicited_gives() {
-    let node = TestNode::start(|_| {}).await;
-    let (mut peer, _) = RawPeer::legacy(&node).await;
-    let piece = Bytes::from_static(b"not asked for");
-    let give = Message::Give(Give::new(PieceId::of(&piece), piece).unwrap());
-    for _ in 0..=MAX_UNSOLICITED_GIVES_PER_MINUTE {
-        peer.send(&give).await;
+    for len in [13, PIECE_MAX] {
+        let node = TestNode::start(|_| {}).await;
+        let (mut peer, _) = RawPeer::legacy(&node).await;
+        let give = unsolicited_give(len);
+        for _ in 0..=MAX_UNSOLICITED_GIVES_PER_MINUTE {
+            peer.send(&give).await;
+        }
+        let over = MAX_UNSOLICITED_GIVES_PER_MINUTE as u64 + 1;
+        assert!(wait_for(SOON, || node.metric(Metric::UnsolicitedGivesTotal) == over).await);
+        // Still open and still read: a protocol error now closes it.
+        peer.send(&Message::WantHave(digest(1))).await;
+        assert!(peer.expect_closed().await.is_empty());
+        node.wait_closed("extension_from_legacy", 1).await;
+        assert_eq!(node.closed("too_many_unsolicited_gives"), 0);
+        assert_eq!(node.metric(Metric::PiecesFetchedTotal), 0);
     }
-    let over = MAX_UNSOLICITED_GIVES_PER_MINUTE as u64 + 1;
-    assert!(wait_for(SOON, || node.metric(Metric::UnsolicitedGivesTotal) == over).await);
-    // Still open and still read: a protocol error now closes it.
-    peer.send(&Message::WantHave(digest(1))).await;
-    assert!(peer.expect_closed().await.is_empty());
-    node.wait_closed("extension_from_legacy", 1).await;
-    assert_eq!(node.closed("too_many_unsolicited_gives"), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -420,21 +429,22 @@ async fn the_seventh_peers_frame_in_a_minute_closes_an_extended_peer() {
 
 #[tokio::test]
 async fn the_fourth_unsolicited_give_in_a_minute_closes_an_extended_peer() {
-    let node = TestNode::start(|_| {}).await;
-    let mut peer = RawPeer::extended(&node, 9).await;
-    let piece = Bytes::from_static(b"nobody asked");
-    let give = Message::Give(Give::new(PieceId::of(&piece), piece).unwrap());
-    for _ in 0..MAX_UNSOLICITED_GIVES_PER_MINUTE {
+    for len in [12, PIECE_MAX] {
+        let node = TestNode::start(|_| {}).await;
+        let mut peer = RawPeer::extended(&node, 9).await;
+        let give = unsolicited_give(len);
+        for _ in 0..MAX_UNSOLICITED_GIVES_PER_MINUTE {
+            peer.send(&give).await;
+        }
+        peer.assert_answers(1).await; // at the limit: ignored, counted, kept
+        let at_limit = MAX_UNSOLICITED_GIVES_PER_MINUTE as u64;
+        assert_eq!(node.metric(Metric::UnsolicitedGivesTotal), at_limit);
+        assert_eq!(node.closed("too_many_unsolicited_gives"), 0);
         peer.send(&give).await;
+        assert!(peer.expect_closed().await.is_empty());
+        node.wait_closed("too_many_unsolicited_gives", 1).await;
+        assert_eq!(node.metric(Metric::UnsolicitedGivesTotal), at_limit + 1);
     }
-    peer.assert_answers(1).await; // at the limit: ignored, counted, kept
-    let at_limit = MAX_UNSOLICITED_GIVES_PER_MINUTE as u64;
-    assert_eq!(node.metric(Metric::UnsolicitedGivesTotal), at_limit);
-    assert_eq!(node.closed("too_many_unsolicited_gives"), 0);
-    peer.send(&give).await;
-    assert!(peer.expect_closed().await.is_empty());
-    node.wait_closed("too_many_unsolicited_gives", 1).await;
-    assert_eq!(node.metric(Metric::UnsolicitedGivesTotal), at_limit + 1);
 }
 
 // ---------------------------------------------------------------------------
