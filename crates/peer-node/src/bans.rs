@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use wire_format::addr::canonical_ip;
 use wire_format::limits::BAN_DURATION;
-use wire_format::{AddrClass, NodeId, PeerAddr, PieceId};
+use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, host_key};
 
 use crate::api::BanView;
 
@@ -120,8 +120,8 @@ impl BanRecord {
 enum BanKey {
     /// A public IPv4 address.
     Ipv4(Ipv4Addr),
-    /// The upper 64 bits of a public IPv6 address.
-    Ipv6Net64(u64),
+    /// A public IPv6 /64, by its first address ([`host_key`]).
+    Ipv6Net64(Ipv6Addr),
     /// A non-public (IP, listen port).
     Endpoint(IpAddr, u16),
     /// A node id seen at a non-public address.
@@ -157,20 +157,16 @@ impl Default for Bans {
     }
 }
 
-/// The /64 of an IPv6 address.
-fn net64(ip: Ipv6Addr) -> u64 {
-    let [a, b, c, d, e, f, g, h, ..] = ip.octets();
-    u64::from_be_bytes([a, b, c, d, e, f, g, h])
-}
-
-/// The key that covers a public IP, or `None` for the other classes.
+/// The key that covers a public IP (its host: the IPv4 address, or the
+/// IPv6 /64, as the connection limits count it), or `None` for the other
+/// classes.
 fn network_key(ip: IpAddr) -> Option<BanKey> {
     if AddrClass::of(ip) != AddrClass::Public {
         return None;
     }
-    Some(match ip {
+    Some(match host_key(ip) {
         IpAddr::V4(v4) => BanKey::Ipv4(v4),
-        IpAddr::V6(v6) => BanKey::Ipv6Net64(net64(v6)),
+        IpAddr::V6(net) => BanKey::Ipv6Net64(net),
     })
 }
 
@@ -218,10 +214,7 @@ impl Bans {
         let target = BanTarget::new(peer.ip, peer.listen_port, peer.node_id);
         let (scope, keys) = match network_key(target.ip) {
             Some(key @ BanKey::Ipv4(v4)) => (BanScope::Ipv4(v4), vec![key]),
-            Some(key @ BanKey::Ipv6Net64(net)) => (
-                BanScope::Ipv6Net64(Ipv6Addr::from(u128::from(net) << 64)),
-                vec![key],
-            ),
+            Some(key @ BanKey::Ipv6Net64(net)) => (BanScope::Ipv6Net64(net), vec![key]),
             _ => {
                 let mut keys = Vec::with_capacity(2);
                 if let Some(port) = target.listen_port {
