@@ -207,11 +207,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }
                     continue;
                 }
+                // A streamed piece was reserved whole by `stream_piece`.
                 let limit = if stream.sink.is_some() {
-                    if self.buf.capacity() == self.buf.len() {
-                        // Not reached when the whole piece was reserved up front.
-                        self.buf.reserve(stream.remaining - self.buf.len());
-                    }
                     // Up to one chunk at a time, so each is handed over while
                     // it is still in the CPU's cache (hashing bytes that have
                     // left it runs at about 60 % of the speed on this kind of VM).

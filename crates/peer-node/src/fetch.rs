@@ -206,6 +206,12 @@ impl Shared {
         }
     }
 
+    /// Whether the node can serve `id` now: in the store's index, or just
+    /// fetched with its cache copy still being written. Memory only.
+    pub(crate) fn holds(&self, id: &PieceId) -> bool {
+        self.store.has(id) || self.fetched(id).is_some()
+    }
+
     /// Delivers an event to the fetch of `id`, if one runs.
     pub(crate) fn fetch_event(&self, id: &PieceId, event: FetchEvent) -> bool {
         let sender = self.fetches().get(id).map(|h| h.events.clone());

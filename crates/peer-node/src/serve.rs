@@ -58,7 +58,7 @@ pub(crate) fn on_ask(shared: &Arc<Shared>, link: &Arc<Link>, id: PieceId) -> Res
     // DONT_HAVE takes no share of the serving budget, so a node busy
     // serving still says "no" without waiting behind GIVEs. The queue holds
     // every answer the peer may have booked, so it has room.
-    if !shared.store.has(&id) && shared.fetched(&id).is_none() {
+    if !shared.holds(&id) {
         let answer = Answer {
             id,
             message: (!link.legacy).then_some(Message::DontHave(id)),
@@ -136,7 +136,7 @@ pub(crate) fn on_cancel(shared: &Shared, link: &Link, id: PieceId) {
 /// waiting for a peer that does not read them, it is ignored and counted
 /// (PROTOCOL.md has no close row for it; the reader never waits).
 pub(crate) fn on_want_have(shared: &Shared, link: &Link, id: PieceId) {
-    let message = if shared.store.has(&id) || shared.fetched(&id).is_some() {
+    let message = if shared.holds(&id) {
         Message::Have(id)
     } else {
         Message::DontHave(id)

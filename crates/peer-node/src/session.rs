@@ -572,9 +572,9 @@ struct Rules {
     /// thread, once the last byte is in, whether it answers an ASK of ours
     /// (`true`: a late answer). Dropped unsent, the thread drops the piece.
     streaming: Option<(PieceId, oneshot::Sender<bool>)>,
-    /// The GIVE being read off and dropped: it answered nothing of ours
+    /// A GIVE is being read off and dropped: it answered nothing of ours
     /// when its head arrived, so it cannot answer an ASK sent since.
-    discarding: Option<PieceId>,
+    discarding: bool,
 }
 
 /// Counts an event in a one-minute window; returns the count in the window.
@@ -708,9 +708,7 @@ impl Rules {
         id: PieceId,
     ) {
         if !link.ask_book().expects(&id, now()) {
-            if reader.discard_piece() {
-                self.discarding = Some(id);
-            }
+            self.discarding = reader.discard_piece();
             return;
         }
         let Ok(slot) = Arc::clone(&shared.stream_slots).try_acquire_owned() else {
@@ -745,7 +743,7 @@ impl Rules {
     /// The last byte of a streamed GIVE has gone to its hashing thread, or
     /// that of a dropped one has been read off.
     fn end_give(&mut self, shared: &Shared, link: &Link, id: &PieceId) -> Result<(), ConnError> {
-        if self.discarding.take().is_some() {
+        if std::mem::take(&mut self.discarding) {
             return self.unsolicited(shared, link, now());
         }
         let streaming = self.streaming.take();
