@@ -28,6 +28,7 @@ use crate::ratelimit::RateLimiter;
 use crate::serve::BUDGET_UNIT;
 pub use crate::serve::SERVE_BUDGET_BYTES;
 use crate::session::{self, Purpose};
+pub use crate::session::{STREAM_CHUNK_BYTES, STREAM_GIVES_FROM};
 use crate::table::{PeerTable, SavedPeer, Source};
 
 /// Outbound connections the node keeps open when it knows enough peers.

@@ -182,6 +182,38 @@ mod tests {
     use crate::node::{Node, NodeConfig, WRITE_QUEUE_FRAMES, now};
 
     #[tokio::test]
+    async fn a_dont_have_waits_for_room_in_a_full_answer_queue_and_is_never_lost() {
+        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        config.target_outbound = 0;
+        let shared = Node::bind(config).await.unwrap().shared();
+        let remote = "127.0.0.1:40000".parse().unwrap();
+        let hello = wire_format::Hello::ours(Some(40000), false, wire_format::NodeId([3; 8]));
+        let (link, (mut answers, _frames)) =
+            Link::new(1, remote, Some(hello), Arc::new(AtomicU64::new(0)), now());
+        let link = Arc::new(link);
+        // The queue full of answers the writer has not taken yet.
+        let queued = |n: usize| PieceId::of(&n.to_le_bytes());
+        for n in 0..MAX_ASKS_IN_FLIGHT {
+            let answer = Answer {
+                id: queued(n),
+                message: None,
+                permit: None,
+            };
+            assert!(link.answers.try_send(answer).is_ok());
+        }
+        let absent = PieceId::of(b"nobody has this");
+        on_ask(&shared, &link, absent).unwrap();
+        for n in 0..MAX_ASKS_IN_FLIGHT {
+            assert_eq!(answers.recv().await.unwrap().id, queued(n));
+        }
+        let wait = std::time::Duration::from_secs(5);
+        let answer = tokio::time::timeout(wait, answers.recv()).await;
+        let answer = answer.expect("the DONT_HAVE was lost").unwrap();
+        assert_eq!(answer.id, absent);
+        assert_eq!(answer.message, Some(Message::DontHave(absent)));
+    }
+
+    #[tokio::test]
     async fn want_haves_past_the_unread_write_queue_are_ignored_and_counted_not_closed() {
         let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
         config.target_outbound = 0;

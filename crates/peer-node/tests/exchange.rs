@@ -1251,3 +1251,21 @@ async fn at_most_streaming_gives_max_gives_stream_at_once() {
     next.send_bytes(&rest).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_streams_from_stream_gives_from_bytes_and_one_byte_less_is_read_whole() {
+    use peer_node::node::STREAM_GIVES_FROM;
+    for (seed, len, streamed) in [(31, STREAM_GIVES_FROM - 1, 0), (32, STREAM_GIVES_FROM, 1)] {
+        let fetcher = TestNode::start(|_| {}).await;
+        let p = piece(seed, len);
+        let (mut holder, rest, fetch) =
+            half_given(&fetcher, 0x31, 1, &p, p.bytes().clone(), FETCH_TIMEOUT).await;
+        holder.send_bytes(&rest).await;
+        assert_piece(&fetch.await.unwrap().unwrap(), &p);
+        assert_eq!(
+            fetcher.metric(Metric::GivesStreamedTotal),
+            streamed,
+            "a piece of {len} bytes"
+        );
+    }
+}
