@@ -9,10 +9,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use piece_store::PieceStore;
+use piece_store::{Durability, PieceStore, Retention, StoreError};
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
+use wire_format::VerifiedPiece;
 
 use crate::conn::{ConnError, FrameReader, read_one};
 use crate::node::{Node, NodeConfig, NodeError, Shared};
@@ -84,6 +85,14 @@ impl RunningNode {
         let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         configure(&mut config);
         Ok(Self::spawn(Node::bind(config).await?))
+    }
+
+    /// Puts `piece` in the node's store, pinned and durable: from now on the
+    /// node holds it and serves it.
+    pub fn hold(&self, piece: &VerifiedPiece) -> Result<(), StoreError> {
+        self.shared
+            .store()
+            .put(piece.clone(), Retention::Pinned, Durability::Wait)
     }
 
     /// Like [`start`](Self::start), with pieces kept in `store`.

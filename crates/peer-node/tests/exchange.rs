@@ -31,7 +31,6 @@ use peer_node::metrics::Metric;
 use peer_node::node::{NodeConfig, Shared};
 use peer_node::ratelimit::RateLimiter;
 use peer_node::testing::wait_for;
-use piece_store::{Durability, Retention};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -42,21 +41,13 @@ use wire_format::limits::{
 };
 use wire_format::{Give, Hello, Message, NodeId, PieceId, VerifiedPiece};
 
-use common::{RawPeer, SOON, TestNode, closed_port};
+use common::{RawPeer, SOON, TestNode, closed_port, piece};
 
 /// How late after its deadline a timed event may be observed on the paused
 /// clock (the node's 100 ms dialler tick lets the clock jump while a frame
 /// crosses loopback).
 const SLACK: Duration = Duration::from_secs(1);
 const MIB: usize = 1 << 20;
-
-/// A piece of `len` bytes, distinct for each `seed` (its first 8 bytes),
-/// cheap to build even for hundreds of MiB in a debug build.
-fn piece(seed: u64, len: usize) -> VerifiedPiece {
-    let mut bytes = vec![seed.to_le_bytes()[0] ^ 0x5a; len];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    VerifiedPiece::new(Bytes::from(bytes)).unwrap()
-}
 
 /// The least time `bytes` of GIVEs take to leave a node whose upload rate
 /// is `rate` (its token bucket starts full).
@@ -95,13 +86,6 @@ impl TestNode {
             .peer_views()
             .iter()
             .any(|v| v.addr == addr && state.is_none_or(|s| v.state == s))
-    }
-
-    fn hold(&self, piece: &VerifiedPiece) {
-        self.shared
-            .store()
-            .put(piece.clone(), Retention::Pinned, Durability::Wait)
-            .unwrap();
     }
 
     async fn fetch(&self, id: PieceId, timeout: Duration) -> Result<Bytes, FetchError> {
@@ -228,7 +212,7 @@ async fn every_node_of_a_twenty_node_swarm_fetches_a_piece_one_holds_widening_wh
     assert!(!fetcher.shared.connected_node_ids().contains(&holder.id()));
 
     let p = piece(1, MIB);
-    holder.hold(&p);
+    holder.hold(&p).unwrap();
     // The hub says DONT_HAVE, so the fetch dials table candidates: the holder.
     let got = fetcher.fetch(p.id(), FETCH_TIMEOUT).await.unwrap();
     assert_piece(&got, &p);
@@ -292,14 +276,14 @@ async fn two_nodes_fetching_all_of_each_others_pieces_at_once_finish_on_one_conn
     let a_pieces: Vec<PieceId> = (0..LOAD_PIECES)
         .map(|i| {
             let p = piece(i, MIB);
-            a.hold(&p);
+            a.hold(&p).unwrap();
             p.id()
         })
         .collect();
     let b_pieces: Vec<PieceId> = (0..LOAD_PIECES)
         .map(|i| {
             let p = piece(1_000 + i, MIB);
-            b.hold(&p);
+            b.hold(&p).unwrap();
             p.id()
         })
         .collect();
@@ -385,7 +369,7 @@ async fn two_nodes_fetching_all_of_each_others_pieces_at_once_finish_on_one_conn
 async fn a_peer_giving_bytes_that_do_not_match_is_banned_and_the_piece_comes_from_an_honest_node() {
     let honest = TestNode::start(|_| {}).await;
     let p = piece(3, 256 << 10);
-    honest.hold(&p);
+    honest.hold(&p).unwrap();
     // The fetcher knows the honest node only as a table candidate: the liar,
     // its one connection, is asked first, and the honest node is reached by
     // widening once the liar is out.
@@ -515,7 +499,7 @@ async fn a_stalled_holder_is_hedged_then_cancelled_and_its_late_give_counted_as_
     let p = piece(5, MIB);
     let relay = Relay::start(fetcher.addr).await;
     let honest = TestNode::dialling(relay.addr, |_| {}).await;
-    honest.hold(&p);
+    honest.hold(&p).unwrap();
     let mut slow = RawPeer::extended(&fetcher, 0x51).await;
     assert!(
         wait_for(SOON, || fetcher.shared.connection_count() == 2
@@ -583,8 +567,8 @@ async fn sixteen_asks_queued_behind_a_rate_limited_holder_are_never_hedged() {
     let relay = Relay::start(fetcher.addr).await;
     let spare = TestNode::dialling(relay.addr, |_| {}).await;
     for p in &pieces {
-        pipelined.hold(p);
-        spare.hold(p);
+        pipelined.hold(p).unwrap();
+        spare.hold(p).unwrap();
     }
     assert!(
         wait_for(SOON, || {
@@ -668,7 +652,7 @@ async fn an_extended_peer_may_have_sixteen_asks_unanswered_and_the_seventeenth_c
         .map(|i| piece(200 + i, MIB))
         .collect();
     for p in &pieces {
-        node.hold(p);
+        node.hold(p).unwrap();
     }
     let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
     let (first, last) = asks.split_at(MAX_ASKS_IN_FLIGHT);
@@ -705,7 +689,7 @@ async fn asks_over_the_cap_while_gives_wait_for_the_upload_rate_close_the_connec
         .map(|i| piece(250 + i, MIB))
         .collect();
     for p in &pieces {
-        node.hold(p);
+        node.hold(p).unwrap();
     }
     let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
     let mut peer = RawPeer::extended(&node, 1).await;
@@ -734,8 +718,8 @@ async fn asks_over_the_cap_while_gives_wait_for_the_upload_rate_close_the_connec
 async fn a_cancel_drops_a_give_still_waiting_for_the_upload_rate() {
     let node = TestNode::start(|c| c.max_upload_rate = Some(CRAWL)).await;
     let (first, second) = (piece(270, MIB), piece(271, MIB));
-    node.hold(&first);
-    node.hold(&second);
+    node.hold(&first).unwrap();
+    node.hold(&second).unwrap();
     let mut peer = RawPeer::extended(&node, 1).await;
     peer.send_batch(&[Message::Ask(first.id()), Message::Ask(second.id())])
         .await;
@@ -761,7 +745,7 @@ async fn a_legacy_peers_asks_over_ten_are_dropped_and_counted_and_it_keeps_its_c
         .map(|i| piece(300 + i, LEGACY_PIECE_BYTES))
         .collect();
     for p in &pieces {
-        node.hold(p);
+        node.hold(p).unwrap();
     }
     let mut peer = RawPeer::legacy(&node).await.0;
     let ignored = node.metric(Metric::IgnoredFramesTotal);
@@ -819,8 +803,8 @@ async fn a_legacy_peer_gets_only_gives_it_can_read_and_each_at_most_once_per_30_
     let node = TestNode::start(|_| {}).await;
     let big = piece(500, MIB);
     let small = piece(501, LEGACY_PIECE_BYTES);
-    node.hold(&big);
-    node.hold(&small);
+    node.hold(&big).unwrap();
+    node.hold(&small).unwrap();
     let mut peer = RawPeer::legacy(&node).await.0;
     let small_give = |m: Message| match m {
         Message::Give(give) if give.id() == small.id() => {
@@ -858,7 +842,7 @@ async fn a_peer_that_never_reads_its_gives_is_closed_at_the_write_progress_deadl
         .map(|i| piece(600 + i, MIB))
         .collect();
     for p in &pieces {
-        node.hold(p);
+        node.hold(p).unwrap();
     }
     let asks: Vec<Message> = pieces.iter().map(|p| Message::Ask(p.id())).collect();
     let mut stuck = RawPeer::extended(&node, 1).await;
@@ -913,7 +897,7 @@ async fn a_stuck_reader_is_counted_under_write_progress() {
     let asks: Vec<Message> = (0..MAX_ASKS_IN_FLIGHT as u64)
         .map(|i| {
             let p = piece(700 + i, MIB);
-            node.hold(&p);
+            node.hold(&p).unwrap();
             Message::Ask(p.id())
         })
         .collect();
@@ -938,7 +922,7 @@ async fn a_peer_sending_thousands_of_asks_without_reading_is_closed_at_the_cap()
     let ids: Vec<PieceId> = (0..MAX_ASKS_IN_FLIGHT as u64)
         .map(|i| {
             let p = piece(800 + i, MIB);
-            node.hold(&p);
+            node.hold(&p).unwrap();
             p.id()
         })
         .collect();
@@ -967,7 +951,7 @@ async fn the_upload_rate_paces_gives_but_never_delays_control_frames() {
     let pieces: Vec<VerifiedPiece> = (0..8).map(|i| piece(900 + i, MIB)).collect();
     let extra = piece(999, MIB);
     for p in pieces.iter().chain([&extra]) {
-        holder.hold(p);
+        holder.hold(p).unwrap();
     }
     let fetcher = TestNode::dialling(holder.addr, |_| {}).await;
     let mut watcher = RawPeer::extended(&holder, 1).await;

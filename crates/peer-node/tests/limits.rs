@@ -32,23 +32,10 @@ use wire_format::limits::{
 };
 use wire_format::{Give, Hello, Message, NodeId, PeerAddr, PieceId, VerifiedPiece};
 
-use common::{RawPeer, SOON, TestNode, digest};
+use common::{RawPeer, SOON, TestNode, digest, piece};
 
 /// How long a test watches for something that must not happen (yet).
 const WATCH: Duration = Duration::from_secs(1);
-
-fn piece(seed: u8, len: usize) -> VerifiedPiece {
-    let mut bytes = vec![0x5a; len];
-    bytes[0] = seed;
-    VerifiedPiece::new(Bytes::from(bytes)).unwrap()
-}
-
-fn hold(node: &TestNode, piece: &VerifiedPiece) {
-    node.shared
-        .store()
-        .put(piece.clone(), Retention::Pinned, Durability::Wait)
-        .unwrap();
-}
 
 fn listener_addr(listener: &TcpListener) -> PeerAddr {
     PeerAddr::from(listener.local_addr().unwrap())
@@ -244,7 +231,7 @@ async fn answers_holding_the_whole_serving_budget_make_the_next_give_wait_but_no
     // waiting for upload tokens holds a whole piece's share of the budget.
     let node = TestNode::start(|c| c.max_upload_rate = Some(1)).await;
     let big = piece(1, PIECE_MAX);
-    hold(&node, &big);
+    node.hold(&big).unwrap();
     let ask = Message::Ask(big.id());
     let mut burst = RawPeer::extended(&node, 1).await;
     burst.send(&ask).await;

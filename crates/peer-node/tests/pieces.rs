@@ -10,7 +10,6 @@ use bytes::Bytes;
 use peer_node::api::FetchError;
 use peer_node::metrics::Metric;
 use peer_node::testing::{RunningNode, wait_for};
-use piece_store::{Durability, Retention};
 use wire_format::{PieceId, VerifiedPiece};
 
 /// A node bootstrapping from `bootstrap`, stopped when dropped.
@@ -29,13 +28,6 @@ fn piece(seed: u64, len: usize) -> VerifiedPiece {
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
     VerifiedPiece::new(Bytes::from(bytes)).unwrap()
-}
-
-fn hold(node: &RunningNode, piece: &VerifiedPiece) {
-    node.shared
-        .store()
-        .put(piece.clone(), Retention::Pinned, Durability::Wait)
-        .unwrap();
 }
 
 /// Node `a`, and node `b` connected to it (`a` as its bootstrap).
@@ -57,7 +49,7 @@ async fn connected_pair() -> (RunningNode, RunningNode) {
 async fn a_piece_held_by_a_peer_is_fetched_verified() {
     let (a, b) = connected_pair().await;
     let p = piece(1, 1 << 20);
-    hold(&a, &p);
+    a.hold(&p).unwrap();
     let got = b
         .shared
         .fetch(p.id(), Duration::from_secs(10))
@@ -99,7 +91,7 @@ async fn a_piece_nobody_holds_is_not_found_at_once() {
 async fn concurrent_requests_for_one_piece_share_one_fetch() {
     let (a, b) = connected_pair().await;
     let p = piece(7, 300_000);
-    hold(&a, &p);
+    a.hold(&p).unwrap();
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let shared = Arc::clone(&b.shared);

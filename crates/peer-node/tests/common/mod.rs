@@ -19,7 +19,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use wire_format::{Hello, Message, NodeId, PeerAddr, Peers, PieceId};
+use wire_format::{Hello, Message, NodeId, PeerAddr, Peers, PieceId, VerifiedPiece};
+
+/// A piece of `len` bytes (at least 8), distinct for each `seed` (its first
+/// 8 bytes), cheap to build even for hundreds of MiB in a debug build.
+pub fn piece(seed: u64, len: usize) -> VerifiedPiece {
+    let mut bytes = vec![seed.to_le_bytes()[0] ^ 0x5a; len];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    VerifiedPiece::new(bytes::Bytes::from(bytes)).unwrap()
+}
 
 /// How long a test waits for something that should happen at once.
 pub const SOON: Duration = Duration::from_secs(5);
