@@ -179,18 +179,24 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use super::*;
+    use crate::link::Queues;
     use crate::node::{Node, NodeConfig, WRITE_QUEUE_FRAMES, now};
 
-    #[tokio::test]
-    async fn a_dont_have_waits_for_room_in_a_full_answer_queue_and_is_never_lost() {
+    /// A node that dials nobody, and a link to a peer whose writer never
+    /// runs (`hello`: `None` for a legacy peer), with the link's queues.
+    async fn node_and_link(hello: Option<wire_format::Hello>) -> (Arc<Shared>, Arc<Link>, Queues) {
         let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
         config.target_outbound = 0;
         let shared = Node::bind(config).await.unwrap().shared();
         let remote = "127.0.0.1:40000".parse().unwrap();
+        let (link, queues) = Link::new(1, remote, hello, Arc::new(AtomicU64::new(0)), now());
+        (shared, Arc::new(link), queues)
+    }
+
+    #[tokio::test]
+    async fn a_dont_have_waits_for_room_in_a_full_answer_queue_and_is_never_lost() {
         let hello = wire_format::Hello::ours(Some(40000), false, wire_format::NodeId([3; 8]));
-        let (link, (mut answers, _frames)) =
-            Link::new(1, remote, Some(hello), Arc::new(AtomicU64::new(0)), now());
-        let link = Arc::new(link);
+        let (shared, link, (mut answers, _frames)) = node_and_link(Some(hello)).await;
         // The queue full of answers the writer has not taken yet.
         let queued = |n: usize| PieceId::of(&n.to_le_bytes());
         for n in 0..MAX_ASKS_IN_FLIGHT {
@@ -215,13 +221,8 @@ mod tests {
 
     #[tokio::test]
     async fn want_haves_past_the_unread_write_queue_are_ignored_and_counted_not_closed() {
-        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        config.target_outbound = 0;
-        let shared = Node::bind(config).await.unwrap().shared();
-        let remote = "127.0.0.1:40000".parse().unwrap();
-        // A link whose writer never runs: a peer that does not read.
-        let (link, (_answers, mut frames)) =
-            Link::new(1, remote, None, Arc::new(AtomicU64::new(0)), now());
+        // A peer that does not read.
+        let (shared, link, (_answers, mut frames)) = node_and_link(None).await;
         let id = |n: usize| PieceId::of(&n.to_le_bytes());
         for n in 0..WRITE_QUEUE_FRAMES {
             on_want_have(&shared, &link, id(n));
