@@ -8,15 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use peer_node::conn::{self, Frame, FrameReader, OpenSockets, PeerKind, SocketSlot};
-use peer_node::node::bind_listener;
+use peer_node::net::{self, Frame, FrameReader, OpenSockets, PeerKind, SocketSlot, bind_listener};
+use peer_node::process::wait_for_grace;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
-use wire_format::limits::{
-    HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL, SHUTDOWN_GRACE,
-};
+use wire_format::limits::{HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL};
 use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
 
 use crate::registry::{self, DEFAULT_MAX_PEERS, Registry};
@@ -222,7 +220,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             listen: PeerAddr::from(local),
-            node_id: NodeId(rand::random()),
+            node_id: net::new_node_id(),
             registry: Mutex::new(registry),
             closing: watch::Sender::new(false),
             open: OpenSockets::default(),
@@ -274,7 +272,7 @@ impl Server {
             })
         };
         let mut warned_at: Option<Instant> = None;
-        conn::accept_until(&listener, shutdown, |stream, remote| {
+        net::accept_until(&listener, shutdown, |stream, remote| {
             match shared.admit(PeerAddr::from(remote)) {
                 Ok(slot) => {
                     let span = info_span!("conn", peer = %remote, dir = "in");
@@ -303,10 +301,7 @@ impl Server {
         drop(listener);
         // Close every connection, give them the grace period, then save.
         shared.closing.send_replace(true);
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while shared.open.total() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_grace(|| shared.open.total() == 0).await;
         save(&shared);
         info!("stopped");
     }
@@ -334,10 +329,10 @@ fn spawn_probe(shared: Arc<Shared>, addr: PeerAddr, expected: Option<NodeId>) {
         let Ok(_permit) = Arc::clone(&shared.probes).acquire_owned().await else {
             return;
         };
-        let outcome = conn::probe(addr.socket_addr(), shared.node_id, expected).await;
+        let outcome = net::probe(addr.socket_addr(), shared.node_id, expected).await;
         let mut registry = shared.registry();
         match outcome {
-            Ok(conn::ProbeOutcome::Node(seen)) => {
+            Ok(net::ProbeOutcome::Node(seen)) => {
                 registry.probe_succeeded(addr, seen, Instant::now());
                 debug!(%addr, "dial-back probe verified");
             }
@@ -361,12 +356,15 @@ async fn serve(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
 
 async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let remote = PeerAddr::from(remote);
-    let _ = stream.set_nodelay(true);
+    net::tune(&stream);
     let (rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new(rd);
-    let legacy_allowed = (remote.class() == AddrClass::Loopback && shared.config.loopback_is_local)
-        || shared.config.legacy;
-    let kind = match conn::read_first_frame(&mut reader, legacy_allowed, HELLO_TIMEOUT).await {
+    let legacy_allowed = net::legacy_allowed(
+        remote,
+        shared.config.loopback_is_local,
+        shared.config.legacy,
+    );
+    let kind = match net::read_first_frame(&mut reader, legacy_allowed, HELLO_TIMEOUT).await {
         Ok(kind) => kind,
         Err(err) => {
             debug!(%err, "handshake failed");
@@ -403,7 +401,7 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
         Message::Peers(Peers::new(entries).unwrap_or_default()),
     ];
     for message in &answer {
-        if conn::write_message(&mut wr, message).await.is_err() {
+        if net::write_message(&mut wr, message).await.is_err() {
             return;
         }
     }

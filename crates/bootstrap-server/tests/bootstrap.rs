@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use peer_node::conn::{FrameReader, read_one, write_message};
+use peer_node::net::{FrameReader, read_one, write_message};
 use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use bootstrap_server::{Server, ServerConfig};
-use peer_node::conn::{FrameReader, read_one, write_message};
 use peer_node::metrics::Metric;
+use peer_node::net::{FrameReader, read_one, write_message};
 use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

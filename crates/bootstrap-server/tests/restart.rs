@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bootstrap_server::server::REGISTRY_FILE;
 use bootstrap_server::{Server, ServerConfig};
-use peer_node::conn::{FrameReader, read_one, write_message};
+use peer_node::net::{FrameReader, read_one, write_message};
 use peer_node::node::NodeConfig;
 use peer_node::testing::{RunningNode, wait_for};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

@@ -1,37 +1,35 @@
-//! The peer node: connections, HELLO, peer table, peer exchange and the
-//! local API (serving and fetching pieces come next). Its connection layer
-//! is shared with the bootstrap server.
+//! The peer node: connections, HELLO, the peer table and peer exchange,
+//! serving and fetching verified pieces, and the local API. Its network
+//! layer ([`net`]) is shared with the bootstrap server.
 //!
 //! # Layout
-//! * [`conn`] — framing over a socket, the HELLO exchange and legacy
-//!   detection, deadlines, the dial-back probe.
-//! * [`datadir`] — the data directory's ownership and mode rules, the API
-//!   token and the `api-addr` file.
-//! * [`metrics`] — counters and gauges, rendered for `/metrics` and
-//!   `/api/v1/stats`.
-//! * [`api`] — the local HTTP API: Host and token guards, routes.
-//! * [`table`] — the peer table: PEX drop rules, quotas, caps, backoff.
-//! * [`bans`] — the ban list: scope by address class, expiry, a bounded size.
-//! * [`ratelimit`] — the global upload/download token bucket and the parsers
-//!   of rate and size flags.
-//! * [`node`] — the node: listener, limits, dialler, announcer, persistence.
-//! * `session` (private) — one connection from HELLO to close: handshake,
-//!   duplicate rule, close-or-count rules, writer.
-//! * [`process`] — logging and signal handling shared by both programs.
-//! * [`testing`] — helpers for tests of programs built on the node: polling
-//!   with a deadline, in-process nodes.
+//! Dependencies point one way, from the top of this list down; a module
+//! never uses one above it.
+//! * [`api`] — the local HTTP API: guards, routes, JSON views, [`api::NodeApi`].
+//! * [`node`] — wiring: bind, start the tasks, run, shut down; [`node::Shared`].
+//! * `session` — one connection from HELLO to close: handshake, the read
+//!   loop with the close-or-count rules, the writer.
+//! * [`pieces`] — the piece exchange: serving, fetching, receiving GIVEs.
+//! * [`swarm`] — peers: table, PEX, connections as peers, bans, admission,
+//!   dialling, `peers.json`, the API's peer rows.
+//! * [`net`] — framing, the HELLO exchange, probes, sockets and their counts.
+//! * [`config`], `clock`, [`metrics`], [`ratelimit`], [`datadir`],
+//!   [`process`] — settings, the one clock, counters, token buckets, the data
+//!   directory's rules, logging and signals.
+//! * [`testing`] (feature `testing`) — helpers for tests of programs built
+//!   on the node.
 
 pub mod api;
-pub mod bans;
-pub mod conn;
+mod clock;
+pub mod config;
 pub mod datadir;
-mod fetch;
-mod link;
 pub mod metrics;
+pub mod net;
 pub mod node;
+pub mod pieces;
 pub mod process;
 pub mod ratelimit;
-mod serve;
 mod session;
-pub mod table;
+pub mod swarm;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

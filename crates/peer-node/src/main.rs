@@ -156,7 +156,7 @@ async fn run(args: Args) -> Result<(), String> {
     let api = tokio::spawn(peer_node::api::serve(
         api_listener,
         token,
-        Arc::new(peer_node::node::NodeApi(Arc::clone(&shared)))
+        Arc::new(peer_node::api::NodeApi(Arc::clone(&shared)))
             as Arc<dyn peer_node::api::ApiBackend>,
         async move {
             let _ = api_stopped.await;

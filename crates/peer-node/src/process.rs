@@ -1,5 +1,12 @@
 //! What both programs (`peer-node`, `bootstrap-server`) do the same way
-//! around their server: logging to stderr and waiting for SIGINT/SIGTERM.
+//! around their server: logging to stderr, waiting for SIGINT/SIGTERM, and
+//! the bounded wait for connections to close at shutdown.
+//!
+//! Uses nothing else of the crate.
+
+use std::time::Duration;
+
+use wire_format::limits::SHUTDOWN_GRACE;
 
 /// Logs to stderr with `RUST_LOG`-style filtering (default `info`), in
 /// colour only on a terminal.
@@ -37,5 +44,24 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+    }
+}
+
+/// How often [`wait_for_grace`] looks again.
+const GRACE_POLL: Duration = Duration::from_millis(10);
+
+/// Waits, after a shutdown has told every connection to close, until
+/// `all_closed` holds or [`SHUTDOWN_GRACE`] has passed (on the runtime's
+/// clock); returns whether everything closed in time.
+pub async fn wait_for_grace(mut all_closed: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    loop {
+        if all_closed() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(GRACE_POLL).await;
     }
 }

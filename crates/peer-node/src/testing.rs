@@ -15,7 +15,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use wire_format::VerifiedPiece;
 
-use crate::conn::{ConnError, FrameReader, read_one};
+use crate::net::{ConnError, FrameReader, read_one};
 use crate::node::{Node, NodeConfig, NodeError, Shared};
 
 /// How often [`wait_for`] checks its condition.

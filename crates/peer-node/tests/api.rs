@@ -879,7 +879,7 @@ async fn a_real_node_lists_its_connected_peer() {
         .await,
         "nodes never connected"
     );
-    let api = Api::start_for(Arc::new(peer_node::node::NodeApi(Arc::clone(&a)))).await;
+    let api = Api::start_for(Arc::new(api::NodeApi(Arc::clone(&a)))).await;
     let response = api.get_authorized("/api/v1/peers").await;
     assert_eq!(response.status, 200);
     let json = response.json();

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use peer_node::api::{FetchError, PeerState};
-use peer_node::conn::{read_one, write_message};
 use peer_node::metrics::Metric;
+use peer_node::net::{read_one, write_message};
 use peer_node::node::{NodeConfig, Shared};
 use peer_node::ratelimit::RateLimiter;
 use peer_node::testing::wait_for;

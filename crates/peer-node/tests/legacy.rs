@@ -12,8 +12,8 @@
 mod common;
 
 use peer_node::api::{Direction, PeerState};
-use peer_node::conn::{FrameReader, read_one, write_message};
 use peer_node::metrics::Metric;
+use peer_node::net::{FrameReader, read_one, write_message};
 use peer_node::testing::wait_for;
 use tokio::net::TcpListener;
 use wire_format::{AddrClass, Message, PeerAddr, Peers};

@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use peer_node::conn::READ_CHUNK_BYTES;
 use peer_node::metrics::Metric;
+use peer_node::net::READ_CHUNK_BYTES;
 use peer_node::node::{
     MAX_CONNECTIONS_PER_IP, SERVE_BUDGET_BYTES, VERIFY_QUEUE_PIECES, WRITE_QUEUE_FRAMES,
 };

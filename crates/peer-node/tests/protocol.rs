@@ -16,10 +16,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use peer_node::conn::{ConnError, read_one, write_message};
 use peer_node::metrics::Metric;
+use peer_node::net::{ConnError, read_one, write_message};
 use peer_node::node::NodeConfig;
-use peer_node::table::{DropReason, PeerTable};
+use peer_node::swarm::table::{DropReason, PeerTable};
 use peer_node::testing::wait_for;
 use tokio::sync::mpsc;
 use tokio::time::Instant;

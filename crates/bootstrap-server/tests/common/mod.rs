@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bootstrap_server::{Server, ServerConfig, ServerStats};
-use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
+use peer_node::net::{ConnError, FrameReader, read_one, write_message};
 use peer_node::testing::frames_until_closed;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;

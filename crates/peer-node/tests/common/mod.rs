@@ -10,8 +10,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer_node::conn::{ConnError, FrameReader, read_one, write_message};
 use peer_node::metrics::{Family, Metric};
+use peer_node::net::{ConnError, FrameReader, read_one, write_message};
 use peer_node::node::NodeConfig;
 use peer_node::testing::{RunningNode, frames_until_closed, wait_for};
 use piece_store::PieceStore;

@@ -18,11 +18,10 @@ use tracing::{Instrument, debug, info_span};
 use wire_format::limits::{ASK_PROGRESS_TIMEOUT, PIECE_MAX};
 use wire_format::{PieceId, VerifiedPiece};
 
-use crate::api::FetchError;
-use crate::link::Link;
+use super::serve::read_piece;
+use super::{Link, PIECE_UNITS, Pieces};
+use crate::clock::now;
 use crate::metrics::Metric;
-use crate::node::{Shared, now};
-use crate::serve::{BUDGET_UNIT, PIECE_UNITS};
 
 /// Bytes of pieces that may be asked for and not yet received, across all
 /// fetches: reserved when an ASK is sent, so every GIVE that arrives can be
@@ -37,6 +36,30 @@ const FETCH_TICK: Duration = Duration::from_millis(50);
 pub const WIDEN_DIALS: usize = 8;
 /// How long a widening waits for its dials to connect and answer.
 const WIDEN_WAIT: Duration = Duration::from_secs(3);
+
+/// Why a fetch failed; the API maps each variant to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Every peer asked said it does not have the piece, or there was no
+    /// peer to ask. 404.
+    #[error(
+        "piece not found: every peer asked said it does not have it, or no peer was \
+         connected; check the id, or connect to a peer that holds it and retry"
+    )]
+    NotFound,
+    /// The deadline passed while some peers had not answered. 504.
+    #[error(
+        "deadline passed before any peer gave the piece (some had not answered); \
+         retry with a longer timeout"
+    )]
+    Deadline,
+    /// The local store failed; the text says how. 500.
+    #[error("local store failed: {0}; check the data directory and its disk")]
+    Store(String),
+    /// The node is shutting down. 503.
+    #[error("the node is shutting down; retry once it runs again")]
+    Shutdown,
+}
 
 /// What sessions tell a fetch.
 #[derive(Debug)]
@@ -57,7 +80,7 @@ pub(crate) enum FetchEvent {
 #[derive(Debug)]
 pub(crate) struct FetchHandle {
     pub(crate) events: mpsc::Sender<FetchEvent>,
-    result: watch::Receiver<Option<Result<Bytes, FetchError>>>,
+    pub(crate) result: watch::Receiver<Option<Result<Bytes, FetchError>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +102,7 @@ struct Candidate {
     progress: (u64, Instant),
 }
 
-impl Shared {
+impl Pieces {
     /// The piece `id`, verified, from the store or the swarm, within `timeout`.
     pub async fn fetch(
         self: &Arc<Self>,
@@ -88,7 +111,7 @@ impl Shared {
     ) -> Result<Bytes, FetchError> {
         // The in-memory index first: a miss costs no trip to the blocking pool.
         if self.store.has(&id)
-            && let Some(bytes) = crate::serve::read_piece(self, id).await
+            && let Some(bytes) = read_piece(self, id).await
         {
             return Ok(bytes);
         }
@@ -112,7 +135,7 @@ impl Shared {
                 Some(result) => break result,
                 None => {
                     from_store_once = false;
-                    if let Some(bytes) = crate::serve::read_piece(self, id).await {
+                    if let Some(bytes) = read_piece(self, id).await {
                         return Ok(bytes);
                     }
                 }
@@ -151,37 +174,37 @@ impl Shared {
             },
         );
         self.metrics.incr(Metric::FetchesStartedTotal);
-        let shared = Arc::clone(self);
+        let pieces = Arc::clone(self);
         let span = info_span!("fetch", piece = %id);
         tokio::spawn(
             async move {
-                let outcome = run_fetch(&shared, id, timeout, events_rx).await;
+                let outcome = run_fetch(&pieces, id, timeout, events_rx).await;
                 match outcome {
                     Ok(piece) => {
-                        shared.metrics.incr(Metric::FetchesSucceededTotal);
+                        pieces.metrics.incr(Metric::FetchesSucceededTotal);
                         // The requesters get the piece at once...
                         let _ = result_tx.send(Some(Ok(piece.bytes().clone())));
                         // ...and the fetch stays registered (answering
                         // newcomers from its result) until the cache
                         // copy is in the store, so nobody fetches the
                         // piece again in between.
-                        let store = Arc::clone(&shared.store);
+                        let store = Arc::clone(&pieces.store);
                         let _ = tokio::task::spawn_blocking(move || {
                             if !store.has(&piece.id()) {
                                 let _ = store.put(piece, Retention::Cached, Durability::Background);
                             }
                         })
                         .await;
-                        shared.fetches().remove(&id);
+                        pieces.fetches().remove(&id);
                     }
                     Err(err) => {
-                        shared.fetches().remove(&id);
+                        pieces.fetches().remove(&id);
                         match &err {
                             FetchError::NotFound => {
-                                shared.metrics.incr(Metric::FetchesNotFoundTotal)
+                                pieces.metrics.incr(Metric::FetchesNotFoundTotal)
                             }
                             FetchError::Deadline => {
-                                shared.metrics.incr(Metric::FetchesDeadlineTotal)
+                                pieces.metrics.incr(Metric::FetchesDeadlineTotal)
                             }
                             _ => {}
                         }
@@ -194,24 +217,6 @@ impl Shared {
         result_rx
     }
 
-    /// The piece, if a fetch for it has just finished and its cache copy is
-    /// still being written: peers asking meanwhile are answered from it.
-    pub(crate) fn fetched(&self, id: &PieceId) -> Option<Bytes> {
-        let fetches = self.fetches();
-        let handle = fetches.get(id)?;
-        let result = handle.result.borrow();
-        match result.as_ref() {
-            Some(Ok(bytes)) => Some(bytes.clone()),
-            _ => None,
-        }
-    }
-
-    /// Whether the node can serve `id` now: in the store's index, or just
-    /// fetched with its cache copy still being written. Memory only.
-    pub(crate) fn holds(&self, id: &PieceId) -> bool {
-        self.store.has(id) || self.fetched(id).is_some()
-    }
-
     /// Delivers an event to the fetch of `id`, if one runs.
     pub(crate) fn fetch_event(&self, id: &PieceId, event: FetchEvent) -> bool {
         let sender = self.fetches().get(id).map(|h| h.events.clone());
@@ -220,14 +225,14 @@ impl Shared {
 }
 
 /// Reserves a piece's share of the fetch budget, if available now.
-fn reserve(shared: &Shared) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    Arc::clone(&shared.fetch_budget)
+fn reserve(pieces: &Pieces) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    Arc::clone(&pieces.fetch_budget)
         .try_acquire_many_owned(PIECE_UNITS)
         .ok()
 }
 
 async fn run_fetch(
-    shared: &Arc<Shared>,
+    pieces: &Arc<Pieces>,
     id: PieceId,
     timeout: Duration,
     mut events: mpsc::Receiver<FetchEvent>,
@@ -245,7 +250,7 @@ async fn run_fetch(
     // pieces of one file travel together): ASK it at once, saving the
     // WANT_HAVE round trip; everyone else gets a WANT_HAVE as usual. If it
     // says DONT_HAVE, the holders found meanwhile take over.
-    let preferred = shared.last_giver.load(std::sync::atomic::Ordering::Relaxed);
+    let preferred = pieces.last_giver.load(std::sync::atomic::Ordering::Relaxed);
     let add = |peers: &mut HashMap<u64, Candidate>, link: Arc<Link>| {
         if peers.contains_key(&link.id) || link.is_closed() {
             return;
@@ -256,7 +261,7 @@ async fn run_fetch(
             // A legacy peer knows no WANT_HAVE: ask it directly.
             PeerState::Holder
         } else if optimistic
-            && let Some(budget) = reserve(shared)
+            && let Some(budget) = reserve(pieces)
             && link.ask(id, Some(budget), at)
         {
             PeerState::Asked
@@ -275,13 +280,13 @@ async fn run_fetch(
             },
         );
     };
-    let mut links = shared.links();
+    let mut links = pieces.links();
     // The preferred peer first, so it is asked before anyone is wanted.
     links.sort_by_key(|l| l.id != preferred);
     for link in links {
         add(&mut peers, link);
     }
-    shared.metrics.add(
+    pieces.metrics.add(
         Metric::WantHaveSentTotal,
         peers
             .values()
@@ -303,8 +308,8 @@ async fn run_fetch(
                 .filter(|c| c.state == PeerState::Holder)
                 .min_by_key(|c| (c.link.legacy, c.link.id));
             if let Some(c) = next {
-                shared.download.acquire(PIECE_MAX).await;
-                if let Some(budget) = reserve(shared) {
+                pieces.download.acquire(PIECE_MAX).await;
+                if let Some(budget) = reserve(pieces) {
                     c.state = PeerState::Asked;
                     c.progress = (c.link.bytes_received(), at);
                     if !c.link.ask(id, Some(budget), at) {
@@ -329,11 +334,11 @@ async fn run_fetch(
                     .filter(|c| c.state == PeerState::Holder)
                     .min_by_key(|c| (c.link.legacy, c.link.id));
                 if let Some(c) = second
-                    && let Some(budget) = reserve(shared)
+                    && let Some(budget) = reserve(pieces)
                 {
-                    shared.download.acquire(PIECE_MAX).await;
+                    pieces.download.acquire(PIECE_MAX).await;
                     hedged = true;
-                    shared.metrics.incr(Metric::HedgesTotal);
+                    pieces.metrics.incr(Metric::HedgesTotal);
                     c.state = PeerState::Asked;
                     c.progress = (c.link.bytes_received(), at);
                     if !c.link.ask(id, Some(budget), at) {
@@ -360,7 +365,7 @@ async fn run_fetch(
             // Connections that came up since the fetch started (the
             // survivor of a duplicate pair, say) are asked before anything
             // is concluded.
-            for link in shared.links() {
+            for link in pieces.links() {
                 add(&mut peers, link);
             }
             pending = peers.values().any(|c| c.state != PeerState::Out);
@@ -368,12 +373,12 @@ async fn run_fetch(
         if !pending {
             match widened {
                 None => {
-                    let dials = shared.widen(WIDEN_DIALS);
+                    let dials = pieces.swarm.widen(WIDEN_DIALS);
                     if dials == 0 && !unanswered {
                         return Err(FetchError::NotFound);
                     }
                     if dials > 0 {
-                        shared.metrics.incr(Metric::FetchWidensTotal);
+                        pieces.metrics.incr(Metric::FetchWidensTotal);
                     }
                     widened = Some(at);
                 }
@@ -453,34 +458,28 @@ fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) 
     }
 }
 
-/// Budget units per piece must cover the largest piece.
-const _: () = assert!(PIECE_UNITS as usize * BUDGET_UNIT >= PIECE_MAX);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{Node, NodeConfig};
-    use wire_format::PeerAddr;
+    use crate::pieces::BUDGET_UNIT;
 
-    async fn idle_node() -> Arc<Shared> {
-        let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        config.target_outbound = 0;
-        Node::bind(config).await.unwrap().shared()
+    async fn idle_node() -> Arc<Pieces> {
+        Pieces::for_tests()
     }
 
     #[tokio::test]
     async fn the_fetch_budget_admits_an_ask_only_while_a_whole_piece_fits() {
-        let shared = idle_node().await;
+        let pieces = idle_node().await;
         let total = u32::try_from(FETCH_BUDGET_BYTES / BUDGET_UNIT).unwrap();
         // Everything but exactly one piece is reserved elsewhere.
-        let _taken = Arc::clone(&shared.fetch_budget)
+        let _taken = Arc::clone(&pieces.fetch_budget)
             .try_acquire_many_owned(total - PIECE_UNITS)
             .unwrap();
-        let last = reserve(&shared).expect("one piece still fits");
-        assert!(reserve(&shared).is_none(), "no room for another piece");
+        let last = reserve(&pieces).expect("one piece still fits");
+        assert!(reserve(&pieces).is_none(), "no room for another piece");
         drop(last);
         assert!(
-            reserve(&shared).is_some(),
+            reserve(&pieces).is_some(),
             "an answered ASK frees its share"
         );
     }
@@ -488,75 +487,26 @@ mod tests {
     // One thread: the fetch task cannot drain its queue while the test runs.
     #[tokio::test(flavor = "current_thread")]
     async fn a_fetch_queues_up_to_fetch_events_events_and_drops_the_next() {
-        let shared = idle_node().await;
+        let pieces = idle_node().await;
         let id = PieceId::of(b"nobody holds this");
-        let mut fetch = Box::pin(shared.fetch(id, Duration::from_secs(10)));
+        let mut fetch = Box::pin(pieces.fetch(id, Duration::from_secs(10)));
         // One poll registers the fetch and spawns its task, which has not
         // run yet.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(fetch.as_mut().poll(&mut cx).is_pending());
-        assert!(shared.fetches().contains_key(&id));
+        assert!(pieces.fetches().contains_key(&id));
         // From a connection the fetch does not know: ignored once read.
         for n in 0..FETCH_EVENTS {
             assert!(
-                shared.fetch_event(&id, FetchEvent::DontHave(u64::MAX)),
+                pieces.fetch_event(&id, FetchEvent::DontHave(u64::MAX)),
                 "event {n} dropped"
             );
         }
         assert!(
-            !shared.fetch_event(&id, FetchEvent::DontHave(u64::MAX)),
+            !pieces.fetch_event(&id, FetchEvent::DontHave(u64::MAX)),
             "an event past the queue was taken"
         );
         // The fetch goes on, reading the queue, and ends as it would have.
         assert!(matches!(fetch.await, Err(FetchError::NotFound)));
-    }
-
-    #[tokio::test]
-    async fn widening_dials_at_most_widen_dials_candidates_and_never_a_banned_one() {
-        let shared = idle_node().await;
-        // Ports nobody listens on, on loopback: the dials fail at once.
-        // The listeners are all held until every port is known, so the
-        // kernel cannot hand one port out twice.
-        let listeners: Vec<_> = (0..WIDEN_DIALS + 5)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let candidates: Vec<PeerAddr> = listeners
-            .iter()
-            .map(|l| PeerAddr::new([127, 0, 0, 1].into(), l.local_addr().unwrap().port()))
-            .collect();
-        drop(listeners);
-        for &addr in &candidates {
-            shared.add_candidate(addr);
-        }
-        // One of them lied once.
-        let liar = candidates[0];
-        shared.bans().ban(
-            crate::bans::BanTarget::new(liar.ip(), Some(liar.port()), None),
-            "test".into(),
-            None,
-            now(),
-            0,
-        );
-        assert_eq!(shared.widen(WIDEN_DIALS), WIDEN_DIALS);
-        // The rest, less the banned one and those already dialled, as fast
-        // as the dial rate (shared with the dialler) allows: never more than
-        // the candidates left, and in the end every one but the liar has
-        // been dialled (and failed).
-        let rest = WIDEN_DIALS + 5 - 1 - WIDEN_DIALS;
-        assert!(shared.widen(WIDEN_DIALS) <= rest);
-        let failed = |addr: &PeerAddr| {
-            shared
-                .state()
-                .table
-                .get(addr)
-                .is_some_and(|c| c.failures > 0)
-        };
-        let all_dialled = crate::testing::wait_for(Duration::from_secs(5), || {
-            shared.widen(WIDEN_DIALS);
-            candidates.iter().filter(|a| **a != liar).all(failed)
-        })
-        .await;
-        assert!(all_dialled);
-        assert!(!failed(&liar) && !shared.state().dialing.contains(&liar));
     }
 }

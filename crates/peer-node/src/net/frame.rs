@@ -1,37 +1,26 @@
-//! One connection's framing, handshake and deadlines, shared by the node and
-//! the bootstrap server.
+//! Framing over a socket: [`FrameReader`] reads whole frames into one
+//! buffer (reserving a whole GIVE at once once its header is known) and
+//! never reads a body the decoder would reject; a large GIVE's piece can
+//! instead be handed over in chunks while it arrives ([`Frame::GiveHead`]),
+//! so it is hashed while the rest is still on the wire. [`write_message`]
+//! writes a frame; a GIVE goes out as header + piece in one vectored write,
+//! with the progress deadline of a stuck reader.
 //!
-//! * [`FrameReader`] reads whole frames into one buffer (reserving a whole
-//!   GIVE at once once its header is known) and never reads a body the
-//!   decoder would reject. A large GIVE's piece can instead be handed over
-//!   in chunks while it arrives ([`Frame::GiveHead`]), so it is hashed while
-//!   the rest is still on the wire.
-//! * [`write_message`] writes a frame; a GIVE goes out as header + piece in
-//!   one vectored write, with the progress deadline of a stuck reader.
-//! * [`read_first_frame`] classifies a peer by its first frame (the HELLO exchange and
-//!   legacy detection of PROTOCOL.md §3); the node and server sequence it.
-//! * [`probe`] is the dial-back probe both programs use.
-//! * [`OpenSockets`] counts accepted sockets, in total and per IP, for the
-//!   connection limits of both programs.
+//! Uses only wire-format and tokio's I/O traits.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use wire_format::limits::{
-    CONNECT_TIMEOUT, FRAME_HEADER_BYTES, GIVE_HEADER_BYTES, GIVE_WRITE_PROGRESS_TIMEOUT,
-    HELLO_TIMEOUT, LEN_FIELD_BYTES,
+    FRAME_HEADER_BYTES, GIVE_HEADER_BYTES, GIVE_WRITE_PROGRESS_TIMEOUT, LEN_FIELD_BYTES,
 };
-use wire_format::{DecodeError, Decoder, Hello, Message, MessageType, NodeId, PieceId, host_key};
+use wire_format::{DecodeError, Decoder, Message, MessageType, PieceId};
 
 /// Bytes reserved for a read when no frame header is pending. Small frames
 /// (everything but GIVE and large PEERS) fit many to one read.
@@ -398,221 +387,6 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
-/// What the first frame said about the peer.
-#[derive(Debug)]
-pub enum PeerKind {
-    /// Sent a valid HELLO first.
-    Extended(Hello),
-    /// Sent something else first (kept, to be handled as its first message),
-    /// or nothing within the hello timeout.
-    Legacy(Option<Message>),
-}
-
-/// What a connection sent first.
-enum First {
-    Message(Message),
-    /// A GIVE, its head offered and its piece not read yet.
-    Give,
-}
-
-/// Reads the first frame of a connection and classifies the peer.
-///
-/// `legacy_allowed`: whether this peer may be legacy (it is on loopback, or
-/// the operator passed `--legacy`). Otherwise anything but a HELLO within
-/// [`HELLO_TIMEOUT`] is a protocol error; a GIVE is one as soon as its head
-/// is in, before its piece is read.
-///
-/// A legacy peer whose first frame is a GIVE is `Legacy(None)`, with that
-/// GIVE next in the reader and its head offered: `next_frame` reads it
-/// whole, [`FrameReader::discard_piece`] drops it unread.
-pub async fn read_first_frame<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-    legacy_allowed: bool,
-    hello_timeout: Duration,
-) -> Result<PeerKind, ConnError> {
-    let first = async {
-        loop {
-            match reader.next_frame(1).await? {
-                Some(Frame::Message(message)) => return Ok(Some(First::Message(message))),
-                Some(Frame::GiveHead { .. }) => return Ok(Some(First::Give)),
-                // Nothing streams before the caller asks for it.
-                Some(Frame::GiveEnd { .. }) => {}
-                None => return Ok(None),
-            }
-        }
-    };
-    match timeout(hello_timeout, first).await {
-        Ok(Ok(Some(First::Message(Message::Hello(hello))))) => Ok(PeerKind::Extended(hello)),
-        Ok(Ok(Some(First::Message(other)))) if legacy_allowed && !other.kind().is_extension() => {
-            Ok(PeerKind::Legacy(Some(other)))
-        }
-        Ok(Ok(Some(First::Give))) if legacy_allowed => Ok(PeerKind::Legacy(None)),
-        Ok(Ok(Some(_))) => Err(ConnError::Rule("first_frame_not_hello")),
-        Ok(Ok(None)) => Err(ConnError::Io(io::ErrorKind::UnexpectedEof.into())),
-        Ok(Err(err)) => Err(err),
-        Err(_) if legacy_allowed => Ok(PeerKind::Legacy(None)),
-        Err(_) => Err(ConnError::Timeout {
-            what: "hello",
-            after: hello_timeout,
-        }),
-    }
-}
-
-/// Connects with the [`CONNECT_TIMEOUT`] deadline.
-pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnError> {
-    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnError::Timeout {
-            what: "connect",
-            after: CONNECT_TIMEOUT,
-        })??;
-    tune(&stream);
-    Ok(stream)
-}
-
-/// Pause after a failed accept (out of descriptors, say) before the next.
-pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
-
-/// Accepts connections on `listener`, handing each to `on_accept`, until
-/// `shutdown` resolves. A failed accept is logged and retried after
-/// [`ACCEPT_RETRY`], so a full descriptor table does not spin.
-pub async fn accept_until(
-    listener: &tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()>,
-    mut on_accept: impl FnMut(TcpStream, SocketAddr),
-) {
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok((stream, remote)) => on_accept(stream, remote),
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                }
-            }
-        }
-    };
-    tokio::select! {
-        () = shutdown => {}
-        () = accept => {}
-    }
-}
-
-/// Accepted sockets still open, in total and per IP: connection limits
-/// count a socket from accept until its task ends, whether or not it ever
-/// sends a HELLO or is registered. Clones share the counts.
-#[derive(Debug, Clone, Default)]
-pub struct OpenSockets(Arc<Mutex<SocketCounts>>);
-
-#[derive(Debug, Default)]
-struct SocketCounts {
-    total: usize,
-    /// Only IPs with an open socket: never more entries than `total`.
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-impl OpenSockets {
-    fn counts(&self) -> MutexGuard<'_, SocketCounts> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sockets open now.
-    pub fn total(&self) -> usize {
-        self.counts().total
-    }
-
-    /// Distinct IPs with a socket open now.
-    pub fn ips(&self) -> usize {
-        self.counts().per_ip.len()
-    }
-
-    /// Takes a place for a socket from `ip` if `admit(total, of_ip)` allows
-    /// it (the counts before this socket), or returns `admit`'s refusal.
-    /// Checked and taken under one lock, so concurrent takes and releases
-    /// never let the counts pass a limit. "Of its IP" is of its host: a
-    /// public IPv6 address counts with its whole /64 ([`host_key`]).
-    pub fn take<E>(
-        &self,
-        ip: IpAddr,
-        admit: impl FnOnce(usize, usize) -> Result<(), E>,
-    ) -> Result<SocketSlot, E> {
-        let ip = host_key(ip);
-        let mut guard = self.counts();
-        let counts = &mut *guard;
-        admit(counts.total, counts.per_ip.get(&ip).copied().unwrap_or(0))?;
-        counts.total += 1;
-        *counts.per_ip.entry(ip).or_default() += 1;
-        Ok(SocketSlot {
-            sockets: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// One open socket's place in [`OpenSockets`], held by its task and given
-/// back when dropped, however the task ends.
-#[derive(Debug)]
-pub struct SocketSlot {
-    sockets: OpenSockets,
-    ip: IpAddr,
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        let mut guard = self.sockets.counts();
-        let counts = &mut *guard;
-        // `take` counted this slot in both, so neither is zero.
-        counts.total = counts.total.saturating_sub(1);
-        if let Entry::Occupied(mut of_ip) = counts.per_ip.entry(self.ip) {
-            *of_ip.get_mut() = of_ip.get().saturating_sub(1);
-            if *of_ip.get() == 0 {
-                of_ip.remove();
-            }
-        }
-    }
-}
-
-/// Sets the options every peer connection gets: no Nagle delay (frames are
-/// written whole). Socket buffers are left to the kernel's autotuning:
-/// fixed 4 MiB buffers were measured and were no faster on loopback.
-pub fn tune(stream: &TcpStream) {
-    // Best effort: a failure only costs speed.
-    let _ = stream.set_nodelay(true);
-}
-
-/// Result of a dial-back probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    /// A project node answered with this node id.
-    Node(NodeId),
-}
-
-/// Dial-back probe: connect, send HELLO with the CLIENT flag, read the
-/// peer's HELLO, close. `expected`: the node id the peer announced, if
-/// known; a different one fails the probe.
-pub async fn probe(
-    addr: SocketAddr,
-    our_id: NodeId,
-    expected: Option<NodeId>,
-) -> Result<ProbeOutcome, ConnError> {
-    let mut stream = connect(addr).await?;
-    let hello = Message::Hello(Hello::ours(None, true, our_id));
-    write_message(&mut stream, &hello).await?;
-    let mut reader = FrameReader::new(&mut stream);
-    match read_first_frame(&mut reader, false, HELLO_TIMEOUT).await? {
-        PeerKind::Extended(theirs) => {
-            if expected.is_some_and(|id| id != theirs.node_id()) {
-                return Err(ConnError::Rule("probe_node_id_mismatch"));
-            }
-            if theirs.node_id() == our_id {
-                return Err(ConnError::Rule("probe_reached_self"));
-            }
-            Ok(ProbeOutcome::Node(theirs.node_id()))
-        }
-        PeerKind::Legacy(_) => Err(ConnError::Rule("probe_no_hello")),
-    }
-}
-
 /// Reads exactly one frame with a deadline (for tests and tools).
 pub async fn read_one<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
@@ -627,10 +401,9 @@ pub async fn read_one<R: AsyncRead + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use wire_format::{Give, PieceId};
-
     #[tokio::test]
     async fn reads_frames_split_anywhere_and_reports_truncation() {
         let piece = Bytes::from(vec![7u8; 100_000]);
@@ -657,7 +430,7 @@ mod tests {
     }
 
     /// A GIVE of `len` distinct bytes, and its piece.
-    fn give_of(len: usize) -> (Message, Bytes) {
+    pub(crate) fn give_of(len: usize) -> (Message, Bytes) {
         let piece: Bytes = (0..len).map(|i| u8::try_from(i % 253).unwrap()).collect();
         let give = Message::Give(Give::new(PieceId::of(&piece), piece.clone()).unwrap());
         (give, piece)
@@ -665,7 +438,9 @@ mod tests {
 
     /// `messages` written one after another into a pipe that holds 16 KiB,
     /// so the reader sees every large frame arrive in many reads.
-    fn feed(messages: Vec<Message>) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+    pub(crate) fn feed(
+        messages: Vec<Message>,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
         let (mut a, b) = tokio::io::duplex(16 << 10);
         let writer = tokio::spawn(async move {
             for message in &messages {
@@ -853,30 +628,6 @@ mod tests {
         writer.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_give_sent_first_is_an_error_at_its_head_or_left_to_the_caller_of_a_legacy_peer() {
-        let (give, _) = give_of(200_000);
-        let frame = give.to_bytes();
-        // Not allowed to be legacy: an error once the head is in, though the
-        // piece never comes.
-        let (mut a, b) = tokio::io::duplex(16 << 10);
-        a.write_all(&frame[..1000]).await.unwrap();
-        let mut reader = FrameReader::new(b);
-        assert!(matches!(
-            read_first_frame(&mut reader, false, HELLO_TIMEOUT).await,
-            Err(ConnError::Rule("first_frame_not_hello"))
-        ));
-        // A legacy peer: the GIVE is next in the reader, read whole.
-        let (io, writer) = feed(vec![give.clone()]);
-        let mut reader = FrameReader::new(io);
-        assert!(matches!(
-            read_first_frame(&mut reader, true, HELLO_TIMEOUT).await,
-            Ok(PeerKind::Legacy(None))
-        ));
-        assert_eq!(reader.next().await.unwrap(), Some(give));
-        writer.await.unwrap();
-    }
-
     /// A small deterministic generator for the randomised test below.
     struct XorShift(u64);
 
@@ -986,84 +737,5 @@ mod tests {
             }
         ));
         assert_eq!(start.elapsed(), GIVE_WRITE_PROGRESS_TIMEOUT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn hello_deadline_makes_a_silent_peer_legacy_or_an_error() {
-        let (_a, b) = tokio::io::duplex(1024);
-        let mut reader = FrameReader::new(b);
-        let start = tokio::time::Instant::now();
-        assert!(matches!(
-            read_first_frame(&mut reader, true, HELLO_TIMEOUT).await,
-            Ok(PeerKind::Legacy(None))
-        ));
-        assert_eq!(start.elapsed(), HELLO_TIMEOUT);
-        assert!(matches!(
-            read_first_frame(&mut reader, false, HELLO_TIMEOUT).await,
-            Err(ConnError::Timeout { what: "hello", .. })
-        ));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn connect_gives_up_at_the_connect_deadline() {
-        // A listener whose accept queue is full: the kernel drops further
-        // SYNs, so a connect there hangs (all on loopback).
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(1).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut held = Vec::new();
-        let mut timed_out = false;
-        // Fill the queue; the first connect that does not complete in time
-        // must fail with the connect deadline, measured on the paused clock.
-        for _ in 0..16 {
-            let start = tokio::time::Instant::now();
-            match connect(addr).await {
-                Ok(stream) => held.push(stream),
-                Err(ConnError::Timeout {
-                    what: "connect",
-                    after,
-                }) => {
-                    assert_eq!(after, CONNECT_TIMEOUT);
-                    assert_eq!(start.elapsed(), CONNECT_TIMEOUT);
-                    timed_out = true;
-                    break;
-                }
-                Err(other) => panic!("unexpected {other}"),
-            }
-        }
-        assert!(timed_out, "the accept queue never filled");
-        drop(listener);
-    }
-
-    #[tokio::test]
-    async fn first_frame_other_than_hello_is_legacy_only_where_allowed() {
-        for allowed in [true, false] {
-            let (mut a, b) = tokio::io::duplex(1024);
-            write_message(&mut a, &Message::Ask(PieceId::from_bytes([2; 32])))
-                .await
-                .unwrap();
-            let mut reader = FrameReader::new(b);
-            let kind = read_first_frame(&mut reader, allowed, HELLO_TIMEOUT).await;
-            if allowed {
-                assert!(matches!(kind, Ok(PeerKind::Legacy(Some(Message::Ask(_))))));
-            } else {
-                assert!(matches!(
-                    kind,
-                    Err(ConnError::Rule("first_frame_not_hello"))
-                ));
-            }
-        }
-        // An extension frame first is never legacy.
-        let (mut a, b) = tokio::io::duplex(1024);
-        write_message(&mut a, &Message::WantHave(PieceId::from_bytes([2; 32])))
-            .await
-            .unwrap();
-        let mut reader = FrameReader::new(b);
-        assert!(
-            read_first_frame(&mut reader, true, HELLO_TIMEOUT)
-                .await
-                .is_err()
-        );
     }
 }

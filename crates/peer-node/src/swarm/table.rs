@@ -18,7 +18,7 @@ pub const DIAL_BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
 
-pub use crate::api::PeerSource as Source;
+pub use super::views::PeerSource as Source;
 
 /// Why a received entry was dropped (metrics labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -38,7 +38,7 @@ use wire_format::addr::canonical_ip;
 use wire_format::limits::BAN_DURATION;
 use wire_format::{AddrClass, NodeId, PeerAddr, PieceId, host_key};
 
-use crate::api::BanView;
+use super::views::BanView;
 
 /// Most ban records kept; see the module docs for the eviction rule.
 pub const MAX_BANS: usize = 4096;

@@ -1,70 +1,18 @@
-//! What the node knows about one live connection, shared by its reader, its
-//! writer and the fetches that use it: the write queue, the ASKs it owes
-//! answers to (serving) and the ASKs and WANT_HAVEs it sent (asking).
+//! The ASKs and WANT_HAVEs this node sent on one connection: at most the
+//! peer's in-flight cap outstanding (the rest wait for a slot), when each
+//! became first in line (ask deadlines measure progress, not queueing), and
+//! a bounded history that tells a late answer from an unsolicited GIVE.
+//!
+//! Plain data; uses only wire-format.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::OwnedSemaphorePermit;
 use wire_format::limits::{
     ASK_HISTORY_MAX, ASK_HISTORY_TTL, LEGACY_MAX_ASKS_IN_FLIGHT, MAX_ASKS_IN_FLIGHT,
 };
-use wire_format::{Hello, Message, NodeId, PeerAddr, PieceId};
-
-use crate::node::WRITE_QUEUE_FRAMES;
-
-/// The answer to a peer's ASK, for the writer: written unless the ASK was
-/// cancelled before it started; holds its share of the serving byte budget.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    /// The ASK's digest.
-    pub(crate) id: PieceId,
-    /// GIVE or DONT_HAVE; `None` for a legacy peer we do not answer.
-    pub(crate) message: Option<Message>,
-    /// Serving budget, released when the answer is written.
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
-}
-
-/// ASKs a peer sent us that are not answered yet.
-#[derive(Debug, Default)]
-pub(crate) struct ServeBook {
-    /// Queued answers per digest (a peer may ask twice).
-    queued: HashMap<PieceId, usize>,
-    /// ASKs not yet answered or cancelled.
-    pub(crate) in_flight: usize,
-    /// When each digest was last answered to a legacy peer (at most once per
-    /// 30 s); pruned as it goes, so bounded by the answers of 30 s.
-    pub(crate) legacy_answered: HashMap<PieceId, Instant>,
-}
-
-impl ServeBook {
-    pub(crate) fn queue(&mut self, id: PieceId) {
-        *self.queued.entry(id).or_default() += 1;
-        self.in_flight += 1;
-    }
-
-    pub(crate) fn is_queued(&self, id: &PieceId) -> bool {
-        self.queued.contains_key(id)
-    }
-
-    /// Takes one queued answer for `id` off the books; false if it was
-    /// cancelled meanwhile. Whoever takes it ends the ASK's in-flight count.
-    pub(crate) fn take(&mut self, id: &PieceId) -> bool {
-        match self.queued.get_mut(id) {
-            Some(n) => {
-                *n -= 1;
-                if *n == 0 {
-                    self.queued.remove(id);
-                }
-                self.in_flight = self.in_flight.saturating_sub(1);
-                true
-            }
-            None => false,
-        }
-    }
-}
+use wire_format::{Message, PieceId};
 
 /// One ASK we sent and have not had answered.
 #[derive(Debug)]
@@ -229,136 +177,6 @@ impl AskBook {
         }
     }
 }
-
-/// One live connection.
-#[derive(Debug)]
-pub(crate) struct Link {
-    pub(crate) id: u64,
-    pub(crate) remote: PeerAddr,
-    pub(crate) node_id: Option<NodeId>,
-    pub(crate) legacy: bool,
-    /// Answers to the peer's ASKs (at most its in-flight cap at a time).
-    pub(crate) answers: mpsc::Sender<Answer>,
-    /// Short control frames (ASK, WANT_HAVE, HAVE, DONT_HAVE, CANCEL), up
-    /// to [`WRITE_QUEUE_FRAMES`](crate::node::WRITE_QUEUE_FRAMES).
-    pub(crate) frames: mpsc::Sender<Message>,
-    pub(crate) close: watch::Sender<bool>,
-    /// Bytes received, updated after every read.
-    pub(crate) progress: Arc<AtomicU64>,
-    pub(crate) serve: Mutex<ServeBook>,
-    pub(crate) asks: Mutex<AskBook>,
-    /// Listen port from HELLO, for bans.
-    pub(crate) listen_port: Option<u16>,
-    /// Why the node closed it (the first reason wins), for the close metric.
-    pub(crate) close_reason: std::sync::OnceLock<&'static str>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The writer's ends of a link's two queues.
-pub(crate) type Queues = (mpsc::Receiver<Answer>, mpsc::Receiver<Message>);
-
-impl Link {
-    /// A link for the connection to `remote` (`hello`: `None` for a legacy
-    /// peer) whose received bytes are counted in `progress`, and the
-    /// receiving ends of its queues for the writer.
-    pub(crate) fn new(
-        id: u64,
-        remote: PeerAddr,
-        hello: Option<Hello>,
-        progress: Arc<AtomicU64>,
-        now: Instant,
-    ) -> (Self, Queues) {
-        // Answers wait in their serving tasks for a slot (at most the peer's
-        // in-flight ASKs); short control frames are never waited for.
-        let (answers, answers_rx) = mpsc::channel(MAX_ASKS_IN_FLIGHT);
-        let (frames, frames_rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
-        let legacy = hello.is_none();
-        let link = Self {
-            id,
-            remote,
-            node_id: hello.map(|h| h.node_id()),
-            legacy,
-            answers,
-            frames,
-            close: watch::channel(false).0,
-            progress,
-            serve: Mutex::new(ServeBook::default()),
-            asks: Mutex::new(AskBook::new(legacy, now)),
-            listen_port: hello.and_then(|h| h.listen_port()),
-            close_reason: std::sync::OnceLock::new(),
-        };
-        (link, (answers_rx, frames_rx))
-    }
-
-    pub(crate) fn serve_book(&self) -> MutexGuard<'_, ServeBook> {
-        lock(&self.serve)
-    }
-
-    pub(crate) fn ask_book(&self) -> MutexGuard<'_, AskBook> {
-        lock(&self.asks)
-    }
-
-    pub(crate) fn bytes_received(&self) -> u64 {
-        self.progress.load(Ordering::Relaxed)
-    }
-
-    /// Closes the connection from inside the node, recording why.
-    pub(crate) fn close_with(&self, reason: &'static str) {
-        let _ = self.close_reason.set(reason);
-        // Stored even when nobody watches yet.
-        self.close.send_replace(true);
-    }
-
-    /// Why the node closed it, if it did.
-    pub(crate) fn closed_because(&self) -> &'static str {
-        self.close_reason.get().copied().unwrap_or("closed_by_node")
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        *self.close.borrow() || self.frames.is_closed()
-    }
-
-    /// Queues a short control frame; false if the queue is full (the peer
-    /// has not read [`WRITE_QUEUE_FRAMES`](crate::node::WRITE_QUEUE_FRAMES)
-    /// of them) or closed.
-    pub(crate) fn send(&self, message: Message) -> bool {
-        self.frames.try_send(message).is_ok()
-    }
-
-    /// Asks for `id` on this connection (or queues the ASK for a slot).
-    pub(crate) fn ask(
-        &self,
-        id: PieceId,
-        budget: Option<OwnedSemaphorePermit>,
-        now: Instant,
-    ) -> bool {
-        let message = self.ask_book().ask(id, budget, now);
-        message.is_none_or(|m| self.send(m))
-    }
-
-    /// Withdraws our ASK for `id`, sending CANCEL if it was outstanding.
-    pub(crate) fn withdraw(&self, id: &PieceId, now: Instant) {
-        let (cancel, next) = self.ask_book().cancel(id, now);
-        if let Some(cancel) = cancel
-            && !self.legacy
-        {
-            self.send(cancel);
-        }
-        if let Some(next) = next {
-            self.send(next);
-        }
-    }
-
-    /// Asks whether the peer holds `id`.
-    pub(crate) fn want(&self, id: PieceId) -> bool {
-        self.ask_book().wanted.insert(id);
-        self.send(Message::WantHave(id))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,20 +239,5 @@ mod tests {
             Answered::Unsolicited,
             "expired"
         );
-    }
-
-    #[test]
-    fn serve_book_counts_each_ask_once_whoever_ends_it() {
-        let mut book = ServeBook::default();
-        book.queue(id(1));
-        book.queue(id(1));
-        assert_eq!(book.in_flight, 2);
-        assert!(book.take(&id(1)));
-        assert!(book.take(&id(1)));
-        assert!(
-            !book.take(&id(1)),
-            "nothing left: a cancelled answer is not sent"
-        );
-        assert_eq!(book.in_flight, 0);
     }
 }

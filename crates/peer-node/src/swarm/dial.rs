@@ -1,0 +1,242 @@
+//! Choosing whom to dial: the dial rate (a token bucket of connects the
+//! dialler and widening fetches share) and the dialler's tick, which keeps
+//! the outbound target filled from the table.
+//!
+//! The swarm only chooses: a chosen address is reserved in `dialing` and
+//! sent on the dial queue, and whoever runs it reports back through
+//! [`Swarm::dial_ended`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use wire_format::limits::DIAL_RATE_PER_SEC;
+use wire_format::{NodeId, PeerAddr};
+
+use super::Swarm;
+use crate::clock::now;
+
+/// How often the dialler looks for work.
+const DIAL_TICK: Duration = Duration::from_millis(100);
+/// Dials chosen and not yet taken up by the node: a second's worth, the
+/// most [`DialBudget`] grants at once. A dial that finds the queue full is
+/// given back to the table and its budget refunded.
+pub const DIAL_QUEUE: usize = DIAL_RATE_PER_SEC as usize;
+
+/// A token bucket of new connects: [`DIAL_RATE_PER_SEC`] a second, and at
+/// most a second's worth at once. Kept as time credit: each connect costs
+/// `1 s / DIAL_RATE_PER_SEC`, and credit accrues with time up to 1 s.
+#[derive(Debug)]
+pub(crate) struct DialBudget {
+    credit: Duration,
+    at: Instant,
+}
+
+/// What one connect costs in [`DialBudget`] credit.
+const DIAL_COST: Duration = Duration::from_nanos(1_000_000_000 / DIAL_RATE_PER_SEC as u64);
+/// The most credit a [`DialBudget`] holds: a second's worth of connects.
+const DIAL_BURST: Duration = Duration::from_secs(1);
+
+impl DialBudget {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            credit: DIAL_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes up to `want` connects; returns how many were granted.
+    fn take(&mut self, want: usize, now: Instant) -> usize {
+        self.credit = (self.credit + now.saturating_duration_since(self.at)).min(DIAL_BURST);
+        self.at = now;
+        let affordable =
+            usize::try_from(self.credit.as_nanos() / DIAL_COST.as_nanos()).unwrap_or(usize::MAX);
+        let granted = want.min(affordable);
+        self.credit -= DIAL_COST * u32::try_from(granted).unwrap_or(u32::MAX);
+        granted
+    }
+
+    /// Gives back connects granted and not used.
+    fn refund(&mut self, unused: usize) {
+        let back = DIAL_COST.saturating_mul(u32::try_from(unused).unwrap_or(u32::MAX));
+        self.credit = (self.credit + back).min(DIAL_BURST);
+    }
+}
+
+impl Swarm {
+    /// Chooses up to `max` table candidates that are due, not banned, and
+    /// neither connected (by address or node id) nor being dialled, within
+    /// the dial rate, and queues them for dialling; returns how many. The
+    /// dialler and a widening fetch both pick candidates, and share the
+    /// rate, here.
+    pub(crate) fn dial_due(&self, max: usize) -> usize {
+        let mut state = self.state();
+        let mut skip: HashSet<PeerAddr> = state.dialing.clone();
+        skip.extend(state.conns.values().filter_map(|c| c.dialable));
+        let connected: HashSet<NodeId> = state.conns.values().filter_map(|c| c.node_id).collect();
+        let at = now();
+        {
+            let bans = self.bans();
+            for (addr, c) in state.table.iter() {
+                if c.node_id.is_some_and(|id| connected.contains(&id))
+                    || bans.is_addr_banned(*addr, at)
+                {
+                    skip.insert(*addr);
+                }
+            }
+        }
+        let granted = state.dial_budget.take(max, at);
+        let due = state.table.due(at, &skip, granted);
+        let mut queued = 0;
+        for addr in due {
+            if self.dials.try_send(addr).is_ok() {
+                state.dialing.insert(addr);
+                queued += 1;
+            }
+        }
+        state.dial_budget.refund(granted - queued);
+        queued
+    }
+
+    /// Dials up to `max` more candidates (a fetch widening its search);
+    /// returns how many.
+    pub(crate) fn widen(&self, max: usize) -> usize {
+        self.dial_due(max)
+    }
+
+    /// A dial chosen by [`dial_due`](Self::dial_due) has ended: its
+    /// connection closed, or it failed with `error` (then the address backs
+    /// off).
+    pub(crate) fn dial_ended(&self, addr: &PeerAddr, error: Option<String>) {
+        let mut state = self.state();
+        if let Some(error) = error {
+            state.table.dial_failed(addr, error, now());
+        }
+        state.dialing.remove(addr);
+    }
+}
+
+pub(crate) async fn run_dialler(swarm: Arc<Swarm>, mut stop: watch::Receiver<bool>) {
+    let per_tick = (DIAL_RATE_PER_SEC as usize * DIAL_TICK.as_millis() as usize / 1000).max(1);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(DIAL_TICK) => {}
+        }
+        let want = {
+            let state = swarm.state();
+            let outbound = state.outbound(None) + state.dialing.len();
+            if swarm.inbound.total() + state.outbound(None) >= swarm.config.max_connections {
+                0
+            } else {
+                swarm
+                    .config
+                    .target_outbound
+                    .saturating_sub(outbound)
+                    .min(per_tick)
+            }
+        };
+        if want > 0 {
+            swarm.dial_due(want);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_dial_budget_grants_a_seconds_worth_at_once_then_the_rate() {
+        let rate = DIAL_RATE_PER_SEC as usize;
+        let t0 = Instant::now();
+        let mut budget = DialBudget::new(t0);
+        assert_eq!(budget.take(rate + 1, t0), rate, "a full bucket, no more");
+        assert_eq!(budget.take(1, t0), 0, "empty");
+        let one = Duration::from_secs(1) / DIAL_RATE_PER_SEC;
+        assert_eq!(budget.take(5, t0 + one / 2), 0, "half a token is none");
+        assert_eq!(budget.take(5, t0 + one), 1, "one token per 1/rate s");
+        // A long pause refills a second's worth, never more.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(budget.take(10 * rate, later), rate);
+        // Unused grants come back, up to the cap.
+        budget.refund(3);
+        assert_eq!(budget.take(10 * rate, later), 3);
+        budget.refund(10 * rate);
+        assert_eq!(budget.take(10 * rate, later), rate);
+    }
+
+    // On the paused clock: the dial rate refills and backoffs end only as
+    // the test's own sleeps advance time.
+    #[tokio::test(start_paused = true)]
+    async fn widening_queues_at_most_max_candidates_and_never_a_banned_one() {
+        const MAX: usize = 8;
+        let mut config = crate::config::NodeConfig::new(([127, 0, 0, 1], 0).into());
+        config.target_outbound = 0;
+        let (swarm, mut dials) = Swarm::new(config, NodeId([7; 8]), 7001, Arc::default(), &[]);
+        let candidates: Vec<PeerAddr> = (0..MAX + 5)
+            .map(|n| PeerAddr::new([127, 0, 0, 1].into(), 20_000 + u16::try_from(n).unwrap()))
+            .collect();
+        for &addr in &candidates {
+            swarm.add_candidate(addr);
+        }
+        // One of them lied once.
+        let liar = candidates[0];
+        swarm.ban(liar.ip(), Some(liar.port()), None, "test".into(), None);
+        assert_eq!(swarm.widen(MAX), MAX);
+        let mut queued = Vec::new();
+        while let Ok(addr) = dials.try_recv() {
+            queued.push(addr);
+        }
+        assert_eq!(queued.len(), MAX, "every dial granted is queued once");
+        assert!(!queued.contains(&liar));
+        assert!(queued.iter().all(|a| swarm.state().dialing.contains(a)));
+        // The rest, less the banned one and those being dialled, as fast as
+        // the dial rate (shared with the dialler) allows; each dial that
+        // fails backs its address off, so none is queued twice.
+        for addr in &queued {
+            swarm.dial_ended(addr, Some("refused".into()));
+        }
+        let rest = candidates.len() - 1 - MAX;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while queued.len() < MAX + rest && tokio::time::Instant::now() < deadline {
+            swarm.widen(MAX);
+            while let Ok(addr) = dials.try_recv() {
+                swarm.dial_ended(&addr, Some("refused".into()));
+                queued.push(addr);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let distinct: HashSet<_> = queued.iter().collect();
+        assert_eq!(distinct.len(), queued.len(), "a candidate queued twice");
+        assert_eq!(
+            queued.len(),
+            candidates.len() - 1,
+            "every candidate but the liar"
+        );
+        assert!(!queued.contains(&liar) && !swarm.state().dialing.contains(&liar));
+        assert!(swarm.state().dialing.is_empty());
+    }
+
+    #[test]
+    fn a_full_dial_queue_refunds_the_dial_and_leaves_the_address_free() {
+        let mut config = crate::config::NodeConfig::new(([127, 0, 0, 1], 0).into());
+        config.target_outbound = 0;
+        let (swarm, _dials) = Swarm::new(config, NodeId([7; 8]), 7001, Arc::default(), &[]);
+        let port = |n: usize| 20_000 + u16::try_from(n).unwrap();
+        for n in 0..=DIAL_QUEUE {
+            swarm.add_candidate(PeerAddr::new([127, 0, 0, 1].into(), port(n)));
+        }
+        // The bucket holds a second's worth, as many as the queue: all queued.
+        assert_eq!(swarm.dial_due(DIAL_QUEUE + 1), DIAL_QUEUE);
+        assert_eq!(swarm.state().dialing.len(), DIAL_QUEUE);
+        // Queue full: a dial chosen now is not queued, not marked dialling.
+        let mut state = swarm.state();
+        state.dial_budget = DialBudget::new(now());
+        drop(state);
+        assert_eq!(swarm.dial_due(1), 0);
+        assert_eq!(swarm.state().dialing.len(), DIAL_QUEUE);
+    }
+}
