@@ -23,7 +23,7 @@ pub mod message;
 pub mod piece;
 
 pub use addr::{AddrClass, PeerAddr, host_key};
-pub use codec::{DecodeError, Decoder};
+pub use codec::{DecodeError, Decoder, GiveHead};
 pub use message::{
     EncodeError, Give, Hello, HelloFlags, Message, MessageType, NodeId, Peers, encode_give_header,
 };
