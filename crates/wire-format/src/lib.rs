@@ -4,7 +4,7 @@
 //! This crate has no networking, no async runtime and no clock. It turns
 //! bytes into [`Message`]s and back, and names every number the protocol
 //! fixes, so every program of the project (and its tests) share one
-//! definition. The normative text is the project's `PROTOCOL.md`.
+//! definition. The protocol is described in the repository's `docs/PROTOCOL.md`.
 //!
 //! # Layout
 //! * [`limits`] — every size, count and timing constant of the protocol.
