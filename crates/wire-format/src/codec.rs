@@ -7,14 +7,17 @@
 //! length that is wrong for its type as soon as the type byte is there, so a
 //! hostile peer never makes the caller wait for, or allocate, a body it would
 //! reject. [`Decoder::frame_len`] tells the caller how large the frame at the
-//! head is, so it can reserve once for a whole GIVE.
+//! head is, so it can reserve once for a whole GIVE, and [`Decoder::give_head`]
+//! names a GIVE's digest and piece length as soon as its header is in, so the
+//! caller can decide what to do with the piece before its bytes arrive.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::addr::PeerAddr;
 use crate::limits::{
-    DIGEST_BYTES, DIGEST_MESSAGE_LEN, FRAME_HEADER_BYTES, HELLO_LEN, HELLO_MAGIC, LEN_FIELD_BYTES,
-    MAX_LEN, MAX_PEERS_PER_FRAME, NODE_ID_BYTES, PEER_INFO_BYTES, TYPE_FIELD_BYTES,
+    DIGEST_BYTES, DIGEST_MESSAGE_LEN, FRAME_HEADER_BYTES, GIVE_HEADER_BYTES, HELLO_LEN,
+    HELLO_MAGIC, LEN_FIELD_BYTES, MAX_LEN, MAX_PEERS_PER_FRAME, NODE_ID_BYTES, PEER_INFO_BYTES,
+    TYPE_FIELD_BYTES,
 };
 use crate::message::{EncodeError, Give, Hello, HelloFlags, Message, MessageType, NodeId, Peers};
 use crate::piece::PieceId;
@@ -156,6 +159,31 @@ fn check_type_len(ty_byte: u8, len: usize) -> Result<MessageType, DecodeError> {
     }
 }
 
+/// What the first [`GIVE_HEADER_BYTES`] of a GIVE say: the digest the sender
+/// claims and how many piece bytes follow. A claim, not a verified piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GiveHead {
+    id: PieceId,
+    piece_len: usize,
+}
+
+impl GiveHead {
+    /// The digest the sender claims for the piece.
+    pub const fn id(&self) -> PieceId {
+        self.id
+    }
+
+    /// Piece bytes that follow the header: 1 to [`PIECE_MAX`](crate::limits::PIECE_MAX).
+    pub const fn piece_len(&self) -> usize {
+        self.piece_len
+    }
+
+    /// The whole frame in bytes, length field included: header plus piece.
+    pub const fn frame_bytes(&self) -> usize {
+        GIVE_HEADER_BYTES + self.piece_len
+    }
+}
+
 /// Incremental frame decoder. Stateless: every check is re-done from the
 /// buffer, which costs a few comparisons and keeps the decoder impossible to
 /// desynchronise.
@@ -193,6 +221,38 @@ impl Decoder {
         };
         check_type_len(ty, len)?;
         Ok(Some(LEN_FIELD_BYTES + len))
+    }
+
+    /// The head of the GIVE at the start of `buf`, once its first
+    /// [`GIVE_HEADER_BYTES`] are there.
+    ///
+    /// The length field and type are checked exactly as [`Decoder::frame_len`]
+    /// checks them, so an error here is the error `decode` would return.
+    /// `Ok(None)`: the frame at the head is not a GIVE, or its header is not
+    /// all buffered yet. `Ok(Some(_))` does not mean the piece is there (or
+    /// not): compare [`GiveHead::frame_bytes`] with the bytes buffered. Nothing
+    /// is consumed.
+    pub fn give_head(&self, buf: &[u8]) -> Result<Option<GiveHead>, DecodeError> {
+        let Some(total) = self.frame_len(buf)? else {
+            return Ok(None);
+        };
+        if buf.get(LEN_FIELD_BYTES) != Some(&(MessageType::Give as u8)) {
+            return Ok(None);
+        }
+        let Some(digest) = buf
+            .get(FRAME_HEADER_BYTES..)
+            .and_then(|rest| rest.first_chunk::<DIGEST_BYTES>())
+        else {
+            return Ok(None);
+        };
+        // frame_len refused a GIVE with no piece byte, so this never fails.
+        let Some(piece_len) = total.checked_sub(GIVE_HEADER_BYTES) else {
+            return Ok(None);
+        };
+        Ok(Some(GiveHead {
+            id: PieceId::from_bytes(*digest),
+            piece_len,
+        }))
     }
 
     /// Takes one frame off the front of `buf`.
@@ -322,5 +382,128 @@ impl Message {
         let mut buf = BytesMut::with_capacity(self.encoded_len());
         self.encode(&mut buf);
         buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{MAX_FRAME_BYTES, PIECE_MAX};
+
+    const ID: PieceId = PieceId::from_bytes([0xab; DIGEST_BYTES]);
+
+    /// A whole GIVE frame of `piece_len` bytes of `0x5a`.
+    fn give_frame(piece_len: usize) -> Vec<u8> {
+        let piece = Bytes::from(vec![0x5a; piece_len]);
+        let give = Give::new(ID, piece).unwrap();
+        Message::Give(give).to_bytes().to_vec()
+    }
+
+    fn header(len: u32, ty: u8) -> Vec<u8> {
+        let mut out = len.to_le_bytes().to_vec();
+        out.push(ty);
+        out
+    }
+
+    #[test]
+    fn give_head_needs_exactly_the_header_bytes() {
+        let wire = give_frame(1000);
+        let decoder = Decoder::new();
+        for cut in 0..GIVE_HEADER_BYTES {
+            assert_eq!(decoder.give_head(&wire[..cut]), Ok(None), "cut at {cut}");
+        }
+        let head = decoder
+            .give_head(&wire[..GIVE_HEADER_BYTES])
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.id(), ID);
+        assert_eq!(head.piece_len(), 1000);
+        assert_eq!(head.frame_bytes(), wire.len());
+        // One byte more, the whole frame, or the whole frame and more: the same head.
+        let mut longer = wire.clone();
+        longer.extend_from_slice(&Message::Ask(ID).to_bytes());
+        for cut in [GIVE_HEADER_BYTES + 1, wire.len(), longer.len()] {
+            assert_eq!(decoder.give_head(&longer[..cut]), Ok(Some(head)));
+        }
+    }
+
+    #[test]
+    fn give_head_at_the_smallest_and_largest_piece() {
+        let decoder = Decoder::new();
+        for piece_len in [1, PIECE_MAX] {
+            let wire = give_frame(piece_len);
+            let head = decoder
+                .give_head(&wire[..GIVE_HEADER_BYTES])
+                .unwrap()
+                .unwrap();
+            assert_eq!(head.piece_len(), piece_len);
+            assert_eq!(Some(head.frame_bytes()), decoder.frame_len(&wire).unwrap());
+        }
+        assert_eq!(give_frame(PIECE_MAX).len(), MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn give_head_is_none_for_every_other_type() {
+        let decoder = Decoder::new();
+        let peers = Peers::new(vec!["[::1]:8100".parse().unwrap(); 4]).unwrap();
+        let hello = Hello::new(1, HelloFlags(HelloFlags::LISTENING), 7001, NodeId([1; 8]));
+        let others = [
+            Message::Ask(ID),
+            Message::Peers(Peers::empty()),
+            Message::Peers(peers),
+            Message::Hello(hello.unwrap()),
+            Message::DontHave(ID),
+            Message::WantHave(ID),
+            Message::Have(ID),
+            Message::Cancel(ID),
+        ];
+        for message in others {
+            let mut wire = message.to_bytes().to_vec();
+            // Past GIVE_HEADER_BYTES even for the short ones.
+            wire.extend_from_slice(&give_frame(5));
+            assert!(wire.len() > GIVE_HEADER_BYTES);
+            assert_eq!(decoder.give_head(&wire), Ok(None), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn give_head_rejects_a_bad_length_as_frame_len_does() {
+        let decoder = Decoder::new();
+        let too_long = u32::try_from(MAX_LEN + 1).unwrap();
+        let cases = [
+            (header(0, 1), DecodeError::LenZero),
+            (
+                header(too_long, 1),
+                DecodeError::LenTooLarge {
+                    len: too_long,
+                    max: MAX_LEN,
+                },
+            ),
+            (
+                header(u32::try_from(DIGEST_MESSAGE_LEN).unwrap(), 1),
+                DecodeError::GiveEmpty {
+                    len: DIGEST_MESSAGE_LEN,
+                    min: DIGEST_MESSAGE_LEN + 1,
+                },
+            ),
+            (header(34, 8), DecodeError::UnknownType { ty: 8 }),
+        ];
+        for (head, expected) in cases {
+            // From the header bytes alone, and with a whole header's worth behind them.
+            let mut padded = head.clone();
+            padded.resize(GIVE_HEADER_BYTES, 0);
+            for bytes in [&head, &padded] {
+                assert_eq!(decoder.give_head(bytes), Err(expected.clone()));
+                assert_eq!(decoder.frame_len(bytes), Err(expected.clone()));
+            }
+        }
+        // The length alone is enough to refuse it.
+        assert_eq!(
+            decoder.give_head(&too_long.to_le_bytes()),
+            Err(DecodeError::LenTooLarge {
+                len: too_long,
+                max: MAX_LEN
+            })
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! This crate has no networking, no async runtime and no clock. It turns
 //! bytes into [`Message`]s and back, and names every number the protocol
 //! fixes, so every program of the project (and its tests) share one
-//! definition. The normative text is the project's `PROTOCOL.md`.
+//! definition. The protocol is described in the repository's `docs/PROTOCOL.md`.
 //!
 //! # Layout
 //! * [`limits`] — every size, count and timing constant of the protocol.
@@ -23,7 +23,7 @@ pub mod message;
 pub mod piece;
 
 pub use addr::{AddrClass, PeerAddr, host_key};
-pub use codec::{DecodeError, Decoder};
+pub use codec::{DecodeError, Decoder, GiveHead};
 pub use message::{
     EncodeError, Give, Hello, HelloFlags, Message, MessageType, NodeId, Peers, encode_give_header,
 };

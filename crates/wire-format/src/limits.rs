@@ -1,4 +1,4 @@
-//! Every number of the wire protocol (PROTOCOL.md), as named constants.
+//! Every number of the wire protocol (`docs/PROTOCOL.md`), as named constants.
 //!
 //! Sizes are in bytes unless the name says otherwise. Durations are
 //! `std::time::Duration` values: this crate has no clock, it only names them

@@ -145,16 +145,23 @@ fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
 struct Outcome {
     messages: Vec<Message>,
     error: Option<DecodeError>,
-    /// Bytes left in the buffer at the end.
-    leftover: usize,
+    /// Bytes the decoder took off the buffer, in total.
+    consumed: usize,
+    /// Bytes left in the buffer at the end: after an error, the bad frame as
+    /// far as it was fed; otherwise the unfinished frame at the end of the input.
+    leftover: Vec<u8>,
 }
 
 /// Feeds `input` in chunks (cycling through `chunks`) as a read loop does:
 /// append a chunk, decode until `Ok(None)` or an error, stop at the first
 /// error. Checks the decoder's contract on every call:
-/// * `Ok(Some(m))` consumed exactly `m.encoded_len()` bytes, and they are
-///   exactly `m`'s encoding (decoding loses nothing);
-/// * `Ok(None)` and `Err(_)` leave the buffer as it was.
+/// * `Ok(Some(m))` consumed exactly the size `frame_len` reported for the
+///   head of the buffer, that is `m.encoded_len()` bytes, and they are exactly
+///   `m`'s encoding (decoding loses nothing); a GIVE's head, as
+///   `give_head` names it, is its digest and piece length;
+/// * `Ok(None)` leaves the buffer as it was, and the frame at its head is
+///   really unfinished;
+/// * `Err(_)` leaves the buffer as it was.
 fn feed(input: &[u8], chunks: &[usize]) -> Outcome {
     let mut decoder = Decoder::new();
     let mut buf = BytesMut::new();
@@ -171,13 +178,35 @@ fn feed(input: &[u8], chunks: &[usize]) -> Outcome {
             match decoder.decode(&mut buf) {
                 Ok(Some(message)) => {
                     let used = before.len() - buf.len();
+                    assert_eq!(decoder.frame_len(&before), Ok(Some(used)), "{message:?}");
                     assert_eq!(used, message.encoded_len(), "{message:?}");
                     assert_eq!(message.to_bytes(), before.slice(..used), "{message:?}");
                     assert_eq!(buf.as_ref(), &before[used..]);
+                    let head = decoder.give_head(&before).unwrap();
+                    match &message {
+                        Message::Give(give) => {
+                            let head = head.expect("a GIVE has a head");
+                            assert_eq!(head.id(), give.id());
+                            assert_eq!(head.piece_len(), give.piece().len());
+                            assert_eq!(head.frame_bytes(), used);
+                        }
+                        _ => assert_eq!(head, None, "{message:?}"),
+                    }
+                    outcome.consumed += used;
                     outcome.messages.push(message);
                 }
                 Ok(None) => {
                     assert_eq!(buf.as_ref(), before.as_ref(), "Ok(None) consumed bytes");
+                    match decoder.frame_len(&buf) {
+                        Ok(None) => {}
+                        Ok(Some(total)) => assert!(
+                            total > buf.len(),
+                            "Ok(None) with the whole {total}-byte frame buffered"
+                        ),
+                        Err(error) => {
+                            panic!("Ok(None) for a frame that frame_len rejects: {error}")
+                        }
+                    }
                     break;
                 }
                 Err(error) => {
@@ -194,14 +223,50 @@ fn feed(input: &[u8], chunks: &[usize]) -> Outcome {
                         _ => assert_eq!(from_header, Err(error.clone())),
                     }
                     outcome.error = Some(error);
-                    outcome.leftover = buf.len();
+                    outcome.leftover = buf.to_vec();
                     return outcome;
                 }
             }
         }
     }
-    outcome.leftover = buf.len();
+    outcome.leftover = buf.to_vec();
     outcome
+}
+
+/// What holds for any input, valid or not, once `feed` has run on it:
+/// * the bytes consumed are exactly the decoded messages' encodings, in order;
+/// * after an error, the rest of the input, decoded at once, fails the same
+///   way; otherwise the leftover is exactly the rest of the input, and it is
+///   an unfinished frame;
+/// * the chunking changes nothing: the input in one piece gives the same
+///   messages, the same error and the same bytes consumed.
+fn check_outcome(input: &[u8], outcome: &Outcome) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        encode_all(&outcome.messages),
+        &input[..outcome.consumed],
+        "consumed bytes are not the messages' encodings"
+    );
+    let rest = &input[outcome.consumed..];
+    match &outcome.error {
+        Some(error) => {
+            prop_assert!(rest.starts_with(&outcome.leftover));
+            let mut buf = BytesMut::from(rest);
+            prop_assert_eq!(&Decoder::new().decode(&mut buf), &Err(error.clone()));
+        }
+        None => {
+            prop_assert_eq!(outcome.leftover.as_slice(), rest);
+            match Decoder::new().frame_len(rest) {
+                Ok(None) => {}
+                Ok(Some(total)) => prop_assert!(total > rest.len(), "a whole frame left over"),
+                Err(error) => prop_assert!(false, "an unreported error left over: {}", error),
+            }
+        }
+    }
+    let whole = feed(input, &[input.len().max(1)]);
+    prop_assert_eq!(&whole.messages, &outcome.messages);
+    prop_assert_eq!(&whole.error, &outcome.error);
+    prop_assert_eq!(whole.consumed, outcome.consumed);
+    Ok(())
 }
 
 // ---- round trips ----
@@ -239,16 +304,19 @@ proptest! {
         let wire = encode_all(&messages);
         let outcome = feed(&wire, &chunks);
         prop_assert_eq!(outcome.error, None);
-        prop_assert_eq!(outcome.leftover, 0);
+        prop_assert_eq!(outcome.consumed, wire.len());
+        prop_assert!(outcome.leftover.is_empty());
         prop_assert_eq!(outcome.messages, messages);
     }
 }
 
 // ---- never panics ----
 
-/// Random bytes, and random bytes behind a plausible header (a small `len`
-/// and a type byte around the known range), which reach the per-type checks
-/// far more often than uniform noise.
+/// Random bytes; random bytes behind a plausible header (a small `len` and a
+/// type byte around the known range), which reach the per-type checks far
+/// more often than uniform noise; and frames whose body is exactly as long as
+/// their `len` says, with lengths some types accept, so that whole frames with
+/// random contents end the input or are followed by more.
 fn noise() -> impl Strategy<Value = Vec<u8>> {
     let plausible = (
         0..=300u32,
@@ -261,11 +329,23 @@ fn noise() -> impl Strategy<Value = Vec<u8>> {
             out.extend_from_slice(&body);
             out
         });
+    let sized = (
+        prop_oneof![Just(1u32), Just(17), Just(19), Just(33), 34..=300u32],
+        0..=9u8,
+        any::<u64>(),
+    )
+        .prop_map(|(len, ty, seed)| {
+            let mut out = len.to_le_bytes().to_vec();
+            out.push(ty);
+            out.extend_from_slice(&patterned_piece(len as usize - 1, seed));
+            out
+        });
+    let part = prop_oneof![plausible, sized];
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..=512),
-        plausible.clone(),
-        // Several plausible frames in a row.
-        prop::collection::vec(plausible, 1..=4).prop_map(|parts| parts.concat()),
+        part.clone(),
+        // Several in a row.
+        prop::collection::vec(part, 1..=4).prop_map(|parts| parts.concat()),
     ]
 }
 
@@ -275,8 +355,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(input in noise(), chunks in chunk_sizes()) {
         let outcome = feed(&input, &chunks);
-        // Whole input fed: what is left is an incomplete frame or the bad one.
-        prop_assert!(outcome.leftover <= input.len());
+        check_outcome(&input, &outcome)?;
     }
 
     #[test]
@@ -290,7 +369,25 @@ proptest! {
             let at = index.index(wire.len());
             wire[at] ^= 1 << bit;
         }
-        feed(&wire, &chunks);
+        let outcome = feed(&wire, &chunks);
+        check_outcome(&wire, &outcome)?;
+        // The frames before the first flipped byte are intact: they decode
+        // to the messages that were sent.
+        let clean = wire
+            .iter()
+            .zip(encode_all(&messages))
+            .take_while(|(got, sent)| *got == sent)
+            .count();
+        let mut end = 0;
+        let intact = messages
+            .iter()
+            .take_while(|message| {
+                end += message.encoded_len();
+                end <= clean
+            })
+            .count();
+        prop_assert!(outcome.messages.len() >= intact);
+        prop_assert_eq!(&outcome.messages[..intact], &messages[..intact]);
     }
 
     #[test]
@@ -302,6 +399,7 @@ proptest! {
         let wire = encode_all(&messages);
         let cut = cut.index(wire.len());
         let outcome = feed(&wire[..cut], &chunks);
+        check_outcome(&wire[..cut], &outcome)?;
         // A prefix of a valid stream is never an error: it is the frames that
         // fit, then "need more bytes".
         prop_assert_eq!(outcome.error, None);
@@ -314,7 +412,8 @@ proptest! {
             fit += message.encoded_len();
             whole += 1;
         }
-        prop_assert_eq!(outcome.leftover, cut - fit);
+        prop_assert_eq!(outcome.consumed, fit);
+        prop_assert_eq!(outcome.leftover.as_slice(), &wire[fit..cut]);
         prop_assert_eq!(outcome.messages.as_slice(), &messages[..whole]);
     }
 }
