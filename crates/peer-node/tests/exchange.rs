@@ -638,6 +638,43 @@ async fn a_hundred_concurrent_requests_for_one_missing_piece_make_one_fetch() {
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests_for_one_held_piece_make_one_fetch_and_all_get_its_bytes() {
+    let node = TestNode::start(|_| {}).await;
+    let p = piece(11, 300_000);
+    let mut holder = RawPeer::extended(&node, 1).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 1).await);
+    let requests: Vec<_> = (0..100)
+        .map(|_| node.spawn_fetch(p.id(), FETCH_TIMEOUT))
+        .collect();
+    assert_eq!(holder.recv_answer().await, Message::WantHave(p.id()));
+    // The holder answers only once every request has joined the one fetch.
+    let all_in = wait_for(SOON, || {
+        node.metric(Metric::FetchesStartedTotal) + node.metric(Metric::FetchesJoinedTotal) == 100
+    })
+    .await;
+    assert!(all_in);
+    holder.send(&Message::Have(p.id())).await;
+    assert_eq!(holder.recv_answer().await, Message::Ask(p.id()));
+    holder
+        .send(&Message::Give(
+            Give::new(p.id(), p.bytes().clone()).unwrap(),
+        ))
+        .await;
+    for request in requests {
+        assert_piece(&request.await.unwrap().unwrap(), &p);
+    }
+    assert_eq!(node.metric(Metric::FetchesStartedTotal), 1);
+    assert_eq!(node.metric(Metric::FetchesJoinedTotal), 99);
+    assert_eq!(node.metric(Metric::PiecesFetchedTotal), 1);
+    // The fetched piece is kept: a later request is answered from the
+    // store, with no fetch started or joined.
+    assert!(wait_for(SOON, || node.shared.store().has(&p.id())).await);
+    assert_piece(&node.fetch(p.id(), FETCH_TIMEOUT).await.unwrap(), &p);
+    assert_eq!(node.metric(Metric::FetchesStartedTotal), 1);
+    assert_eq!(node.metric(Metric::FetchesJoinedTotal), 99);
+}
+
 // ---------------------------------------------------------------------------
 // ASK caps and legacy peers (paused clock: one thread, so the node handles
 // every frame of one read before its serving tasks run)

@@ -1,4 +1,10 @@
 //! Swarms of real nodes on loopback.
+//!
+//! Tests that check something does *not* happen (a redial, a second
+//! connection) run on tokio's paused clock: every dial tick, backoff and
+//! re-announce of the nodes is a timer, so sleeping through a stretch of
+//! paused time runs each of them before the sleep ends, however slow the
+//! machine. The nodes' loopback sockets answer within the same instant.
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -6,6 +12,10 @@ use std::time::Duration;
 
 use peer_node::metrics::Metric;
 use peer_node::testing::{RunningNode, wait_for};
+
+/// How much paused time a test watches for something that must not happen:
+/// hundreds of dial ticks, the first backoffs and the hungry re-announces.
+const WATCH: Duration = Duration::from_secs(60);
 
 /// A node bootstrapping from `bootstrap`, stopped when dropped.
 async fn start(bootstrap: Vec<String>) -> RunningNode {
@@ -36,29 +46,42 @@ async fn twenty_nodes_find_each_other_through_one_node_as_bootstrap() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// What a node has dialled so far: a redial, even one whose connection
+/// lost the duplicate rule at once, changes it. (Duplicates are not in it:
+/// a node's re-announces to a bootstrap node it is connected to count as
+/// duplicates there, by design.)
+fn dial_record(node: &RunningNode) -> [u64; 3] {
+    let metrics = node.shared.metrics();
+    [
+        metrics.value(Metric::DialAttemptsTotal),
+        metrics.value(Metric::ConnectionsOutboundTotal),
+        metrics.value(Metric::SelfConnectionsTotal),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_node_and_its_bootstrap_node_end_with_one_connection() {
     let a = start(Vec::new()).await;
     let b = start(vec![a.addr.to_string()]).await;
-    // Make a dial b as well: its PEERS from b names b.
+    // b dials a, its bootstrap; a learns b's address from b's PEERS, which
+    // names b: a candidate a must not dial while b is connected.
     assert!(
-        wait_for(Duration::from_secs(20), || a
-            .shared
-            .connected_node_ids()
-            .len()
-            == 1
-            && b.shared.connected_node_ids().len() == 1)
+        wait_for(Duration::from_secs(20), || a.shared.connected_node_ids()
+            == vec![b.shared.node_id()]
+            && b.shared.connected_node_ids() == vec![a.shared.node_id()])
         .await
     );
-    // Both keep exactly one connection to the other for a while.
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(a.shared.connection_count() <= 1 && b.shared.connection_count() <= 1);
-    }
+    let before = (dial_record(&a), dial_record(&b));
+    tokio::time::sleep(WATCH).await;
+    assert_eq!((dial_record(&a), dial_record(&b)), before);
+    assert_eq!(
+        (a.shared.connection_count(), b.shared.connection_count()),
+        (1, 1)
+    );
     assert_eq!(a.shared.connected_node_ids(), vec![b.shared.node_id()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_self_connection_is_detected_and_never_retried() {
     let node = start(Vec::new()).await;
     // The node learns its own address (as if a peer had told it).
@@ -70,24 +93,26 @@ async fn a_self_connection_is_detected_and_never_retried() {
             == 1)
         .await
     );
-    // Many dial ticks and more than the first backoff later: never again,
-    // and the address is not offered back.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A minute of dial ticks and backoffs later: never again, and the
+    // address is not taken back when offered again.
+    tokio::time::sleep(WATCH).await;
     assert_eq!(metrics.value(Metric::SelfConnectionsTotal), 1);
     assert_eq!(metrics.value(Metric::DialAttemptsTotal), 1);
     node.shared.add_candidate(node.addr.into());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(WATCH).await;
     assert_eq!(metrics.value(Metric::DialAttemptsTotal), 1);
+    assert_eq!(metrics.value(Metric::SelfConnectionsTotal), 1);
     assert_eq!(node.shared.connection_count(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn nodes_dialling_each_other_at_once_keep_exactly_one_connection() {
     for _ in 0..10 {
         let a = start(Vec::new()).await;
         let b = start(Vec::new()).await;
         // Both learn of each other in the same instant, so both dialers pick
-        // the other up on their next tick: two connections race.
+        // the other up on the same tick: two connections race (their steps
+        // interleave on the one thread of the paused runtime).
         a.shared.add_candidate(b.addr.into());
         b.shared.add_candidate(a.addr.into());
         assert!(
@@ -100,13 +125,13 @@ async fn nodes_dialling_each_other_at_once_keep_exactly_one_connection() {
             .await
         );
         // And it stays that way: neither side redials the survivor away.
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            assert_eq!(
-                (a.shared.connection_count(), b.shared.connection_count()),
-                (1, 1)
-            );
-        }
+        let before = (dial_record(&a), dial_record(&b));
+        tokio::time::sleep(WATCH).await;
+        assert_eq!((dial_record(&a), dial_record(&b)), before);
+        assert_eq!(
+            (a.shared.connection_count(), b.shared.connection_count()),
+            (1, 1)
+        );
         for n in [a, b] {
             n.stop().await.unwrap();
         }
