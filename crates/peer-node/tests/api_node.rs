@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use peer_node::api::{self, ApiBackend, SHA256_HEADER};
 use peer_node::metrics::Metric;
-use peer_node::node::NodeApi;
+use peer_node::api::NodeApi;
 use peer_node::testing::wait_for;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

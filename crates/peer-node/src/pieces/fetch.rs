@@ -18,70 +18,19 @@ use tracing::{Instrument, debug, info_span};
 use wire_format::limits::{ASK_PROGRESS_TIMEOUT, PIECE_MAX};
 use wire_format::{PieceId, VerifiedPiece};
 
+use super::events::{FETCH_EVENTS, FetchError, FetchEvent, FetchHandle};
+use super::link::Link;
 use super::serve::read_piece;
-use super::{Link, PIECE_UNITS, Pieces};
+use super::state::{PIECE_UNITS, Pieces};
 use crate::clock::now;
 use crate::metrics::Metric;
 
-/// Bytes of pieces that may be asked for and not yet received, across all
-/// fetches: reserved when an ASK is sent, so every GIVE that arrives can be
-/// accepted.
-pub const FETCH_BUDGET_BYTES: usize = 256 << 20;
-/// Events a fetch may have queued; a session that finds the queue full
-/// drops the event (the fetch then relies on its timers).
-const FETCH_EVENTS: usize = 1024;
 /// How often a fetch checks for stalls, closed connections and deadlines.
 const FETCH_TICK: Duration = Duration::from_millis(50);
 /// Candidates from the peer table dialled when no connected peer holds the piece.
 pub const WIDEN_DIALS: usize = 8;
 /// How long a widening waits for its dials to connect and answer.
 const WIDEN_WAIT: Duration = Duration::from_secs(3);
-
-/// Why a fetch failed; the API maps each variant to one HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    /// Every peer asked said it does not have the piece, or there was no
-    /// peer to ask. 404.
-    #[error(
-        "piece not found: every peer asked said it does not have it, or no peer was \
-         connected; check the id, or connect to a peer that holds it and retry"
-    )]
-    NotFound,
-    /// The deadline passed while some peers had not answered. 504.
-    #[error(
-        "deadline passed before any peer gave the piece (some had not answered); \
-         retry with a longer timeout"
-    )]
-    Deadline,
-    /// The local store failed; the text says how. 500.
-    #[error("local store failed: {0}; check the data directory and its disk")]
-    Store(String),
-    /// The node is shutting down. 503.
-    #[error("the node is shutting down; retry once it runs again")]
-    Shutdown,
-}
-
-/// What sessions tell a fetch.
-#[derive(Debug)]
-pub(crate) enum FetchEvent {
-    /// The peer holds it (HAVE).
-    Have(u64),
-    /// The peer does not hold it (DONT_HAVE to our WANT_HAVE or ASK).
-    DontHave(u64),
-    /// The peer gave it, verified.
-    Gave(u64, VerifiedPiece),
-    /// The peer lied or its connection ended.
-    Failed(u64),
-    /// A new connection came up (while widening).
-    Connected(Arc<Link>),
-}
-
-/// A fetch in progress, shared by every requester of the piece.
-#[derive(Debug)]
-pub(crate) struct FetchHandle {
-    pub(crate) events: mpsc::Sender<FetchEvent>,
-    pub(crate) result: watch::Receiver<Option<Result<Bytes, FetchError>>>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PeerState {
@@ -215,12 +164,6 @@ impl Pieces {
             .instrument(span),
         );
         result_rx
-    }
-
-    /// Delivers an event to the fetch of `id`, if one runs.
-    pub(crate) fn fetch_event(&self, id: &PieceId, event: FetchEvent) -> bool {
-        let sender = self.fetches().get(id).map(|h| h.events.clone());
-        sender.is_some_and(|tx| tx.try_send(event).is_ok())
     }
 }
 
@@ -461,7 +404,7 @@ fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pieces::BUDGET_UNIT;
+    use crate::pieces::state::{BUDGET_UNIT, FETCH_BUDGET_BYTES};
 
     async fn idle_node() -> Arc<Pieces> {
         Pieces::for_tests()

@@ -1,8 +1,8 @@
-//! One live connection as the piece exchange sees it, shared by its
-//! reader, its writer and the fetches that use it: the two write queues
-//! (answers to the peer's ASKs; short control frames), the ASKs it owes us
-//! answers to ([`ServeSide`]) and the ASKs and WANT_HAVEs we sent
-//! ([`AskBook`]), its received-bytes counter and its close signal.
+//! One live connection as a fetch sees it, shared by the connection's
+//! reader, its writer and the fetches that use it: the queue of short
+//! control frames, the ASKs and WANT_HAVEs we sent ([`AskBook`]), its
+//! received-bytes counter and its close signal. (What the peer asks of us
+//! is the connection's serving side, `serve::ServeSide`.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,7 +13,6 @@ use wire_format::limits::{DIGEST_MESSAGE_LEN, LEN_FIELD_BYTES};
 use wire_format::{Hello, Message, NodeId, PeerAddr, PieceId};
 
 use super::asks::AskBook;
-use super::serve::{Answer, ServeSide};
 use crate::net::{Closer, READ_CHUNK_BYTES};
 
 /// Short control frames (37-byte ASK, WANT_HAVE, HAVE, DONT_HAVE, CANCEL)
@@ -36,8 +35,6 @@ pub(crate) struct Link {
     pub(crate) legacy: bool,
     /// Listen port from HELLO, for bans.
     pub(crate) listen_port: Option<u16>,
-    /// The peer's ASKs and the queue of their answers.
-    pub(crate) serve: Arc<ServeSide>,
     /// Short control frames (ASK, WANT_HAVE, HAVE, DONT_HAVE, CANCEL), up
     /// to [`WRITE_QUEUE_FRAMES`].
     frames: mpsc::Sender<Message>,
@@ -47,13 +44,11 @@ pub(crate) struct Link {
     pub(crate) closer: Arc<Closer>,
 }
 
-/// The writer's ends of a link's two queues.
-pub(crate) type Queues = (mpsc::Receiver<Answer>, mpsc::Receiver<Message>);
 
 impl Link {
     /// A link for the connection to `remote` (`hello`: `None` for a legacy
     /// peer) whose received bytes are counted in `progress`, and the
-    /// receiving ends of its queues for the writer.
+    /// receiving end of its control-frame queue, for the writer.
     pub(crate) fn new(
         id: u64,
         remote: PeerAddr,
@@ -61,9 +56,8 @@ impl Link {
         progress: Arc<AtomicU64>,
         closer: Arc<Closer>,
         now: Instant,
-    ) -> (Self, Queues) {
+    ) -> (Self, mpsc::Receiver<Message>) {
         let legacy = hello.is_none();
-        let (serve, answers_rx) = ServeSide::new(legacy);
         let (frames, frames_rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let link = Self {
             id,
@@ -71,13 +65,12 @@ impl Link {
             node_id: hello.map(|h| h.node_id()),
             legacy,
             listen_port: hello.and_then(|h| h.listen_port()),
-            serve: Arc::new(serve),
             frames,
             asks: Mutex::new(AskBook::new(legacy, now)),
             progress,
             closer,
         };
-        (link, (answers_rx, frames_rx))
+        (link, frames_rx)
     }
 
     pub(crate) fn ask_book(&self) -> MutexGuard<'_, AskBook> {

@@ -17,7 +17,9 @@ use tracing::warn;
 use wire_format::limits::PIECE_MAX;
 use wire_format::{Give, PieceError, PieceHasher, PieceId, VerifiedPiece};
 
-use super::{FetchEvent, Link, Pieces};
+use super::events::FetchEvent;
+use super::link::Link;
+use super::state::Pieces;
 use crate::clock::now;
 use crate::metrics::Metric;
 use crate::net::FrameReader;

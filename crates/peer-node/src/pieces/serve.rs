@@ -24,7 +24,7 @@ use wire_format::limits::{
 };
 use wire_format::{Give, Message, PieceId};
 
-use super::{PIECE_UNITS, Pieces};
+use super::state::{PIECE_UNITS, Pieces};
 use crate::clock::now;
 use crate::metrics::Metric;
 
@@ -250,7 +250,7 @@ impl Pieces {
     /// The piece, if a fetch for it has just finished and its cache copy is
     /// still being written: peers asking meanwhile are answered from it.
     pub(crate) fn fetched(&self, id: &PieceId) -> Option<Bytes> {
-        let fetches = self.fetches();
+        let fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
         let result = fetches.get(id)?.result.borrow();
         match result.as_ref() {
             Some(Ok(bytes)) => Some(bytes.clone()),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncRead;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, warn};
 use wire_format::limits::{
@@ -21,15 +21,21 @@ use wire_format::limits::{
 };
 use wire_format::{Hello, Message, PeerAddr, Peers, PieceId};
 
-use super::{SessionError, count_close, next_conn_id};
+use super::error::{SessionError, count_close};
 use crate::clock::now;
 use crate::metrics::{Family, Metric};
 use crate::net::{self, Closer, ConnError, Frame, FrameReader};
 use crate::pieces::{
-    self, Answer, Answered, FetchEvent, GiveIntake, Link, Pieces, Queues, STREAM_GIVES_FROM,
+    self, Answer, Answered, FetchEvent, GiveIntake, Link, Pieces, STREAM_GIVES_FROM, ServeSide,
 };
 use crate::swarm::table::Source;
 use crate::swarm::{self, Direction, NewConn};
+
+/// A process-wide number for each connection (its id and its tracing span).
+pub(crate) fn next_conn_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The close label of a connection ended by the node's shutdown.
 const NODE_SHUTDOWN: &str = "node_shutdown";
@@ -72,7 +78,9 @@ pub(super) async fn serve(
     let legacy = hello.is_none();
     let closer = Arc::new(Closer::default());
     let conn_id = next_conn_id();
-    let (link, queues) = Link::new(
+    let (serving, answers) = ServeSide::new(legacy);
+    let serving = Arc::new(serving);
+    let (link, frames) = Link::new(
         conn_id,
         remote,
         hello,
@@ -119,13 +127,14 @@ pub(super) async fn serve(
         run_writer(
             Arc::clone(&pieces),
             Arc::clone(&link),
+            Arc::clone(&serving),
             wr,
-            queues,
+            (answers, frames),
             Arc::clone(&bytes_out),
         )
         .in_current_span(),
     );
-    let mut rules = Rules::default();
+    let mut rules = Rules::new(serving);
     let result = async {
         if let Some(first) = legacy_first {
             rules.handle(&pieces, &link, first).await?;
@@ -171,7 +180,7 @@ pub(super) async fn serve(
             Ok(())
         }
         Err(err) => {
-            count_close(&swarm, &err);
+            count_close(&swarm.metrics, &err);
             match &err {
                 ConnError::Rule(NODE_SHUTDOWN) => return Err(SessionError::Shutdown),
                 ConnError::Protocol(_) | ConnError::Rule(_) => warn!(%err, "closing"),
@@ -182,15 +191,30 @@ pub(super) async fn serve(
     }
 }
 
-/// Per-connection state of the close-or-count rules.
-#[derive(Debug, Default)]
+/// Per-connection state of the close-or-count rules, and the serving side
+/// the peer's ASKs and CANCELs go to.
+#[derive(Debug)]
 struct Rules {
+    serving: Arc<ServeSide>,
     pex_window: Option<Instant>,
     pex_frames: usize,
     give_window: Option<Instant>,
     unsolicited_gives: usize,
     /// The large GIVE between its header and its last byte.
     intake: GiveIntake,
+}
+
+impl Rules {
+    fn new(serving: Arc<ServeSide>) -> Self {
+        Self {
+            serving,
+            pex_window: None,
+            pex_frames: 0,
+            give_window: None,
+            unsolicited_gives: 0,
+            intake: GiveIntake::default(),
+        }
+    }
 }
 
 /// Counts an event in a one-minute window; returns the count in the window.
@@ -240,12 +264,12 @@ impl Rules {
                     pieces::receive_give(pieces, link, give, late).await;
                 }
             }
-            Message::Ask(id) => pieces::on_ask(pieces, &link.serve, id).map_err(ConnError::Rule)?,
+            Message::Ask(id) => pieces::on_ask(pieces, &self.serving, id).map_err(ConnError::Rule)?,
             Message::WantHave(id) => {
                 pieces.metrics.incr(Metric::WantHaveReceivedTotal);
                 answer_want_have(pieces, link, id);
             }
-            Message::Cancel(id) => pieces::on_cancel(pieces, &link.serve, id),
+            Message::Cancel(id) => pieces::on_cancel(pieces, &self.serving, id),
             Message::Have(id) => {
                 if link.ask_book().wanted.remove(&id) {
                     pieces.metrics.incr(Metric::HaveReceivedTotal);
@@ -362,8 +386,9 @@ type WaitingGive = (PieceId, Message, Option<OwnedSemaphorePermit>);
 async fn run_writer(
     pieces: Arc<Pieces>,
     link: Arc<Link>,
+    serving: Arc<ServeSide>,
     mut wr: OwnedWriteHalf,
-    (mut rx, mut frames): Queues,
+    (mut rx, mut frames): (mpsc::Receiver<Answer>, mpsc::Receiver<Message>),
     bytes_out: Arc<AtomicU64>,
 ) {
     let mut frames_open = true;
@@ -383,7 +408,7 @@ async fn run_writer(
         while tokens.is_none()
             && gives
                 .front()
-                .is_some_and(|(id, _, _)| !link.serve.book().is_queued(id))
+                .is_some_and(|(id, _, _)| !serving.book().is_queued(id))
         {
             gives.pop_front();
         }
@@ -415,7 +440,7 @@ async fn run_writer(
                     continue;
                 }
                 Some(Answer { id, message, permit }) => {
-                    if !pieces::start_answer(&pieces, &link.serve, &id, message.as_ref()) {
+                    if !pieces::start_answer(&pieces, &serving, &id, message.as_ref()) {
                         continue; // cancelled, or nothing to say to a legacy peer
                     }
                     let Some(message) = message else { continue };
@@ -441,7 +466,7 @@ async fn run_writer(
             }, if tokens.is_some() => {
                 tokens = None;
                 let Some((id, give, permit)) = gives.pop_front() else { continue };
-                if !pieces::start_answer(&pieces, &link.serve, &id, Some(&give)) {
+                if !pieces::start_answer(&pieces, &serving, &id, Some(&give)) {
                     continue; // cancelled while it waited
                 }
                 (give, permit)
@@ -484,8 +509,7 @@ mod tests {
         let pieces = Pieces::for_tests();
         // A peer that does not read.
         let remote = "127.0.0.1:40000".parse().unwrap();
-        let (link, (_answers, mut frames)) =
-            Link::new(1, remote, None, Arc::default(), Arc::default(), now());
+        let (link, mut frames) = Link::new(1, remote, None, Arc::default(), Arc::default(), now());
         let id = |n: usize| PieceId::of(&n.to_le_bytes());
         for n in 0..WRITE_QUEUE_FRAMES {
             answer_want_have(&pieces, &link, id(n));

@@ -4,7 +4,7 @@
 
 use wire_format::{AddrClass, PeerAddr};
 
-use super::Swarm;
+use super::state::Swarm;
 use crate::metrics::Metric;
 use crate::net::SocketSlot;
 

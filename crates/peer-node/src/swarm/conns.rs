@@ -11,7 +11,8 @@ use tracing::debug;
 use wire_format::{Hello, NodeId, PeerAddr};
 
 use super::table::Source;
-use super::{ConnEntry, Direction, Swarm};
+use super::state::{ConnEntry, Swarm};
+use super::views::Direction;
 use crate::clock::now;
 use crate::metrics::Metric;
 use crate::net::{self, Closer};

@@ -9,233 +9,42 @@
 //! Uses [`crate::net`], the config, the clock and the metrics; never the
 //! piece exchange, the sessions or the API.
 //!
+//! Inside, dependencies point one way, down this list:
+//! * `conns`, `dial`, `admission`, `pex`, `persist`, `rows` — the jobs, each
+//!   over the state.
+//! * `state` — [`Swarm`]: connections, dials, table and budget under one
+//!   lock; bans; socket counts; the dial queue.
+//! * `budget` — the dial rate as a token bucket.
 //! * [`table`] — candidates, PEX drop rules, quotas, caps, backoff.
 //! * [`bans`] — the ban list: scope by address class, expiry, a bounded size.
 //! * `conns` — registering a connection, the duplicate rule, dial-back probes.
-//! * `dial` — the dial rate, choosing candidates, the dialler's tick.
+//! * `dial` — choosing candidates within the dial rate, the dialler's tick.
 //! * `admission` — the connection limits for accepted sockets.
 //! * `pex` — PEERS we send and PEERS we take.
 //! * `persist` — `peers.json`.
-//! * [`views`] — the rows of `GET /api/v1/peers`.
+//! * `rows` — the rows of `GET /api/v1/peers`.
+//! * [`views`] — the types of those rows.
 
 mod admission;
 pub mod bans;
+mod budget;
 mod conns;
 mod dial;
 mod persist;
 mod pex;
+mod rows;
+mod state;
 pub mod table;
 pub mod views;
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use tokio::sync::{mpsc, watch};
-use wire_format::{NodeId, PeerAddr, PieceId, host_key};
-
 pub use admission::MAX_CONNECTIONS_PER_IP;
-use bans::{BanTarget, Bans};
-pub(crate) use conns::NewConn;
+pub use budget::DIAL_QUEUE;
 pub use conns::keep_new;
-pub use dial::DIAL_QUEUE;
+pub(crate) use conns::NewConn;
 pub(crate) use dial::run_dialler;
 pub use persist::PEERS_SAVE_INTERVAL;
 pub(crate) use persist::{known_peers, load_peers, run_saver, write_peers};
 pub(crate) use pex::{first_peers, offer};
-use table::{PeerTable, Source};
+pub use state::Swarm;
 pub use views::{BanView, Direction, PeerSource, PeerState, PeerView};
 
-use crate::clock::now;
-use crate::config::NodeConfig;
-use crate::metrics::Metrics;
-use crate::net::{Closer, OpenSockets};
-
-/// One registered connection, as a peer.
-#[derive(Debug)]
-pub(crate) struct ConnEntry {
-    pub(crate) node_id: Option<NodeId>,
-    pub(crate) remote: PeerAddr,
-    /// Where the peer accepts connections, once known.
-    pub(crate) dialable: Option<PeerAddr>,
-    pub(crate) direction: Direction,
-    pub(crate) legacy: bool,
-    /// Which node opened it (for the duplicate rule).
-    pub(crate) opener: Option<NodeId>,
-    pub(crate) since: SystemTime,
-    /// Closes it (the loser of the duplicate rule).
-    pub(crate) closer: Arc<Closer>,
-    pub(crate) bytes_in: Arc<AtomicU64>,
-    pub(crate) bytes_out: Arc<AtomicU64>,
-}
-
-/// What the swarm guards with one lock.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) conns: HashMap<u64, ConnEntry>,
-    pub(crate) dialing: HashSet<PeerAddr>,
-    pub(crate) table: PeerTable,
-    /// New connects allowed now (docs/PROTOCOL.md §4: dialling is
-    /// rate-limited), shared by the dialler and widening fetches.
-    pub(crate) dial_budget: dial::DialBudget,
-}
-
-impl State {
-    /// Outbound connections (registered) to the host of `ip` (its /64 for
-    /// public IPv6, see [`host_key`]), or to anyone.
-    pub(crate) fn outbound(&self, ip: Option<IpAddr>) -> usize {
-        self.conns
-            .values()
-            .filter(|c| {
-                c.direction == Direction::Out
-                    && ip.is_none_or(|ip| host_key(c.remote.ip()) == host_key(ip))
-            })
-            .count()
-    }
-}
-
-/// The swarm: shared by every task of the node.
-#[derive(Debug)]
-pub struct Swarm {
-    pub(crate) config: NodeConfig,
-    pub(crate) node_id: NodeId,
-    pub(crate) listen_port: u16,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) state: Mutex<State>,
-    /// Peers that lied, for an hour.
-    bans: Mutex<Bans>,
-    /// Accepted sockets still open: counted from accept until their task
-    /// ends, so sockets still waiting for a HELLO and CLIENT connections
-    /// (never registered) count against the limits too.
-    pub(crate) inbound: OpenSockets,
-    /// Set once at shutdown: every connection closes.
-    pub(crate) closing: watch::Sender<bool>,
-    /// Dials chosen and reserved in `dialing`, for the node to run.
-    dials: mpsc::Sender<PeerAddr>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Swarm {
-    /// A swarm for a node with `node_id` listening on `listen_port`, its
-    /// table seeded with `saved` peers; the receiver gets every dial the
-    /// swarm chooses, which the caller must run (and then report with
-    /// [`Swarm::dial_ended`]).
-    pub(crate) fn new(
-        config: NodeConfig,
-        node_id: NodeId,
-        listen_port: u16,
-        metrics: Arc<Metrics>,
-        saved: &[PeerAddr],
-    ) -> (Self, mpsc::Receiver<PeerAddr>) {
-        let mut table = PeerTable::new(config.allow_private);
-        for addr in saved {
-            table.insert_trusted(*addr, Source::Saved, None, now());
-        }
-        let (dials, dial_rx) = mpsc::channel(DIAL_QUEUE);
-        let swarm = Self {
-            config,
-            node_id,
-            listen_port,
-            metrics,
-            state: Mutex::new(State {
-                conns: HashMap::new(),
-                dialing: HashSet::new(),
-                table,
-                dial_budget: dial::DialBudget::new(now()),
-            }),
-            bans: Mutex::new(Bans::new()),
-            inbound: OpenSockets::default(),
-            closing: watch::Sender::new(false),
-            dials,
-        };
-        (swarm, dial_rx)
-    }
-
-    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
-    pub(crate) fn bans(&self) -> MutexGuard<'_, Bans> {
-        lock(&self.bans)
-    }
-
-    /// Bans a peer for a lie (docs/PROTOCOL.md "Bans"): the peer seen at
-    /// `ip`, with the listen port and node id its HELLO named, if any; and
-    /// forgets its address as a dial candidate.
-    pub(crate) fn ban(
-        &self,
-        ip: IpAddr,
-        listen_port: Option<u16>,
-        node_id: Option<NodeId>,
-        reason: String,
-        digest: Option<PieceId>,
-    ) {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let target = BanTarget::new(ip, listen_port, node_id);
-        self.bans().ban(target, reason, digest, now(), unix);
-        if let Some(port) = listen_port {
-            self.state().table.remove(&PeerAddr::new(ip, port));
-        }
-    }
-
-    /// Whether a peer is banned (an IP-only check bans only public peers).
-    pub(crate) fn is_banned(
-        &self,
-        ip: IpAddr,
-        listen_port: Option<u16>,
-        node_id: Option<NodeId>,
-    ) -> bool {
-        self.bans()
-            .is_banned(ip, listen_port, node_id, now())
-            .is_some()
-    }
-
-    /// The node's id.
-    pub fn node_id(&self) -> NodeId {
-        self.node_id
-    }
-
-    /// Node ids of the extended peers connected now.
-    pub fn connected_node_ids(&self) -> Vec<NodeId> {
-        self.state()
-            .conns
-            .values()
-            .filter_map(|c| c.node_id)
-            .collect()
-    }
-
-    /// Adds an address to dial, as if named by the operator (`source:
-    /// config`). Filters for never-dialable addresses and ourselves apply.
-    pub fn add_candidate(&self, addr: PeerAddr) {
-        self.state()
-            .table
-            .insert_trusted(addr, Source::Config, None, now());
-    }
-
-    /// Number of connections open now.
-    pub fn connection_count(&self) -> usize {
-        self.state().conns.len()
-    }
-
-    /// Sockets that count against the connection limits now: every accepted
-    /// socket until its task ends (registered or not: still waiting for a
-    /// HELLO, or a CLIENT), and outbound connections.
-    pub fn open_connections(&self) -> usize {
-        let state = self.state();
-        self.inbound.total() + state.outbound(None)
-    }
-
-    /// Whether the node knows fewer peers than it wants to dial (then it
-    /// asks its bootstrap servers again soon).
-    pub(crate) fn is_hungry(&self) -> bool {
-        let state = self.state();
-        state.table.len() + state.conns.len() < self.config.target_outbound
-    }
-}

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::warn;
 use wire_format::PeerAddr;
 
-use super::Swarm;
+use super::state::Swarm;
 use super::table::SavedPeer;
 
 /// How often `peers.json` is saved.

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use wire_format::limits::PEX_MAX_ENTRIES;
 use wire_format::{AddrClass, Message, NodeId, PeerAddr, Peers};
 
-use super::Swarm;
+use super::state::Swarm;
 use super::table::{DropReason, Source};
 use crate::clock::now;
 use crate::metrics::{Family, Metric};
@@ -116,7 +116,8 @@ mod tests {
 
     use super::*;
     use crate::config::NodeConfig;
-    use crate::swarm::{ConnEntry, Direction};
+    use crate::swarm::Direction;
+    use crate::swarm::state::ConnEntry;
 
     /// Registers `n` extended peers, each dialable at its own port.
     fn connect_extended(swarm: &Swarm, n: u16) {
