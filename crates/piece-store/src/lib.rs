@@ -21,6 +21,7 @@ mod index;
 pub mod lock;
 pub mod manifest;
 pub mod mem;
+pub mod state_file;
 pub mod store;
 
 pub use disk::{DiskStore, DiskStoreConfig, FsyncPolicy, ScrubReport};
