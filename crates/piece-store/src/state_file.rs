@@ -2,10 +2,10 @@
 //! peer list, a bootstrap server's registry), and the one directory fsync
 //! every durable rename in the workspace goes through.
 //!
-//! [`write`] never leaves a torn file: the bytes go to a fresh temp file in
+//! [`write()`] never leaves a torn file: the bytes go to a fresh temp file in
 //! the same directory (unpredictable name, `create_new`, mode 0600,
 //! `O_NOFOLLOW`), which is fsynced, renamed over the target and made durable
-//! by fsyncing the directory. [`read`] never follows a symlink and never
+//! by fsyncing the directory. [`read()`] never follows a symlink and never
 //! holds more than its caller's bound. Unix semantics; uses only std and libc.
 
 use std::ffi::OsString;
@@ -14,10 +14,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Mode of every file [`write`] creates: readable and writable by the owner only.
+/// Mode of every file [`write()`] creates: readable and writable by the owner only.
 pub const STATE_FILE_MODE: u32 = 0o600;
 
-/// The step of [`write`] or [`read`] that failed.
+/// The step of [`write()`] or [`read()`] that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
     /// Creating the temp file next to the target.
@@ -91,7 +91,7 @@ pub enum StateFileError {
     TooLarge {
         /// The path.
         path: PathBuf,
-        /// The bound given to [`read`].
+        /// The bound given to [`read()`].
         max_bytes: u64,
     },
 }
@@ -130,7 +130,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StateFileError> {
     write_via(path, &parent_dir(path).join(tmp_name), bytes)
 }
 
-/// [`write`] through the temp file `tmp`, which must be in `path`'s directory.
+/// [`write()`] through the temp file `tmp`, which must be in `path`'s directory.
 fn write_via(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StateFileError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);

@@ -53,7 +53,7 @@ impl std::fmt::Display for FsyncPolicy {
     }
 }
 
-/// How to open a [`DiskStore`].
+/// How to open a [`DiskStore`](crate::disk::DiskStore).
 #[derive(Debug, Clone)]
 pub struct DiskStoreConfig {
     /// Largest number of piece bytes held; cached pieces are evicted to stay under it.
