@@ -27,6 +27,8 @@ pub mod manifest;
 pub mod mem;
 pub mod state_file;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use disk::{DiskStore, DiskStoreConfig, FsyncPolicy, ScrubReport};
 pub use lock::DirLock;
