@@ -13,24 +13,23 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use peer_node::metrics::Metric;
 use peer_node::net::READ_CHUNK_BYTES;
 use peer_node::node::{
     MAX_CONNECTIONS_PER_IP, SERVE_BUDGET_BYTES, VERIFY_QUEUE_PIECES, WRITE_QUEUE_FRAMES,
 };
 use peer_node::testing::wait_for;
-use piece_store::{Durability, MemStore, PieceStore, Retention, StoreError, StoreStats};
+use piece_store::testing::{FaultyStore, Op};
+use piece_store::{MemStore, PieceStore};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use wire_format::limits::{
     DIAL_RATE_PER_SEC, DIGEST_MESSAGE_LEN, LEN_FIELD_BYTES, MAX_ASKS_IN_FLIGHT, PIECE_MAX,
 };
-use wire_format::{Give, Hello, Message, NodeId, PeerAddr, PieceId, VerifiedPiece};
+use wire_format::{Give, Hello, Message, NodeId, PeerAddr, PieceId};
 
 use common::{RawPeer, SOON, TestNode, digest, piece};
 
@@ -278,88 +277,14 @@ async fn answers_holding_the_whole_serving_budget_make_the_next_give_wait_but_no
 // ---------------------------------------------------------------------------
 // The verification queue
 
-/// The memory store with a gate in front of `put`: a disk that stalls until
-/// the test opens it. Everything else goes straight through.
-struct StallingStore {
-    store: MemStore,
-    open: Mutex<bool>,
-    opened: Condvar,
-    /// Calls of `put`, stalled or not.
-    puts: AtomicUsize,
-}
-
-impl StallingStore {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            store: MemStore::new(1 << 30),
-            open: Mutex::new(false),
-            opened: Condvar::new(),
-            puts: AtomicUsize::new(0),
-        })
-    }
-
-    fn puts(&self) -> usize {
-        self.puts.load(Ordering::SeqCst)
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-}
-
-/// Opens the store when dropped, so a failing test does not leave threads
-/// stalled in `put` (the runtime would wait for them forever).
-struct OpenOnDrop(Arc<StallingStore>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
-
-impl PieceStore for StallingStore {
-    fn has(&self, id: &PieceId) -> bool {
-        self.store.has(id)
-    }
-    fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
-        self.store.get(id)
-    }
-    fn put(
-        &self,
-        piece: VerifiedPiece,
-        retention: Retention,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-        drop(open);
-        self.store.put(piece, retention, durability)
-    }
-    fn pin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        self.store.pin(id)
-    }
-    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        self.store.unpin(id)
-    }
-    fn is_pinned(&self, id: &PieceId) -> bool {
-        self.store.is_pinned(id)
-    }
-    fn list(&self) -> Vec<PieceId> {
-        self.store.list()
-    }
-    fn stats(&self) -> StoreStats {
-        self.store.stats()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pieces_past_the_verify_queue_wait_and_their_reader_with_them() {
-    let store = StallingStore::new();
-    let _open = OpenOnDrop(Arc::clone(&store));
+    // A disk that stalls every `put` until the test opens the gate. The
+    // guard opens it if the test fails, so no thread is left stalled (the
+    // runtime would wait for it forever).
+    let store = Arc::new(FaultyStore::new(Arc::new(MemStore::new(1 << 30))));
+    let gate = store.stall(Op::Put);
+    let _open = gate.open_on_drop();
     let node = TestNode::start_with_store(Arc::clone(&store) as Arc<dyn PieceStore>, |_| {}).await;
     let p = piece(7, 1 << 10);
     let give = Message::Give(Give::new(p.id(), p.bytes().clone()).unwrap());
@@ -378,7 +303,7 @@ async fn pieces_past_the_verify_queue_wait_and_their_reader_with_them() {
     peer.send(&give).await;
     assert_eq!(fetch.await.unwrap().unwrap(), *p.bytes());
     // ...and its cache copy stalls in the store.
-    assert!(wait_for(SOON, || store.puts() == 1).await);
+    assert!(wait_for(SOON, || store.count(Op::Put) == 1).await);
 
     // Late copies of the answer: each is verified in a slot of the queue,
     // then stalls in the store, holding its slot. The queue takes them all
@@ -398,18 +323,18 @@ async fn pieces_past_the_verify_queue_wait_and_their_reader_with_them() {
         "{} bytes",
         node.metric(Metric::DuplicateBytesTotal)
     );
-    assert!(wait_for(SOON, || store.puts() == 1 + VERIFY_QUEUE_PIECES).await);
+    assert!(wait_for(SOON, || store.count(Op::Put) == 1 + VERIFY_QUEUE_PIECES).await);
 
     // One more: no slot, so the connection's reader waits for one.
     peer.send_batch(&[give.clone(), Message::WantHave(digest(2))])
         .await;
     assert_eq!(peer.recv_answer_within(WATCH).await, None);
     assert_eq!(node.metric(Metric::DuplicateBytesTotal), queued * len);
-    assert_eq!(store.puts(), 1 + VERIFY_QUEUE_PIECES);
+    assert_eq!(store.count(Op::Put), 1 + VERIFY_QUEUE_PIECES);
 
     // The store catches up: the slots free, the last copy is verified and
     // the reader answers again.
-    store.open();
+    gate.open();
     assert_eq!(peer.recv_answer().await, Message::DontHave(digest(2)));
     let all = wait_for(SOON, || {
         node.metric(Metric::DuplicateBytesTotal) == (queued + 1) * len

@@ -8,11 +8,15 @@
 //! # Layout
 //! * [`store`] — the [`PieceStore`] trait, retention, durability, errors.
 //! * [`disk`] — [`DiskStore`]: sharded files, fsync policies, verification,
-//!   quarantine, scrub.
+//!   quarantine, scrub; one submodule per job (group commit, verify, scan).
 //! * [`mem`] — [`MemStore`]: the same contract in memory.
 //! * [`lock`] — [`DirLock`], the exclusive lock on a data directory.
 //! * [`manifest`] — the manifest format: build, serialize, parse without trust.
-//! * [`file`](mod@file) — split a byte stream into pieces and a manifest; reassemble.
+//! * [`file`](mod@file) — split a byte stream into pieces and a manifest;
+//!   walk a tree; reassemble (one submodule each).
+//! * [`state_file`] — small state files written atomically and read with a
+//!   bound; the one directory fsync.
+//! * `testing` (feature `testing`) — a fault-injecting [`PieceStore`] for tests.
 //! * `index` (private) — accounting shared by both stores: sizes, pins, LRU.
 
 pub mod disk;
@@ -21,7 +25,10 @@ mod index;
 pub mod lock;
 pub mod manifest;
 pub mod mem;
+pub mod state_file;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use disk::{DiskStore, DiskStoreConfig, FsyncPolicy, ScrubReport};
 pub use lock::DirLock;

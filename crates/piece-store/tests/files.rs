@@ -3,7 +3,7 @@
 //! the failures a reader must detect.
 
 use std::io::{self, Read};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use piece_store::file::{
@@ -11,7 +11,8 @@ use piece_store::file::{
     walk,
 };
 use piece_store::manifest::{Entries, Layout, Level, Manifest, ManifestError, NameError, Part};
-use piece_store::{MemStore, PieceStore, Retention, StoreError, StoreStats};
+use piece_store::testing::FaultyStore;
+use piece_store::{MemStore, PieceStore, Retention};
 use wire_format::limits::PIECE_MAX;
 use wire_format::{PieceId, VerifiedPiece};
 
@@ -712,65 +713,17 @@ fn trees_are_shallowest_and_filled_greedily() {
     }
 }
 
-/// The memory store, noting the size of every group `put_many` is given.
-struct GroupSizes {
-    store: MemStore,
-    groups: Mutex<Vec<usize>>,
-}
-
-impl PieceStore for GroupSizes {
-    fn has(&self, id: &PieceId) -> bool {
-        self.store.has(id)
-    }
-    fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
-        self.store.get(id)
-    }
-    fn put(
-        &self,
-        piece: VerifiedPiece,
-        retention: Retention,
-        durability: piece_store::Durability,
-    ) -> Result<(), StoreError> {
-        self.store.put(piece, retention, durability)
-    }
-    fn put_many(&self, pieces: Vec<VerifiedPiece>, retention: Retention) -> Result<(), StoreError> {
-        self.groups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(pieces.len());
-        self.store.put_many(pieces, retention)
-    }
-    fn pin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        self.store.pin(id)
-    }
-    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        self.store.unpin(id)
-    }
-    fn is_pinned(&self, id: &PieceId) -> bool {
-        self.store.is_pinned(id)
-    }
-    fn list(&self) -> Vec<PieceId> {
-        self.store.list()
-    }
-    fn stats(&self) -> StoreStats {
-        self.store.stats()
-    }
-}
-
 #[test]
 fn adding_a_file_hands_the_store_at_most_a_batch_of_pieces_at_a_time() {
     for (pieces, groups) in [
         (PUT_BATCH_PIECES, vec![PUT_BATCH_PIECES]),
         (PUT_BATCH_PIECES + 1, vec![PUT_BATCH_PIECES, 1]),
     ] {
-        let store = GroupSizes {
-            store: store(),
-            groups: Mutex::new(Vec::new()),
-        };
+        let store = FaultyStore::new(Arc::new(store()));
         let bytes = tagged(pieces, 0);
         let added = add_file(&store, &bytes[..], "batch.bin", &Layout::STANDARD).unwrap();
         assert_eq!(added.pieces, len_u64(pieces));
-        assert_eq!(*store.groups.lock().unwrap(), groups, "{pieces} pieces");
+        assert_eq!(store.group_sizes(), groups, "{pieces} pieces");
         // Every data piece and the manifest are in the store.
         assert_eq!(store.list().len(), pieces + 1);
     }

@@ -424,3 +424,62 @@ fn put_many_commits_the_group() {
         assert!(store.is_pinned(&p.id()));
     }
 }
+
+#[test]
+fn the_faulty_store_records_stalls_and_fails_what_it_is_told_and_forwards_the_rest() {
+    use piece_store::testing::{Call, FaultyStore, Op};
+
+    let store = Arc::new(FaultyStore::new(Arc::new(MemStore::new(MIB))));
+    let a = piece(1, 100);
+    store.fail(Op::Put, || StoreError::Full {
+        needed: 100,
+        pinned: 0,
+        capacity: 0,
+    });
+    let err = store
+        .put(a.clone(), Retention::Pinned, Durability::Background)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Full { needed: 100, .. }), "{err}");
+    assert!(
+        !store.inner().has(&a.id()),
+        "a failed put reached the store"
+    );
+
+    store.heal(Op::Put);
+    let gate = store.stall(Op::Put);
+    let _open = gate.open_on_drop();
+    let putter = {
+        let store = Arc::clone(&store);
+        let a = a.clone();
+        std::thread::spawn(move || store.put(a, Retention::Cached, Durability::Wait))
+    };
+    // The stalled put is counted at once but does not reach the store.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.count(Op::Put) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the put never came");
+        std::thread::yield_now();
+    }
+    assert!(!store.has(&a.id()));
+    gate.open();
+    putter.join().unwrap().unwrap();
+    assert!(store.has(&a.id()));
+
+    assert_eq!(
+        store.calls(),
+        vec![
+            Call::Put {
+                id: a.id(),
+                retention: Retention::Pinned,
+                durability: Durability::Background,
+            },
+            Call::Put {
+                id: a.id(),
+                retention: Retention::Cached,
+                durability: Durability::Wait,
+            },
+            Call::Has(a.id()),
+            Call::Has(a.id()),
+        ]
+    );
+    assert_eq!(store.count(Op::Has), 2);
+}

@@ -1,0 +1,460 @@
+//! The disk store: one file per piece under `pieces/<first byte hex>/<id>`.
+//!
+//! # Layout of the store directory
+//! * `pieces/00` … `pieces/ff` — one file per piece, named by its id.
+//! * `pins/00` … `pins/ff` — an empty marker file per pinned piece.
+//! * `tmp/` — pieces being written; emptied at open.
+//! * `quarantine/` — pinned pieces found corrupt, kept for the user.
+//! * `lock` — held exclusively while the store is open.
+//!
+//! # Durability
+//! A piece is written to a unique temp file (`create_new`) and renamed into
+//! place only once durable under the [`FsyncPolicy`]. A pin marker is created
+//! before its piece is renamed into place, so a crash never leaves a pinned
+//! piece looking cached (a marker without a piece is dropped at open).
+//!
+//! # Verification
+//! Only [`VerifiedPiece`]s are written. Each piece is hashed again the first
+//! time it is read after open (or on every read with `verify_on_read`), and
+//! [`DiskStore::scrub`] re-verifies slowly in the background. A cached piece
+//! that fails is deleted; a pinned one is moved to `quarantine/` and reported.
+//!
+//! # Modules, one job each
+//! * `config` — what the user chooses: [`FsyncPolicy`], [`DiskStoreConfig`].
+//! * `paths` — where things live under the root; shared file steps.
+//! * `shared` — the state every job shares, and the file steps before a commit.
+//! * `commit` — the group commit and its background thread.
+//! * `verify` — reading back with verification, quarantine, [`DiskStore::scrub`].
+//! * `scan` — opening: layout, lock, stale temp files, the index.
+//! * this file — [`DiskStore`]: the [`PieceStore`] operations wired to the jobs.
+
+mod commit;
+mod config;
+mod paths;
+mod scan;
+mod shared;
+mod verify;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use wire_format::{PieceId, VerifiedPiece};
+
+use self::commit::{CommitResult, Committer, PendingWrite, commit_group, wait_done};
+pub use self::config::{BATCH_INTERVAL, BATCH_MAX_PENDING_BYTES, DiskStoreConfig, FsyncPolicy};
+pub use self::paths::QUARANTINE_DIR;
+use self::shared::{Shared, State};
+pub use self::verify::ScrubReport;
+use crate::lock::DirLock;
+use crate::store::{Durability, PieceStore, Retention, StoreError, StoreStats};
+
+#[derive(Debug)]
+struct Inner {
+    shared: Shared,
+    committer: Committer,
+    _lock: DirLock,
+}
+
+/// A piece store on disk. See the [module docs](self).
+#[derive(Debug)]
+pub struct DiskStore {
+    inner: Arc<Inner>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store in `root`, takes its lock, removes
+    /// stale temp files and indexes the pieces present.
+    ///
+    /// Blocking: lists every piece file. Fails with [`StoreError::Locked`] if
+    /// another process has the store open.
+    pub fn open(root: &Path, config: DiskStoreConfig) -> Result<Self, StoreError> {
+        let (shared, dir_lock) = scan::open(root, config)?;
+        let inner = Arc::new(Inner {
+            shared,
+            committer: Committer::default(),
+            _lock: dir_lock,
+        });
+        let committer = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("piece-store-commit".into())
+                .spawn(move || inner.committer.run(&inner.shared))
+                .map_err(StoreError::io("spawn committer thread", root))?
+        };
+        Ok(Self {
+            inner,
+            committer: Some(committer),
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        self.inner.shared.paths.root()
+    }
+
+    /// Pinned pieces moved to quarantine since open.
+    pub fn quarantined(&self) -> Vec<PieceId> {
+        self.shared().state().quarantined.clone()
+    }
+
+    /// Re-verifies up to `max_pieces` pieces, continuing where the last call
+    /// stopped. Meant to be called slowly from a background thread (e.g. a
+    /// few pieces a second) so a bit rot is found before a peer asks.
+    pub fn scrub(&self, max_pieces: usize) -> ScrubReport {
+        self.shared().scrub(max_pieces)
+    }
+
+    /// Waits until every queued write is committed.
+    pub fn flush(&self) {
+        self.inner.committer.flush(&self.inner.shared);
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn put_one(
+        &self,
+        piece: VerifiedPiece,
+        retention: Retention,
+        durability: Durability,
+    ) -> Result<Option<Receiver<CommitResult>>, StoreError> {
+        let shared = self.shared();
+        let id = piece.id();
+        let pinned = retention == Retention::Pinned;
+        let size = piece.len() as u64;
+        let background =
+            durability == Durability::Background && shared.config.fsync == FsyncPolicy::Batch;
+        let wait_bytes = |state: &mut State| {
+            if background && state.pending_background_bytes + size <= BATCH_MAX_PENDING_BYTES {
+                state.pending_background_bytes += size;
+                size
+            } else {
+                0
+            }
+        };
+        let Some((file, tmp)) = self.prepare(
+            &piece,
+            retention,
+            shared.config.fsync == FsyncPolicy::Always,
+        )?
+        else {
+            return Ok(None);
+        };
+        match shared.config.fsync {
+            FsyncPolicy::Always | FsyncPolicy::Never => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                commit_group(
+                    shared,
+                    vec![PendingWrite {
+                        id,
+                        file,
+                        tmp,
+                        background_bytes: 0,
+                        pin_marker: pinned,
+                        done: Some(tx),
+                    }],
+                );
+                Ok(Some(rx))
+            }
+            FsyncPolicy::Batch => {
+                let background_bytes = wait_bytes(&mut shared.state());
+                let (done, rx) = if background_bytes > 0 {
+                    (None, None)
+                } else {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    (Some(tx), Some(rx))
+                };
+                let write = PendingWrite {
+                    id,
+                    file,
+                    tmp,
+                    background_bytes,
+                    pin_marker: pinned,
+                    done,
+                };
+                if background_bytes > 0 {
+                    self.inner.committer.push_background(write);
+                    Ok(None)
+                } else {
+                    self.inner.committer.enqueue(shared, write);
+                    Ok(rx)
+                }
+            }
+        }
+    }
+
+    /// The first half of every put: updates a held piece (returns `None`),
+    /// or reserves room, indexes the piece as pending, writes its pin marker
+    /// (durable at once if `sync_marker`) and its temp file.
+    fn prepare(
+        &self,
+        piece: &VerifiedPiece,
+        retention: Retention,
+        sync_marker: bool,
+    ) -> Result<Option<(File, PathBuf)>, StoreError> {
+        let shared = self.shared();
+        let id = piece.id();
+        let pinned = retention == Retention::Pinned;
+        let size = piece.len() as u64;
+        {
+            let mut state = shared.state();
+            if let Some(entry) = state.index.get(&id).copied() {
+                if pinned && !entry.pinned {
+                    shared.write_pin_marker(&id, true)?;
+                    state.index.set_pinned(&id, true);
+                }
+                state.index.touch(&id);
+                return Ok(None);
+            }
+            let victims = state.index.make_room(size)?;
+            shared.delete_victims(&victims);
+            // In the index before the data is in place, so concurrent puts
+            // count its bytes; uncommitted entries are never evicted.
+            state.index.insert(id, size, pinned, false, true);
+            state.pending.insert(id, piece.bytes().clone());
+        }
+        let prepared = (|| {
+            if pinned {
+                // Marker first: a crash then leaves a marker without a piece
+                // (dropped at open), never a pinned piece that looks cached.
+                shared.write_pin_marker(&id, sync_marker)?;
+            }
+            shared.write_temp(piece)
+        })();
+        match prepared {
+            Ok(ok) => Ok(Some(ok)),
+            Err(err) => {
+                shared.abandon(&id, 0);
+                Err(err)
+            }
+        }
+    }
+
+    /// Like `put_one` under `batch`, but queues without leading a commit:
+    /// the caller commits the whole group.
+    fn put_one_deferred(
+        &self,
+        piece: VerifiedPiece,
+        retention: Retention,
+    ) -> Result<Option<Receiver<CommitResult>>, StoreError> {
+        let id = piece.id();
+        let pinned = retention == Retention::Pinned;
+        let Some((file, tmp)) = self.prepare(&piece, retention, false)? else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.inner.committer.push(PendingWrite {
+            id,
+            file,
+            tmp,
+            background_bytes: 0,
+            pin_marker: pinned,
+            done: Some(tx),
+        });
+        Ok(Some(rx))
+    }
+}
+
+impl PieceStore for DiskStore {
+    fn has(&self, id: &PieceId) -> bool {
+        self.shared().state().index.contains(id)
+    }
+
+    fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
+        let verify = {
+            let mut state = self.shared().state();
+            if let Some(bytes) = state.pending.get(id).cloned() {
+                state.index.touch(id);
+                return Ok(Some(bytes));
+            }
+            let Some(entry) = state.index.get(id).copied() else {
+                return Ok(None);
+            };
+            state.index.touch(id);
+            self.shared().config.verify_on_read || !entry.verified
+        };
+        self.shared().read_committed(id, verify)
+    }
+
+    fn put(
+        &self,
+        piece: VerifiedPiece,
+        retention: Retention,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let rx = self.put_one(piece, retention, durability)?;
+        wait_done(rx)
+    }
+
+    fn put_many(&self, pieces: Vec<VerifiedPiece>, retention: Retention) -> Result<(), StoreError> {
+        if self.shared().config.fsync != FsyncPolicy::Batch {
+            for piece in pieces {
+                self.put(piece, retention, Durability::Wait)?;
+            }
+            return Ok(());
+        }
+        // Write every temp file first, then commit them as one group.
+        let mut receivers = Vec::with_capacity(pieces.len());
+        let mut first_error = None;
+        let was_committing = self.inner.committer.hold();
+        for piece in pieces {
+            match self.put_one_deferred(piece, retention) {
+                Ok(Some(rx)) => receivers.push(rx),
+                Ok(None) => {}
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        self.inner.committer.release(self.shared(), was_committing);
+        for rx in receivers {
+            if let Err(err) = wait_done(Some(rx)) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn pin(&self, id: &PieceId) -> Result<bool, StoreError> {
+        let mut state = self.shared().state();
+        match state.index.get(id).map(|e| e.pinned) {
+            None => Ok(false),
+            Some(true) => Ok(true),
+            Some(false) => {
+                self.shared().write_pin_marker(id, true)?;
+                state.index.set_pinned(id, true);
+                Ok(true)
+            }
+        }
+    }
+
+    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError> {
+        let mut state = self.shared().state();
+        match state.index.get(id).map(|e| e.pinned) {
+            None => Ok(false),
+            Some(false) => Ok(true),
+            Some(true) => {
+                self.shared().remove_pin_marker(id)?;
+                state.index.set_pinned(id, false);
+                Ok(true)
+            }
+        }
+    }
+
+    fn is_pinned(&self, id: &PieceId) -> bool {
+        self.shared()
+            .state()
+            .index
+            .get(id)
+            .is_some_and(|e| e.pinned)
+    }
+
+    fn list(&self) -> Vec<PieceId> {
+        self.shared().state().index.ids()
+    }
+
+    fn stats(&self) -> StoreStats {
+        let state = self.shared().state();
+        StoreStats {
+            pieces: state.index.len() as u64,
+            bytes: state.index.bytes(),
+            pinned_bytes: state.index.pinned_bytes(),
+            capacity: state.index.capacity(),
+            evictions: state.index.evictions,
+            corrupt: state.corrupt,
+        }
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        self.inner.committer.close();
+        self.flush();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wire_format::limits::PIECE_MAX;
+
+    use super::shared::lock;
+    use super::*;
+
+    /// A piece of `len` bytes, distinct for each `seed`.
+    fn piece(seed: u64, len: usize) -> VerifiedPiece {
+        let mut bytes = vec![0x5a; len];
+        let seed = seed.to_le_bytes();
+        let head = len.min(seed.len());
+        bytes[..head].copy_from_slice(&seed[..head]);
+        VerifiedPiece::new(Bytes::from(bytes)).unwrap()
+    }
+
+    fn pending_background_bytes(store: &DiskStore) -> u64 {
+        store.shared().state().pending_background_bytes
+    }
+
+    /// Holds off group commits, as a `put_many` in progress does, until
+    /// dropped; then commits what is queued. Dropped before the store even
+    /// when a test fails, so closing the store does not wait forever.
+    struct HoldCommits<'a>(&'a DiskStore);
+
+    impl<'a> HoldCommits<'a> {
+        fn new(store: &'a DiskStore) -> Self {
+            lock(&store.inner.committer.queue).committing = true;
+            Self(store)
+        }
+    }
+
+    impl Drop for HoldCommits<'_> {
+        fn drop(&mut self) {
+            let inner = &self.0.inner;
+            let mut queue = lock(&inner.committer.queue);
+            queue.committing = false;
+            inner.committer.lead_commits(&inner.shared, queue);
+        }
+    }
+
+    #[test]
+    fn background_writes_wait_for_a_group_commit_up_to_the_pending_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), DiskStoreConfig::new(1 << 30)).unwrap();
+        // No pending byte is committed (and freed) while the test fills up.
+        let hold = HoldCommits::new(&store);
+        let full = BATCH_MAX_PENDING_BYTES / PIECE_MAX as u64;
+        assert_eq!(full * PIECE_MAX as u64, BATCH_MAX_PENDING_BYTES);
+        for seed in 0..full {
+            let waiter = store
+                .put_one(
+                    piece(seed, PIECE_MAX),
+                    Retention::Cached,
+                    Durability::Background,
+                )
+                .unwrap();
+            assert!(waiter.is_none(), "piece {seed} waits for its commit");
+        }
+        assert_eq!(pending_background_bytes(&store), BATCH_MAX_PENDING_BYTES);
+
+        // One byte more: this put commits before it returns, like a waiting one.
+        let over = piece(full, 1);
+        let waiter = store
+            .put_one(over.clone(), Retention::Cached, Durability::Background)
+            .unwrap();
+        assert!(waiter.is_some(), "a put past the limit returned at once");
+        assert_eq!(pending_background_bytes(&store), BATCH_MAX_PENDING_BYTES);
+
+        drop(hold);
+        wait_done(waiter).unwrap();
+        assert_eq!(pending_background_bytes(&store), 0);
+        assert!(store.shared().paths.piece(&over.id()).is_file());
+        assert_eq!(store.stats().pieces, full + 1);
+    }
+}

@@ -1,0 +1,103 @@
+//! Where a disk store keeps things under its root, and the small filesystem
+//! steps every job of the store shares: create a private directory, remove a
+//! file that may already be gone, fsync a directory.
+//!
+//! Uses only the store's error type and [`crate::state_file::sync_dir`].
+
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use wire_format::{PieceId, VerifiedPiece};
+
+use crate::store::StoreError;
+
+const PIECES_DIR: &str = "pieces";
+const PINS_DIR: &str = "pins";
+const TMP_DIR: &str = "tmp";
+/// Directory holding pinned pieces that failed verification.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// The paths of one store directory.
+#[derive(Debug)]
+pub(super) struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    pub(super) fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `pieces/<shard>`: the directory of the pieces whose id starts with `byte`.
+    pub(super) fn piece_shard(&self, byte: u8) -> PathBuf {
+        self.root.join(PIECES_DIR).join(shard_name(byte))
+    }
+
+    /// `pins/<shard>`: the directory of the pin markers for ids starting with `byte`.
+    pub(super) fn pin_shard(&self, byte: u8) -> PathBuf {
+        self.root.join(PINS_DIR).join(shard_name(byte))
+    }
+
+    pub(super) fn piece(&self, id: &PieceId) -> PathBuf {
+        self.piece_shard(id.first_byte()).join(id.to_hex())
+    }
+
+    pub(super) fn pin(&self, id: &PieceId) -> PathBuf {
+        self.pin_shard(id.first_byte()).join(id.to_hex())
+    }
+
+    pub(super) fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    pub(super) fn quarantine_dir(&self) -> PathBuf {
+        self.root.join(QUARANTINE_DIR)
+    }
+
+    /// A fresh, unique temp file name for `piece`.
+    pub(super) fn temp_for(&self, piece: &VerifiedPiece) -> PathBuf {
+        self.tmp_dir().join(format!(
+            "{}.{:016x}.tmp",
+            piece.id().to_hex(),
+            rand::random::<u64>()
+        ))
+    }
+}
+
+fn shard_name(byte: u8) -> String {
+    format!("{byte:02x}")
+}
+
+/// Creates `path` and its parents, private to the owner.
+pub(super) fn create_dir(path: &Path) -> Result<(), StoreError> {
+    let mut builder = DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .map_err(StoreError::io("create directory", path))
+}
+
+pub(super) fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    crate::state_file::sync_dir(path).map_err(StoreError::io("fsync directory", path))
+}
+
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            Err(StoreError::io("remove", path)(err))
+        }
+        _ => Ok(()),
+    }
+}

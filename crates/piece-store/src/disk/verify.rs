@@ -1,0 +1,107 @@
+//! Verification of committed pieces: reading a piece back (hashing it when
+//! required), removing a corrupt one from service (deleted if cached, moved to
+//! quarantine if pinned), and the slow background scrub.
+//!
+//! Uses the store's shared state and paths.
+
+use std::fs;
+use std::io;
+
+use bytes::Bytes;
+use wire_format::{PieceId, VerifiedPiece};
+
+use super::shared::Shared;
+use crate::store::StoreError;
+
+/// What one scrub call checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Pieces hashed.
+    pub checked: usize,
+    /// Pieces found corrupt (deleted, or quarantined if pinned).
+    pub corrupt: Vec<PieceId>,
+    /// The scrub reached the last piece and starts over at the next call.
+    pub wrapped: bool,
+}
+
+impl Shared {
+    /// Handles a piece whose bytes do not match its name.
+    fn handle_corrupt(&self, id: &PieceId) -> StoreError {
+        let mut state = self.state();
+        let pinned = state.index.get(id).is_some_and(|e| e.pinned);
+        state.index.remove(id);
+        state.corrupt += 1;
+        let path = self.paths.piece(id);
+        let quarantined = if pinned {
+            let dest = self.paths.quarantine_dir().join(id.to_hex());
+            let moved = fs::rename(&path, &dest).is_ok();
+            if !moved {
+                let _ = fs::remove_file(&path);
+            }
+            let _ = fs::remove_file(self.paths.pin(id));
+            state.quarantined.push(*id);
+            moved
+        } else {
+            let _ = fs::remove_file(&path);
+            false
+        };
+        StoreError::Corrupt {
+            id: *id,
+            quarantined,
+        }
+    }
+
+    /// Reads a committed piece, verifying it when required.
+    pub(super) fn read_committed(
+        &self,
+        id: &PieceId,
+        verify: bool,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let path = self.paths.piece(id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                // Evicted meanwhile, or removed behind our back.
+                let mut state = self.state();
+                if !state.pending.contains_key(id) && state.index.get(id).is_some() {
+                    state.index.remove(id);
+                }
+                return Ok(None);
+            }
+            Err(err) => return Err(StoreError::io("read", &path)(err)),
+        };
+        if verify {
+            if VerifiedPiece::verify(*id, bytes.clone()).is_err() {
+                return Err(self.handle_corrupt(id));
+            }
+            self.state().index.mark_verified(id);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Re-verifies up to `max_pieces` committed pieces, continuing where the
+    /// last call stopped.
+    pub(super) fn scrub(&self, max_pieces: usize) -> ScrubReport {
+        let mut report = ScrubReport::default();
+        for _ in 0..max_pieces {
+            let next = {
+                let mut state = self.state();
+                let next = state.index.next_after(state.scrub_cursor);
+                state.scrub_cursor = next;
+                next
+            };
+            let Some(id) = next else {
+                report.wrapped = true;
+                break;
+            };
+            if self.state().pending.contains_key(&id) {
+                continue;
+            }
+            report.checked += 1;
+            if let Err(StoreError::Corrupt { id, .. }) = self.read_committed(&id, true) {
+                report.corrupt.push(id);
+            }
+        }
+        report
+    }
+}
