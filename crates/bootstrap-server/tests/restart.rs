@@ -250,7 +250,8 @@ async fn the_bootstrap_server_restarts_on_its_port_at_once_and_reverifies_its_re
     let saved = std::fs::read_to_string(&registry_file).unwrap();
     for node in &nodes {
         assert!(
-            saved.contains(&node.addr.to_string()),
+            // Quoted: 127.0.0.1:4000 must not match inside 127.0.0.1:40001.
+            saved.contains(&format!("\"{}\"", node.addr)),
             "{REGISTRY_FILE} should list {}: {saved}",
             node.addr
         );
