@@ -43,116 +43,31 @@
 //! the vector's growth): worst case about `max_peers × 300 bytes`, so about
 //! 30 MB at [`DEFAULT_MAX_PEERS`].
 //! [`Registry::sample`] allocates `O(n)` per call whatever the registry's size.
+//!
+//! # Modules
+//! The rules of one entry (expiry, when to probe, failure count) are in
+//! `entry`; the registry file and the checks of a restored entry in
+//! [`persist`], which this module uses and which uses neither.
+//!
+//! [`REGISTRY_EXPIRY`]: wire_format::limits::REGISTRY_EXPIRY
+//! [`REGISTRY_MAX_FAILED_PROBES`]: wire_format::limits::REGISTRY_MAX_FAILED_PROBES
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
-use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use rand::{Rng, RngExt};
-use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
-use wire_format::limits::{
-    CONNECT_TIMEOUT, HELLO_TIMEOUT, NODE_ID_BYTES, REANNOUNCE_INTERVAL, REGISTRY_EXPIRY,
-    REGISTRY_MAX_FAILED_PROBES,
-};
 use wire_format::{NodeId, PeerAddr};
+
+use self::entry::is_expired;
+pub use self::entry::{Entry, PROBE_LOST_AFTER, REPROBE_INTERVAL};
+use crate::persist;
+// The registry's file, so that callers need only this module.
+pub use crate::persist::{RegistryError, SavedEntry, load_json, save_json};
+
+mod entry;
 
 /// Default capacity of the registry (`--max-peers`).
 pub const DEFAULT_MAX_PEERS: usize = 100_000;
-
-/// A verified entry is probed again when it announces and its last successful
-/// probe is at least this old, so a peer that stopped being reachable while it
-/// still announces is unlisted.
-///
-/// Equal to [`REANNOUNCE_INTERVAL`]: a success comes a probe's round trip after
-/// the announce that asked for it, so the next announce finds it slightly
-/// younger than this and the one after finds it older. A steadily announcing
-/// peer is thus re-checked at about every second announce, well within
-/// [`REGISTRY_EXPIRY`], at a cost of one connect per peer per two announce
-/// periods.
-pub const REPROBE_INTERVAL: Duration = REANNOUNCE_INTERVAL;
-
-/// A probe reported started but never finished is assumed lost after this
-/// long, and the next announce asks for a new one. Twice the longest a probe
-/// can take (connect deadline, then HELLO deadline).
-pub const PROBE_LOST_AFTER: Duration = CONNECT_TIMEOUT
-    .saturating_add(HELLO_TIMEOUT)
-    .saturating_mul(2);
-
-/// One registered peer. Read through [`Registry::get`] and
-/// [`Registry::iter_verified`]; only the registry changes it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    node_id: NodeId,
-    first_seen: Instant,
-    last_announce: Instant,
-    failed_probes: u32,
-    last_probe: Option<Instant>,
-    probe_started: Option<Instant>,
-    /// Index in [`Registry::verified`] when verified. Invariant:
-    /// `verified[slot] == this entry's address`.
-    verified_slot: Option<usize>,
-}
-
-impl Entry {
-    /// The node_id of the HELLO that announced this address last.
-    pub const fn node_id(&self) -> NodeId {
-        self.node_id
-    }
-
-    /// When this address was first recorded (or restored from disk).
-    pub const fn first_seen(&self) -> Instant {
-        self.first_seen
-    }
-
-    /// When this address last announced itself.
-    pub const fn last_announce(&self) -> Instant {
-        self.last_announce
-    }
-
-    /// Whether the last finished dial-back probe succeeded with the recorded
-    /// node_id (and the node_id has not changed since): only verified entries
-    /// are handed out.
-    pub const fn is_verified(&self) -> bool {
-        self.verified_slot.is_some()
-    }
-
-    /// Failed probes since the last success (or since the node_id changed).
-    pub const fn failed_probes(&self) -> u32 {
-        self.failed_probes
-    }
-
-    /// When the last probe finished, successfully or not.
-    pub const fn last_probe(&self) -> Option<Instant> {
-        self.last_probe
-    }
-
-    /// Whether a probe was reported started and has not finished. A probe older
-    /// than [`PROBE_LOST_AFTER`] still shows here but no longer blocks a new one.
-    pub const fn probe_in_flight(&self) -> bool {
-        self.probe_started.is_some()
-    }
-
-    /// Whether the entry is expired at `now`: its last announce is
-    /// [`REGISTRY_EXPIRY`] or more before `now` (the boundary counts as expired).
-    pub fn is_expired(&self, now: Instant) -> bool {
-        is_expired(self.last_announce, now)
-    }
-
-    /// Whether a probe is running and not yet presumed lost.
-    fn probe_pending(&self, now: Instant) -> bool {
-        self.probe_started
-            .is_some_and(|started| now.saturating_duration_since(started) < PROBE_LOST_AFTER)
-    }
-}
-
-fn is_expired(last_announce: Instant, now: Instant) -> bool {
-    now.saturating_duration_since(last_announce) >= REGISTRY_EXPIRY
-}
 
 /// What [`Registry::announce`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +109,8 @@ pub enum ProbeOutcome {
     Failed,
     /// The probe counted as failed and the entry reached
     /// [`REGISTRY_MAX_FAILED_PROBES`]: it was removed.
+    ///
+    /// [`REGISTRY_MAX_FAILED_PROBES`]: wire_format::limits::REGISTRY_MAX_FAILED_PROBES
     Removed,
     /// No entry for that address (expired, evicted or removed meanwhile): the
     /// result was ignored.
@@ -331,20 +248,8 @@ impl Registry {
         }
 
         if let Some(entry) = self.entries.get_mut(&addr) {
-            let id_changed = entry.node_id != node_id;
-            let probe = if id_changed {
-                entry.node_id = node_id;
-                entry.failed_probes = 0;
-                true
-            } else if entry.probe_pending(now) {
-                false
-            } else if entry.is_verified() {
-                entry
-                    .last_probe
-                    .is_none_or(|t| now.saturating_duration_since(t) >= REPROBE_INTERVAL)
-            } else {
-                true
-            };
+            let id_changed = entry.change_node_id(node_id);
+            let probe = id_changed || entry.wants_probe(now);
             self.touch(addr, now);
             if id_changed {
                 self.stats.node_id_changes += 1;
@@ -391,7 +296,7 @@ impl Registry {
     pub fn probe_started(&mut self, addr: PeerAddr, now: Instant) -> bool {
         match self.entries.get_mut(&addr) {
             Some(entry) => {
-                entry.probe_started = Some(now);
+                entry.start_probe(now);
                 self.stats.probes_started += 1;
                 true
             }
@@ -412,13 +317,11 @@ impl Registry {
             self.stats.probe_results_unknown += 1;
             return ProbeOutcome::Unknown;
         };
-        if entry.node_id != node_id_seen {
+        if entry.node_id() != node_id_seen {
             self.stats.node_id_mismatches += 1;
             return self.record_failure(addr, now);
         }
-        entry.probe_started = None;
-        entry.last_probe = Some(now);
-        entry.failed_probes = 0;
+        entry.probe_succeeded(now);
         self.set_verified(addr, true);
         self.stats.probes_succeeded += 1;
         ProbeOutcome::Verified
@@ -427,6 +330,8 @@ impl Registry {
     /// A probe of `addr` failed (no connect, no HELLO, or a bad one). The entry
     /// is unlisted, and removed at its [`REGISTRY_MAX_FAILED_PROBES`]th
     /// failure in a row.
+    ///
+    /// [`REGISTRY_MAX_FAILED_PROBES`]: wire_format::limits::REGISTRY_MAX_FAILED_PROBES
     pub fn probe_failed(&mut self, addr: PeerAddr, now: Instant) -> ProbeOutcome {
         if !self.entries.contains_key(&addr) {
             self.stats.probe_results_unknown += 1;
@@ -514,72 +419,42 @@ impl Registry {
             .filter(|&&(last_announce, _)| !is_expired(last_announce, now))
             .filter_map(|&(last_announce, addr)| {
                 let entry = self.entries.get(&addr)?;
-                let age = now.saturating_duration_since(last_announce);
-                let at = now_system.checked_sub(age).unwrap_or(UNIX_EPOCH);
-                Some(SavedEntry {
-                    addr: addr.to_string(),
-                    node_id: entry.node_id.to_string(),
-                    last_announce_unix_secs: at
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |since| since.as_secs()),
-                })
+                Some(SavedEntry::new(
+                    addr,
+                    entry.node_id(),
+                    last_announce,
+                    now,
+                    now_system,
+                ))
             })
             .collect()
     }
 
     /// A registry holding `saved` as **unverified** entries, to be probed again
     /// at start ([`Registry::awaiting_probe`]). Each keeps its age, so an
-    /// entry saved long ago expires on time; one already expired is dropped.
+    /// entry saved long ago expires on time; what [`persist::restore`] drops
+    /// (bad, never dialable, expired, duplicate, beyond `max_peers`) is
+    /// counted in [`RegistryStats::restore_dropped`].
     ///
-    /// Also dropped (and counted in [`RegistryStats::restore_dropped`]):
-    /// addresses that do not parse, have port 0 or are never dialable
-    /// ([`wire_format::AddrClass::is_never_dialable`]), node_ids that are not
-    /// 16 hex digits, timestamps out of range, duplicates (the freshest is
-    /// kept) and entries beyond `max_peers` (the freshest are kept).
-    ///
-    /// `now` and `now_system` are the same moment on both clocks. A timestamp
-    /// in the future counts as "now"; an age the monotonic clock cannot
-    /// represent (shortly after boot) counts as "now" too.
+    /// `now` and `now_system` are the same moment on both clocks.
     pub fn from_saved(
         max_peers: usize,
         saved: impl IntoIterator<Item = SavedEntry>,
         now: Instant,
         now_system: SystemTime,
     ) -> Self {
+        let restored = persist::restore(saved, max_peers, now, now_system);
         let mut registry = Self::new(max_peers);
-        let mut dropped = 0u64;
-        let mut freshest: HashMap<PeerAddr, (Instant, NodeId)> = HashMap::new();
-        for entry in saved {
-            let Some((addr, node_id, last_announce)) = entry.restore(now, now_system) else {
-                dropped += 1;
-                continue;
-            };
-            match freshest.get_mut(&addr) {
-                Some(kept) => {
-                    dropped += 1;
-                    if last_announce > kept.0 {
-                        *kept = (last_announce, node_id);
-                    }
-                }
-                None => {
-                    freshest.insert(addr, (last_announce, node_id));
-                }
-            }
-        }
-        let mut restored: Vec<_> = freshest.into_iter().collect();
-        // Freshest first; the address breaks ties so the result is deterministic.
-        restored.sort_unstable_by(|(a_addr, (a_at, _)), (b_addr, (b_at, _))| {
-            b_at.cmp(a_at).then(a_addr.cmp(b_addr))
-        });
-        if restored.len() > max_peers {
-            dropped += u64::try_from(restored.len() - max_peers).unwrap_or(u64::MAX);
-            restored.truncate(max_peers);
-        }
-        for (addr, (last_announce, node_id)) in restored {
-            registry.insert_unverified(addr, node_id, last_announce, last_announce);
+        for entry in restored.entries {
+            registry.insert_unverified(
+                entry.addr,
+                entry.node_id,
+                entry.last_announce,
+                entry.last_announce,
+            );
             registry.stats.restored += 1;
         }
-        registry.stats.restore_dropped = dropped;
+        registry.stats.restore_dropped = restored.dropped;
         registry
     }
 
@@ -590,26 +465,16 @@ impl Registry {
         last_announce: Instant,
         first_seen: Instant,
     ) {
-        self.entries.insert(
-            addr,
-            Entry {
-                node_id,
-                first_seen,
-                last_announce,
-                failed_probes: 0,
-                last_probe: None,
-                probe_started: None,
-                verified_slot: None,
-            },
-        );
+        self.entries
+            .insert(addr, Entry::new(node_id, first_seen, last_announce));
         self.unverified_order.insert((last_announce, addr));
     }
 
     /// Removes `addr` from the map, its order set and the verified list.
     fn remove_entry(&mut self, addr: PeerAddr) -> Option<Entry> {
         let entry = self.entries.remove(&addr)?;
-        let key = (entry.last_announce, addr);
-        match entry.verified_slot {
+        let key = (entry.last_announce(), addr);
+        match entry.verified_slot() {
             Some(slot) => {
                 self.verified_order.remove(&key);
                 self.unlist(slot);
@@ -631,7 +496,7 @@ impl Registry {
         if let Some(moved) = self.verified.get(slot).copied()
             && let Some(entry) = self.entries.get_mut(&moved)
         {
-            entry.verified_slot = Some(slot);
+            entry.set_verified_slot(Some(slot));
         }
     }
 
@@ -640,16 +505,16 @@ impl Registry {
         let Some(entry) = self.entries.get_mut(&addr) else {
             return;
         };
-        let key = (entry.last_announce, addr);
-        match (entry.verified_slot, verified) {
+        let key = (entry.last_announce(), addr);
+        match (entry.verified_slot(), verified) {
             (None, true) => {
-                entry.verified_slot = Some(self.verified.len());
+                entry.set_verified_slot(Some(self.verified.len()));
                 self.verified.push(addr);
                 self.unverified_order.remove(&key);
                 self.verified_order.insert(key);
             }
             (Some(slot), false) => {
-                entry.verified_slot = None;
+                entry.set_verified_slot(None);
                 self.verified_order.remove(&key);
                 self.unverified_order.insert(key);
                 self.unlist(slot);
@@ -664,7 +529,7 @@ impl Registry {
         let Some(entry) = self.entries.get_mut(&addr) else {
             return;
         };
-        if now <= entry.last_announce {
+        if now <= entry.last_announce() {
             return;
         }
         let order = if entry.is_verified() {
@@ -672,9 +537,9 @@ impl Registry {
         } else {
             &mut self.unverified_order
         };
-        order.remove(&(entry.last_announce, addr));
+        order.remove(&(entry.last_announce(), addr));
         order.insert((now, addr));
-        entry.last_announce = now;
+        entry.set_last_announce(now);
     }
 
     fn record_failure(&mut self, addr: PeerAddr, now: Instant) -> ProbeOutcome {
@@ -682,10 +547,7 @@ impl Registry {
             self.stats.probe_results_unknown += 1;
             return ProbeOutcome::Unknown;
         };
-        entry.probe_started = None;
-        entry.last_probe = Some(now);
-        entry.failed_probes = entry.failed_probes.saturating_add(1);
-        let remove = entry.failed_probes >= REGISTRY_MAX_FAILED_PROBES;
+        let remove = entry.probe_failed(now);
         self.stats.probes_failed += 1;
         if remove {
             self.remove_entry(addr);
@@ -698,203 +560,18 @@ impl Registry {
     }
 }
 
-/// One verified entry as persisted in the server's data dir.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedEntry {
-    /// The address, `ip:port` (`[ip]:port` for IPv6).
-    pub addr: String,
-    /// The node_id, 16 lowercase hex digits.
-    pub node_id: String,
-    /// Last announce, in seconds since the unix epoch.
-    pub last_announce_unix_secs: u64,
-}
-
-impl SavedEntry {
-    /// The parsed entry, with its last announce on the monotonic clock, or
-    /// `None` if it must be dropped.
-    fn restore(&self, now: Instant, now_system: SystemTime) -> Option<(PeerAddr, NodeId, Instant)> {
-        let addr: PeerAddr = self.addr.parse().ok()?;
-        if addr.port() == 0 || addr.class().is_never_dialable() {
-            return None;
-        }
-        let mut id = [0u8; NODE_ID_BYTES];
-        hex::decode_to_slice(&self.node_id, &mut id).ok()?;
-        let at = UNIX_EPOCH.checked_add(Duration::from_secs(self.last_announce_unix_secs))?;
-        let age = now_system.duration_since(at).unwrap_or(Duration::ZERO);
-        if age >= REGISTRY_EXPIRY {
-            return None;
-        }
-        Some((addr, NodeId(id), now.checked_sub(age).unwrap_or(now)))
-    }
-}
-
-/// Errors of saving and loading the registry file; the operator's to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// A file-system operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file or directory it was done to.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// The file is not a JSON array of saved entries.
-    #[error("malformed registry file {path}: {source}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// What the parser found.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-impl RegistryError {
-    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
-        move |source| Self::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-/// Writes `entries` to `path` as JSON, atomically: a temporary file in the
-/// same directory is written and fsynced, renamed over `path`, and the
-/// directory fsynced, so a crash leaves either the old file or the new one.
-pub fn save_json(path: &Path, entries: &[SavedEntry]) -> Result<(), RegistryError> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let Some(name) = path.file_name() else {
-        return Err(RegistryError::Io {
-            op: "name the registry file",
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-        });
-    };
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let written = write_synced(&tmp, entries)
-        .and_then(|()| fs::rename(&tmp, path).map_err(RegistryError::io("rename into", path)));
-    if written.is_err() {
-        // Best effort: the error being returned matters more than the leftover.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_dir(dir)
-}
-
-fn write_synced(tmp: &Path, entries: &[SavedEntry]) -> Result<(), RegistryError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(RegistryError::io("create", tmp))?;
-    let mut writer = BufWriter::new(file);
-    // SavedEntry holds only strings and integers: serialising can fail only
-    // by I/O.
-    serde_json::to_writer(&mut writer, entries)
-        .map_err(|err| RegistryError::io("write", tmp)(io::Error::from(err)))?;
-    writer.flush().map_err(RegistryError::io("write", tmp))?;
-    let file = writer
-        .into_inner()
-        .map_err(|err| RegistryError::io("write", tmp)(err.into_error()))?;
-    file.sync_all().map_err(RegistryError::io("fsync", tmp))
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(RegistryError::io("fsync directory", dir))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), RegistryError> {
-    Ok(())
-}
-
-/// Reads the entries [`save_json`] wrote. A missing file is an empty list;
-/// content that is not a JSON array of entries is [`RegistryError::Malformed`].
-///
-/// Streams the file and keeps at most `max_entries` (the first ones, which
-/// [`Registry::to_saved`] makes the freshest); later elements are skipped
-/// without being kept, so memory is bounded by `max_entries` whatever the
-/// file's size. Entries are not validated here: [`Registry::from_saved`]
-/// drops the bad ones.
-pub fn load_json(path: &Path, max_entries: usize) -> Result<Vec<SavedEntry>, RegistryError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(RegistryError::io("open", path)(err)),
-    };
-    let to_error = |err: serde_json::Error| {
-        if err.is_io() {
-            RegistryError::io("read", path)(io::Error::from(err))
-        } else {
-            RegistryError::Malformed {
-                path: path.to_owned(),
-                source: err,
-            }
-        }
-    };
-    let mut de = serde_json::Deserializer::from_reader(BufReader::new(file));
-    let entries = CappedEntries(max_entries)
-        .deserialize(&mut de)
-        .map_err(to_error)?;
-    de.end().map_err(to_error)?;
-    Ok(entries)
-}
-
-/// Deserialises a JSON array of [`SavedEntry`], keeping at most `.0`.
-struct CappedEntries(usize);
-
-impl<'de> DeserializeSeed<'de> for CappedEntries {
-    type Value = Vec<SavedEntry>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for CappedEntries {
-    type Value = Vec<SavedEntry>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of registry entries")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        // Grows as entries arrive: never sized from the file's claim alone.
-        let mut out = Vec::new();
-        while out.len() < self.0 {
-            match seq.next_element::<SavedEntry>()? {
-                Some(entry) => out.push(entry),
-                None => return Ok(out),
-            }
-        }
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
+    use std::fs;
+    use std::time::{Duration, UNIX_EPOCH};
+
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-    use wire_format::limits::PEX_MAX_ENTRIES;
+    use wire_format::limits::{
+        CONNECT_TIMEOUT, HELLO_TIMEOUT, NODE_ID_BYTES, PEX_MAX_ENTRIES, REGISTRY_EXPIRY,
+    };
 
     use super::*;
 
@@ -938,8 +615,8 @@ mod tests {
         assert!(reg.entries.len() <= reg.max_peers);
         for (slot, a) in reg.verified.iter().enumerate() {
             let e = &reg.entries[a];
-            assert_eq!(e.verified_slot, Some(slot));
-            assert!(reg.verified_order.contains(&(e.last_announce, *a)));
+            assert_eq!(e.verified_slot(), Some(slot));
+            assert!(reg.verified_order.contains(&(e.last_announce(), *a)));
         }
         for (a, e) in &reg.entries {
             let order = if e.is_verified() {
@@ -947,7 +624,7 @@ mod tests {
             } else {
                 &reg.unverified_order
             };
-            assert!(order.contains(&(e.last_announce, *a)));
+            assert!(order.contains(&(e.last_announce(), *a)));
         }
     }
 
@@ -1437,42 +1114,6 @@ mod tests {
     }
 
     #[test]
-    fn restore_drops_bad_and_never_dialable_entries() {
-        let t0 = Instant::now();
-        let wall = SystemTime::now();
-        let secs_now = wall.duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let entry = |addr: &str, node_id: &str| SavedEntry {
-            addr: addr.to_owned(),
-            node_id: node_id.to_owned(),
-            last_announce_unix_secs: secs_now,
-        };
-        let good = "0123456789abcdef";
-        let saved = vec![
-            entry("8.8.8.8:7000", good),
-            entry("127.0.0.1:7001", good),
-            entry("10.1.2.3:7002", good),
-            entry("not an address", good),
-            entry("8.8.8.8:0", good),
-            entry("192.0.2.1:7000", good),
-            entry("0.0.0.0:7000", good),
-            entry("224.0.0.1:7000", good),
-            entry("[fe80::1]:7000", good),
-            entry("8.8.4.4:7000", "0123"),
-            entry("8.8.4.4:7000", "zz23456789abcdef"),
-            entry("8.8.8.8:7000", good), // duplicate
-            SavedEntry {
-                last_announce_unix_secs: u64::MAX,
-                ..entry("9.9.9.9:7000", good)
-            },
-        ];
-        let reg = Registry::from_saved(100, saved, t0, wall);
-        let mut kept: Vec<_> = reg.entries.keys().map(|a| a.to_string()).collect();
-        kept.sort();
-        assert_eq!(kept, ["10.1.2.3:7002", "127.0.0.1:7001", "8.8.8.8:7000"]);
-        assert_eq!(reg.stats().restore_dropped, 10);
-    }
-
-    #[test]
     fn more_saved_entries_than_max_peers_are_capped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.json");
@@ -1497,56 +1138,5 @@ mod tests {
         assert_eq!(restored.len(), 5);
         assert!((15..20).all(|i| restored.get(&addr(i)).is_some()));
         assert_eq!(restored.stats().restore_dropped, 15);
-    }
-
-    #[test]
-    fn missing_file_loads_as_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let loaded = load_json(&dir.path().join("absent.json"), 10).unwrap();
-        assert!(loaded.is_empty());
-    }
-
-    #[test]
-    fn malformed_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.json");
-        for content in [
-            "",
-            "{",
-            "not json",
-            "{\"addr\": \"1.2.3.4:5\"}",
-            "[{\"addr\": 5, \"node_id\": \"00\", \"last_announce_unix_secs\": 1}]",
-            "[{\"addr\": \"1.2.3.4:5\"}]",
-            "[] trailing",
-        ] {
-            fs::write(&path, content).unwrap();
-            let err = load_json(&path, 10).unwrap_err();
-            assert!(
-                matches!(err, RegistryError::Malformed { .. }),
-                "{content:?}: {err}"
-            );
-            assert!(err.to_string().contains("registry.json"), "{err}");
-        }
-    }
-
-    #[test]
-    fn unreadable_path_is_an_io_error_naming_the_operation() {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory cannot be read as a file.
-        let err = load_json(dir.path(), 10).unwrap_err();
-        assert!(matches!(err, RegistryError::Io { .. }), "{err}");
-        let missing_dir = dir.path().join("no/such/dir/registry.json");
-        let err = save_json(&missing_dir, &[]).unwrap_err();
-        assert!(
-            matches!(err, RegistryError::Io { op: "create", .. }),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn entry_stays_small() {
-        // The module docs' memory figure depends on these sizes.
-        assert!(size_of::<Entry>() <= 96, "{}", size_of::<Entry>());
-        assert!(size_of::<PeerAddr>() <= 32);
     }
 }

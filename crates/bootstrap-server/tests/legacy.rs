@@ -6,122 +6,185 @@
 
 use std::time::Duration;
 
-use bootstrap_server::{Server, ServerConfig};
+use bytes::Bytes;
 use peer_node::metrics::Metric;
-use peer_node::net::{FrameReader, read_one, write_message};
+use peer_node::net::{FrameReader, write_message};
 use peer_node::testing::{RunningNode, wait_for};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use wire_format::{AddrClass, Message, PeerAddr, Peers};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use wire_format::limits::LEGACY_PIECE_BYTES;
+use wire_format::{AddrClass, Hello, Message, MessageType, NodeId, PeerAddr, Peers, VerifiedPiece};
 
-/// Asserts every frame is HELLO (first only) or PEERS with loopback entries,
-/// for `frames` frames or until `deadline`; returns the PEERS seen.
-async fn only_core_frames<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-    frames: usize,
-    deadline: Duration,
-) -> Vec<Peers> {
-    let mut seen = Vec::new();
-    for i in 0..frames {
-        match read_one(reader, deadline).await {
-            Ok(Some(Message::Hello(_))) if i == 0 => {}
-            Ok(Some(Message::Peers(p))) => {
-                assert!(
-                    p.entries().iter().all(|e| e.class() == AddrClass::Loopback),
-                    "{p:?}"
-                );
-                seen.push(p);
-            }
-            Ok(Some(other)) => panic!("a legacy peer received {:?}", other.kind()),
-            Ok(None) => panic!("the connection was closed"),
-            Err(_) => break, // nothing more within the deadline: fine
-        }
+mod common;
+
+use common::{Client, SOON, start_server_with};
+
+/// Longest a write of [`unread_capacity`] bytes to a server that reads may
+/// take on a busy machine.
+const BULK_WRITE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// More bytes than one loopback connection can hold unread: the largest send
+/// buffer plus the largest receive buffer TCP may grow to (Linux), or a
+/// generous guess elsewhere. A write of this many bytes can only finish if
+/// the other side keeps reading.
+fn unread_capacity() -> usize {
+    fn largest(sysctl: &str) -> Option<usize> {
+        let text = std::fs::read_to_string(sysctl).ok()?;
+        text.split_whitespace().nth(2)?.parse().ok()
     }
-    seen
+    match (
+        largest("/proc/sys/net/ipv4/tcp_wmem"),
+        largest("/proc/sys/net/ipv4/tcp_rmem"),
+    ) {
+        (Some(send), Some(receive)) => send + receive + (1 << 20),
+        _ => 64 << 20,
+    }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_legacy_client_of_the_bootstrap_server_keeps_its_connection() {
-    let server = Server::bind(ServerConfig {
-        max_peers: 100,
-        ..ServerConfig::new("127.0.0.1:0".parse().unwrap())
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let me = PeerAddr::new("::1".parse().unwrap(), 8100);
-    write_message(&mut stream, &Message::Peers(Peers::new(vec![me]).unwrap()))
-        .await
-        .unwrap();
-    let mut reader = FrameReader::new(&mut stream);
-    // After the hello timeout the server answers: HELLO (harmless), then PEERS.
-    let peers = only_core_frames(&mut reader, 2, Duration::from_secs(10)).await;
-    assert_eq!(peers.len(), 1);
-    // It keeps announcing itself, as the reference does, for a minute: the
-    // server never closes first.
-    for _ in 0..60 {
-        write_message(
-            reader_stream(&mut reader),
-            &Message::Peers(Peers::new(vec![me]).unwrap()),
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+/// Asserts `peers` names only loopback addresses: all a legacy peer may get.
+fn assert_loopback_only(peers: &Peers) {
     assert!(
-        read_one(&mut reader, Duration::from_millis(100))
-            .await
-            .is_err(),
-        "still open, silent"
+        peers
+            .entries()
+            .iter()
+            .all(|e| e.class() == AddrClass::Loopback),
+        "a legacy peer was sent a non-loopback entry: {peers:?}"
     );
 }
 
-fn reader_stream<'a>(reader: &'a mut FrameReader<&mut TcpStream>) -> &'a mut TcpStream {
-    reader.get_mut()
+#[tokio::test]
+async fn a_legacy_client_of_the_bootstrap_server_keeps_its_connection() {
+    let server = start_server_with(|c| c.max_peers = 100).await;
+    // Its first frame is PEERS naming itself: a legacy client, answered at
+    // once with HELLO (harmless to it), then PEERS.
+    let mut client = Client::legacy(server.addr, 8100).await;
+    assert_eq!((server.stats)().open_connections, 1);
+
+    // It keeps announcing itself, as the reference does: more PEERS than the
+    // connection's buffers hold, so the writes finish only if the server
+    // keeps reading them, and fail if it closes.
+    let me = PeerAddr::new("127.0.0.1".parse().unwrap(), 8100);
+    let frame = Message::Peers(Peers::new(vec![me; 1024]).unwrap()).to_bytes();
+    let repeats = unread_capacity().div_ceil(frame.len());
+    let bulk: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(repeats * frame.len())
+        .collect();
+    let written = tokio::time::timeout(BULK_WRITE_DEADLINE, client.send_bytes(&bulk))
+        .await
+        .expect("the server stopped reading a legacy client's PEERS");
+    if let Err(err) = written {
+        panic!("the server closed a legacy client's connection while it wrote: {err}");
+    }
+
+    // A HELLO now is a protocol error from a legacy peer, and the server
+    // closes: the close proves the connection was open and in step until
+    // then, and nothing came before it: the repeats got no answer.
+    let hello = Message::Hello(Hello::ours(Some(8100), false, NodeId([0x11; 8])));
+    client.send(&hello).await.unwrap();
+    let before_close = client.expect_closed().await;
+    assert!(
+        before_close.is_empty(),
+        "the server answered a legacy client's repeated PEERS: {} frames, the first a {:?}",
+        before_close.len(),
+        before_close[0].kind()
+    );
+    assert!(wait_for(SOON, || (server.stats)().open_connections == 0).await);
+}
+
+/// What the reference node saw on the node's connection.
+#[derive(Debug)]
+enum Seen {
+    Frame(Message),
+    Closed,
+    Failed(String),
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_a_legacy_swarm_through_a_legacy_bootstrap_node() {
-    // The "reference node": accepts, answers with PEERS naming itself, never HELLO.
+    // The demo piece of the reference: u32 LE k, then zeros; the only size
+    // a legacy peer reads.
+    let mut bytes = vec![0u8; LEGACY_PIECE_BYTES];
+    bytes[..4].copy_from_slice(&7u32.to_le_bytes());
+    let piece = VerifiedPiece::new(Bytes::from(bytes)).unwrap();
+    let digest = piece.id();
+
+    // The "reference node": accepts, writes PEERS naming itself, never
+    // HELLO; when told, ASKs for the piece. It reports every frame, and how
+    // the reading ended.
     let legacy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let legacy_addr = legacy.local_addr().unwrap();
-    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let (ask_tx, ask_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        let (mut stream, _) = legacy.accept().await.unwrap();
+        let (stream, _) = legacy.accept().await.unwrap();
+        let (rd, mut wr) = stream.into_split();
         let me = PeerAddr::from(legacy_addr);
-        write_message(&mut stream, &Message::Peers(Peers::new(vec![me]).unwrap()))
+        write_message(&mut wr, &Message::Peers(Peers::new(vec![me]).unwrap()))
             .await
             .unwrap();
-        let mut reader = FrameReader::new(stream);
-        while let Ok(Some(message)) = reader.next().await {
-            let _ = frames_tx.send(message.kind());
+        // The write half stays open to the end: dropping it would close.
+        tokio::spawn(async move {
+            if ask_rx.await.is_ok() {
+                write_message(&mut wr, &Message::Ask(digest)).await.unwrap();
+            }
+            std::future::pending::<()>().await;
+        });
+        let mut reader = FrameReader::new(rd);
+        loop {
+            let seen = match reader.next().await {
+                Ok(Some(message)) => Seen::Frame(message),
+                Ok(None) => Seen::Closed,
+                Err(err) => Seen::Failed(err.to_string()),
+            };
+            let last = !matches!(seen, Seen::Frame(_));
+            if seen_tx.send(seen).is_err() || last {
+                return;
+            }
         }
-        let _ = frames_tx.send(wire_format::MessageType::Cancel); // marks "closed"
     });
+
     let node = RunningNode::start(|config| config.bootstrap = vec![legacy_addr.to_string()])
         .await
         .unwrap();
+    node.hold(&piece).unwrap();
     let shared = &node.shared;
-    assert!(wait_for(Duration::from_secs(10), || shared.connection_count() == 1).await);
+    assert!(wait_for(SOON, || shared.connection_count() == 1).await);
     assert_eq!(shared.metrics().value(Metric::LegacyPeersTotal), 1);
-    // The node keeps the connection and sends only HELLO first, then PEERS.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(shared.connection_count(), 1);
+
+    // The node's frames, up to its answer to the ASK: HELLO first, then
+    // only core frames, and PEERS of loopback entries only. The GIVE proves
+    // the node kept the connection and served it after the handshake.
+    ask_tx.send(()).unwrap();
     let mut kinds = Vec::new();
-    while let Ok(kind) = frames_rx.try_recv() {
-        kinds.push(kind);
+    loop {
+        let seen = tokio::time::timeout(SOON, seen_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no GIVE within {SOON:?}; frames so far: {kinds:?}"))
+            .expect("the reference node's reader stopped without a word");
+        let message = match seen {
+            Seen::Frame(message) => message,
+            Seen::Closed => panic!("the node closed the legacy connection after {kinds:?}"),
+            Seen::Failed(err) => panic!("the node broke the protocol after {kinds:?}: {err}"),
+        };
+        kinds.push(message.kind());
+        match message {
+            Message::Hello(_) if kinds.len() == 1 => {}
+            Message::Peers(peers) if kinds.len() > 1 => assert_loopback_only(&peers),
+            Message::Give(give) => {
+                assert_eq!(give.id(), digest);
+                break;
+            }
+            other => panic!(
+                "a legacy peer received {:?}; frames: {kinds:?}",
+                other.kind()
+            ),
+        }
     }
-    assert_eq!(kinds.first(), Some(&wire_format::MessageType::Hello));
-    assert!(
-        kinds[1..]
-            .iter()
-            .all(|k| *k == wire_format::MessageType::Peers),
-        "{kinds:?}"
-    );
+    assert_eq!(kinds.first(), Some(&MessageType::Hello));
+    assert_eq!(shared.connection_count(), 1);
+    assert_eq!(shared.metrics().value(Metric::LegacyPeersTotal), 1);
     node.stop().await.unwrap();
 }
