@@ -8,13 +8,11 @@
 //! this crate.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use piece_store::state_file::{self, StateFileError};
 use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use wire_format::limits::{NODE_ID_BYTES, REGISTRY_EXPIRY};
@@ -149,17 +147,10 @@ pub fn restore(
 /// Errors of saving and loading the registry file; the operator's to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// A file-system operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file or directory it was done to.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    /// Reading or writing the file failed (the error names the step and
+    /// the path), or it is too large, a link, or not a regular file.
+    #[error("registry file: {0}")]
+    File(#[from] StateFileError),
     /// The file is not a JSON array of saved entries.
     #[error("malformed registry file {path}: {source}")]
     Malformed {
@@ -171,102 +162,59 @@ pub enum RegistryError {
     },
 }
 
-impl RegistryError {
-    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
-        move |source| Self::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-/// Writes `entries` to `path` as JSON, atomically: a temporary file in the
-/// same directory is written and fsynced, renamed over `path`, and the
-/// directory fsynced, so a crash leaves either the old file or the new one.
+/// Writes `entries` to `path` as JSON, atomically, through the shared
+/// state-file writer ([`state_file::write`]: a fresh temp file created
+/// with `create_new`, mode 0600 and no-follow, fsynced, renamed over
+/// `path`, then the directory fsynced), so a crash leaves either the old
+/// file or the new one.
 pub fn save_json(path: &Path, entries: &[SavedEntry]) -> Result<(), RegistryError> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let Some(name) = path.file_name() else {
-        return Err(RegistryError::Io {
-            op: "name the registry file",
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-        });
-    };
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let written = write_synced(&tmp, entries)
-        .and_then(|()| fs::rename(&tmp, path).map_err(RegistryError::io("rename into", path)));
-    if written.is_err() {
-        // Best effort: the error being returned matters more than the leftover.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_dir(dir)
-}
-
-fn write_synced(tmp: &Path, entries: &[SavedEntry]) -> Result<(), RegistryError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(RegistryError::io("create", tmp))?;
-    let mut writer = BufWriter::new(file);
-    // SavedEntry holds only strings and integers: serialising can fail only
-    // by I/O.
-    serde_json::to_writer(&mut writer, entries)
-        .map_err(|err| RegistryError::io("write", tmp)(io::Error::from(err)))?;
-    writer.flush().map_err(RegistryError::io("write", tmp))?;
-    let file = writer
-        .into_inner()
-        .map_err(|err| RegistryError::io("write", tmp)(err.into_error()))?;
-    file.sync_all().map_err(RegistryError::io("fsync", tmp))
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(RegistryError::io("fsync directory", dir))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), RegistryError> {
+    // SavedEntry holds only strings and integers: serialising cannot fail.
+    let bytes = serde_json::to_vec(entries).map_err(|source| RegistryError::Malformed {
+        path: path.to_owned(),
+        source,
+    })?;
+    state_file::write(path, &bytes)?;
     Ok(())
 }
 
+/// The most bytes one saved entry takes in the file: the longest address
+/// (`[` + 39 + `]:65535`), 16 hex digits, the largest u64, the keys and the
+/// JSON around them, rounded up.
+pub const SAVED_ENTRY_MAX_BYTES: u64 = 256;
+
+/// A registry file is read whole only up to the bytes this many entries may
+/// take (the default `--max-peers`; a larger `--max-peers` raises it), so a
+/// file saved before `--max-peers` was lowered still loads.
+pub const FILE_BOUND_MIN_ENTRIES: usize = 100_000;
+
+/// The largest registry file read for `max_entries` entries: what
+/// [`save_json`] may have written for them, and never less than for
+/// [`FILE_BOUND_MIN_ENTRIES`].
+pub fn file_bound(max_entries: usize) -> u64 {
+    let entries = u64::try_from(max_entries.max(FILE_BOUND_MIN_ENTRIES)).unwrap_or(u64::MAX);
+    entries
+        .saturating_mul(SAVED_ENTRY_MAX_BYTES)
+        .saturating_add(2)
+}
+
 /// Reads the entries [`save_json`] wrote. A missing file is an empty list;
-/// content that is not a JSON array of entries is [`RegistryError::Malformed`].
+/// content that is not a JSON array of entries is [`RegistryError::Malformed`];
+/// a file larger than [`file_bound`] is refused unread
+/// ([`StateFileError::TooLarge`]), and a symbolic link is never followed.
 ///
-/// Streams the file and keeps at most `max_entries` (the first ones, which
+/// Keeps at most `max_entries` (the first ones, which
 /// [`Registry::to_saved`](crate::registry::Registry::to_saved) makes the
-/// freshest); later elements are skipped without being kept, so memory is
-/// bounded by `max_entries` whatever the file's size. Entries are not
-/// validated here: [`restore`] drops the bad ones.
+/// freshest); later elements are skipped without being kept. Entries are
+/// not validated here: [`restore`] drops the bad ones.
 pub fn load_json(path: &Path, max_entries: usize) -> Result<Vec<SavedEntry>, RegistryError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(RegistryError::io("open", path)(err)),
+    let Some(bytes) = state_file::read(path, file_bound(max_entries))? else {
+        return Ok(Vec::new());
     };
-    let to_error = |err: serde_json::Error| {
-        if err.is_io() {
-            RegistryError::io("read", path)(io::Error::from(err))
-        } else {
-            RegistryError::Malformed {
-                path: path.to_owned(),
-                source: err,
-            }
-        }
+    let to_error = |source| RegistryError::Malformed {
+        path: path.to_owned(),
+        source,
     };
-    let mut de = serde_json::Deserializer::from_reader(BufReader::new(file));
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
     let entries = CappedEntries(max_entries)
         .deserialize(&mut de)
         .map_err(to_error)?;
@@ -308,6 +256,10 @@ impl<'de> Visitor<'de> for CappedEntries {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use piece_store::state_file::Step;
+
     use super::*;
 
     #[test]
@@ -351,6 +303,35 @@ mod tests {
     }
 
     #[test]
+    fn a_file_over_the_bound_is_refused_unread_and_one_at_it_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let bound = usize::try_from(file_bound(1)).unwrap();
+        // "[" + spaces + "]": valid JSON of exactly `bound` bytes.
+        let at_bound = format!("[{}]", " ".repeat(bound - 2));
+        fs::write(&path, &at_bound).unwrap();
+        assert_eq!(load_json(&path, 1).unwrap(), Vec::new());
+        fs::write(&path, format!("{at_bound} ")).unwrap();
+        let err = load_json(&path, 1).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::File(StateFileError::TooLarge { .. })),
+            "{err}"
+        );
+        // The bound grows with the capacity asked for.
+        assert!(file_bound(FILE_BOUND_MIN_ENTRIES * 2) > file_bound(1));
+    }
+
+    #[test]
+    fn a_saved_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        save_json(&path, &[]).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
     fn missing_file_loads_as_empty() {
         let dir = tempfile::tempdir().unwrap();
         let loaded = load_json(&dir.path().join("absent.json"), 10).unwrap();
@@ -385,11 +366,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A directory cannot be read as a file.
         let err = load_json(dir.path(), 10).unwrap_err();
-        assert!(matches!(err, RegistryError::Io { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RegistryError::File(StateFileError::NotRegularFile { .. })
+            ),
+            "{err}"
+        );
         let missing_dir = dir.path().join("no/such/dir/registry.json");
         let err = save_json(&missing_dir, &[]).unwrap_err();
         assert!(
-            matches!(err, RegistryError::Io { op: "create", .. }),
+            matches!(&err, RegistryError::File(e) if e.step() == Some(Step::CreateTemp)),
             "{err}"
         );
     }

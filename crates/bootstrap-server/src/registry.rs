@@ -68,6 +68,8 @@ mod entry;
 
 /// Default capacity of the registry (`--max-peers`).
 pub const DEFAULT_MAX_PEERS: usize = 100_000;
+// A registry file saved at the default capacity always loads.
+const _: () = assert!(persist::FILE_BOUND_MIN_ENTRIES == DEFAULT_MAX_PEERS);
 
 /// What [`Registry::announce`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

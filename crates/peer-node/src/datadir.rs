@@ -1,5 +1,5 @@
 //! The node's data directory: where it is, who may own it, and the small
-//! secret and state files in it (ARCHITECTURE §3).
+//! secret and state files in it (docs/ARCHITECTURE.md §3).
 //!
 //! The directory holds the API token, so it must belong to the user running
 //! the node and be writable by nobody else: [`DataDir::prepare`] creates it

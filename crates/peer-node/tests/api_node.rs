@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use peer_node::api::NodeApi;
 use peer_node::api::{self, ApiBackend, SHA256_HEADER};
 use peer_node::metrics::Metric;
-use peer_node::api::NodeApi;
 use peer_node::testing::wait_for;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

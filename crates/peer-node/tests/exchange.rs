@@ -1,5 +1,5 @@
-//! Piece exchange between real nodes (PROTOCOL.md §4 "Asking and giving",
-//! "Bans", "Legacy peers"; ARCHITECTURE.md §6): a 20-node swarm, two nodes
+//! Piece exchange between real nodes (docs/PROTOCOL.md §4 "Asking and giving",
+//! "Bans", "Legacy peers"; docs/ARCHITECTURE.md §6): a 20-node swarm, two nodes
 //! under load, lies and bans, "not found" and deadlines, hedging and CANCEL,
 //! shared fetches, the ASK caps, stuck readers and the upload rate limit.
 //!

@@ -1,4 +1,4 @@
-//! Legacy candidates (PROTOCOL.md "Legacy peers"): the entries of a legacy
+//! Legacy candidates (docs/PROTOCOL.md "Legacy peers"): the entries of a legacy
 //! peer's PEERS become candidates at (observed IP, port from its PEERS),
 //! loopback ones are dialled, and none is ever relayed to an extended peer
 //! or saved in `peers.json`.

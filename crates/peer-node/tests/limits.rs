@@ -1,4 +1,4 @@
-//! The node's own limits (ARCHITECTURE.md §6: a connection manager that owns
+//! The node's own limits (docs/ARCHITECTURE.md §6: a connection manager that owns
 //! the global, per-IP and inbound/outbound limits; bounded write queues; byte
 //! budgets for pieces being served or verified), each against a real node:
 //! at the limit the work is accepted, one past it is refused, closed or made

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §3–§4 against a real node, byte by byte: legacy peers, the
+//! docs/PROTOCOL.md §3–§4 against a real node, byte by byte: legacy peers, the
 //! close-or-count table, the PEERS entry filters, keepalive and idleness,
 //! self-connections. Each test starts a node on port 0 and talks raw frames
 //! over a `TcpStream`; long timeouts run on tokio's paused clock.
@@ -537,7 +537,7 @@ fn loopback_and_private_entries_from_a_public_sender_are_dropped() {
         assert_eq!(table.filter(public, &addr(entry)), Some(reason), "{entry}");
     }
     // The sender's class comes from its real address: on loopback, loopback
-    // entries are fine (PROTOCOL.md: "loopback unless the sender is on
+    // entries are fine (docs/PROTOCOL.md: "loopback unless the sender is on
     // loopback").
     assert_eq!(table.filter(ip("127.0.0.1"), &addr("127.0.0.1:7001")), None);
     assert_eq!(

@@ -1,7 +1,7 @@
 //! Manifests: the piece that names a file's pieces, in order.
 //!
 //! A manifest is a piece holding compact UTF-8 JSON with its keys in this
-//! order (ARCHITECTURE.md §5):
+//! order (docs/ARCHITECTURE.md §5):
 //!
 //! ```text
 //! {"p2p_manifest":1,"name":"a.bin","size":N,"sha256":"<whole file hex>","pieces":["<hex>",…]}

@@ -1,4 +1,4 @@
-//! Every hard limit of PROTOCOL.md §1–§3: at the limit accepted, one past it
+//! Every hard limit of docs/PROTOCOL.md §1–§3: at the limit accepted, one past it
 //! rejected with the exact `DecodeError` (or `EncodeError`) and its numbers,
 //! and detected from as few bytes as the protocol says. Plus the decoder's
 //! "need more bytes" contract on prefixes and back-to-back frames.

@@ -1,4 +1,4 @@
-//! The test vectors of PROTOCOL.md §2 and §3, byte for byte, in both
+//! The test vectors of docs/PROTOCOL.md §2 and §3, byte for byte, in both
 //! directions: the captured bytes decode to exactly the expected message, and
 //! that message encodes to exactly the captured bytes.
 

@@ -17,7 +17,10 @@ use axum::serve::IncomingStream;
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{TOKEN_ERROR, error};
+use super::json::error;
+
+/// The 401 body's message.
+pub const TOKEN_ERROR: &str = "missing or wrong API token: read it from DATA_DIR/api-token";
 
 /// Paths served without the token; everything else needs it.
 pub(super) const OPEN_PATHS: &[&str] = &["/", "/metrics"];

@@ -1,5 +1,8 @@
-//! The JSON bodies of the API that are not the swarm's own views.
+//! The JSON bodies of the API that are not the swarm's own views, and
+//! [`error`], the one way a route says what went wrong.
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use wire_format::PieceId;
 
@@ -40,4 +43,15 @@ fn deserialize_required_piece_id<'de, D: Deserializer<'de>>(d: D) -> Result<Piec
     String::deserialize(d)?
         .parse()
         .map_err(serde::de::Error::custom)
+}
+
+/// A JSON `{"error": ...}` response.
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }

@@ -8,9 +8,11 @@ use bytes::Bytes;
 use piece_store::{Durability, Retention, StoreError};
 use wire_format::{PieceId, VerifiedPiece};
 
-use super::{ApiBackend, BoxFuture, FetchError, PeerView, PutError};
+use super::backend::{ApiBackend, BoxFuture, PutError};
 use crate::metrics::Metrics;
 use crate::node::Shared;
+use crate::pieces::FetchError;
+use crate::swarm::PeerView;
 
 /// The node as the local API sees it.
 #[derive(Debug, Clone)]

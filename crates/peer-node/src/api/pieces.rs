@@ -15,8 +15,8 @@ use serde::Deserialize;
 use wire_format::PieceId;
 use wire_format::limits::{PIECE_MAX, PIECE_MIN};
 
-use super::json::PieceStored;
-use super::{ApiBackend, FETCH_GRACE, MAX_FETCH_TIMEOUT, SHA256_HEADER, error};
+use super::backend::{ApiBackend, FETCH_GRACE, MAX_FETCH_TIMEOUT, PutError, SHA256_HEADER};
+use super::json::{PieceStored, error};
 use crate::pieces::FetchError;
 
 /// Most decimal places a `timeout` may have: nanoseconds.
@@ -34,24 +34,6 @@ impl FetchError {
             Self::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
-}
-
-/// Why storing a piece failed; each variant is one HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PutError {
-    /// Pinned data leaves no room for the piece. 507. The text is the
-    /// store's own explanation, which gives the numbers and what to do
-    /// (`StoreError::Full`'s).
-    #[error("the piece was not stored: {0}")]
-    Full(String),
-    /// The bytes are not a valid piece; the text says why. 400.
-    #[error("not a valid piece: {0}")]
-    Invalid(String),
-    /// The local store failed; the text says how. 500.
-    #[error(
-        "local store failed, the piece was not stored: {0}; check the data directory and its disk"
-    )]
-    Store(String),
 }
 
 impl PutError {

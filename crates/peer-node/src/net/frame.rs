@@ -220,7 +220,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             let want = match self.decoder.frame_len(&self.buf)? {
                 Some(total) => {
-                    if let Some(head) = self.give_head(total, stream_from) {
+                    if let Some(head) = self.give_head(stream_from) {
                         return Ok(Some(head));
                     }
                     let may_be_offered = stream_from > 0
@@ -250,13 +250,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The GIVE at the head of the buffer (`total` bytes, not all here) as a
+    /// The GIVE at the head of the buffer (not all here) as a
     /// [`Frame::GiveHead`], if it qualifies and was not offered already.
-    fn give_head(&mut self, total: usize, stream_from: usize) -> Option<Frame> {
+    fn give_head(&mut self, stream_from: usize) -> Option<Frame> {
         if stream_from == 0 || self.offered {
             return None;
         }
-        let (id, piece_len) = self.partial_give(total)?;
+        let (id, piece_len) = self.partial_give()?;
         if piece_len < stream_from {
             return None;
         }
@@ -264,22 +264,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Some(Frame::GiveHead { id, piece_len })
     }
 
-    /// The digest and piece length of a GIVE (`total` bytes) at the head of
-    /// the buffer whose digest is here and whose piece is not all here.
-    fn partial_give(&self, total: usize) -> Option<(PieceId, usize)> {
-        if self.buf.get(LEN_FIELD_BYTES) != Some(&(MessageType::Give as u8))
-            || self.buf.len() >= total
-        {
-            return None;
-        }
-        let digest = self
-            .buf
-            .get(FRAME_HEADER_BYTES..GIVE_HEADER_BYTES)?
-            .first_chunk::<{ wire_format::limits::DIGEST_BYTES }>()?;
-        Some((
-            PieceId::from_bytes(*digest),
-            total.checked_sub(GIVE_HEADER_BYTES)?,
-        ))
+    /// The digest and piece length of the GIVE at the head of the buffer,
+    /// if its header is here and its piece is not all here.
+    fn partial_give(&self) -> Option<(PieceId, usize)> {
+        let head = self.decoder.give_head(&self.buf).ok()??;
+        (self.buf.len() < head.frame_bytes()).then(|| (head.id(), head.piece_len()))
     }
 
     /// Streams the piece of the GIVE just offered as [`Frame::GiveHead`]:
@@ -308,10 +297,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if !self.offered || self.streaming.is_some() {
             return false;
         }
-        let Ok(Some(total)) = self.decoder.frame_len(&self.buf) else {
-            return false;
-        };
-        let Some((id, piece_len)) = self.partial_give(total) else {
+        let Some((id, piece_len)) = self.partial_give() else {
             return false;
         };
         self.offered = false;

@@ -61,4 +61,3 @@ pub(crate) struct FetchHandle {
     pub(crate) events: mpsc::Sender<FetchEvent>,
     pub(crate) result: watch::Receiver<Option<Result<Bytes, FetchError>>>,
 }
-

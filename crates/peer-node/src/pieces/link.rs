@@ -44,7 +44,6 @@ pub(crate) struct Link {
     pub(crate) closer: Arc<Closer>,
 }
 
-
 impl Link {
     /// A link for the connection to `remote` (`hello`: `None` for a legacy
     /// peer) whose received bytes are counted in `progress`, and the

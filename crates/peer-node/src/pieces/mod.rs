@@ -24,11 +24,11 @@ mod serve;
 mod state;
 
 pub(crate) use asks::Answered;
-pub(crate) use events::FetchEvent;
 pub use events::FetchError;
+pub(crate) use events::FetchEvent;
 pub use fetch::WIDEN_DIALS;
-pub use link::WRITE_QUEUE_FRAMES;
 pub(crate) use link::Link;
+pub use link::WRITE_QUEUE_FRAMES;
 pub(crate) use receive::{GiveIntake, receive_give};
 pub use receive::{STREAM_CHUNK_BYTES, STREAM_GIVES_FROM};
 pub(crate) use serve::{Answer, ServeSide, on_ask, on_cancel, start_answer};

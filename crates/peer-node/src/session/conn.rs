@@ -264,7 +264,9 @@ impl Rules {
                     pieces::receive_give(pieces, link, give, late).await;
                 }
             }
-            Message::Ask(id) => pieces::on_ask(pieces, &self.serving, id).map_err(ConnError::Rule)?,
+            Message::Ask(id) => {
+                pieces::on_ask(pieces, &self.serving, id).map_err(ConnError::Rule)?
+            }
             Message::WantHave(id) => {
                 pieces.metrics.incr(Metric::WantHaveReceivedTotal);
                 answer_want_have(pieces, link, id);

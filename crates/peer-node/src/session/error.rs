@@ -38,11 +38,8 @@ pub(crate) enum SessionError {
 
 /// Counts a connection that ended with `err`, by its close label.
 pub(crate) fn count_close(metrics: &Metrics, err: &ConnError) {
-    metrics
-        .incr_labelled(Family::ConnectionsClosedTotal, err.reason());
+    metrics.incr_labelled(Family::ConnectionsClosedTotal, err.reason());
     if let ConnError::Protocol(e) = err {
-        metrics
-            .incr_labelled(Family::ProtocolErrorsTotal, e.kind());
+        metrics.incr_labelled(Family::ProtocolErrorsTotal, e.kind());
     }
 }
-

@@ -2,7 +2,7 @@
 //! digest) is banned for [`BAN_DURATION`], with the reason, the digest and the
 //! time kept for the API.
 //!
-//! # Scope (PROTOCOL.md §4 "Bans")
+//! # Scope (docs/PROTOCOL.md §4 "Bans")
 //! * **Public** addresses: the whole IP, any port, any node id; for IPv6 the
 //!   whole /64, since one host usually holds a /64 and can pick any address in
 //!   it.

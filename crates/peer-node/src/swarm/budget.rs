@@ -52,7 +52,6 @@ impl DialBudget {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use tracing::debug;
 use wire_format::{Hello, NodeId, PeerAddr};
 
-use super::table::Source;
 use super::state::{ConnEntry, Swarm};
+use super::table::Source;
 use super::views::Direction;
 use crate::clock::now;
 use crate::metrics::Metric;

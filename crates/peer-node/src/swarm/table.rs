@@ -1,6 +1,6 @@
 //! The node's peer table: candidates learned from the bootstrap server, peer
 //! exchange, `peers.json`, inbound peers and configuration, with the drop
-//! rules and caps of PROTOCOL.md §4 and per-address dial backoff.
+//! rules and caps of docs/PROTOCOL.md §4 and per-address dial backoff.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -75,12 +75,12 @@ pub struct Candidate {
     pub next_attempt: Instant,
     /// Last dial or connection error.
     pub last_error: Option<String>,
-    /// A legacy peer's address (PROTOCOL.md "Legacy peers"): dialled only
+    /// A legacy peer's address (docs/PROTOCOL.md "Legacy peers"): dialled only
     /// on loopback, never relayed, never saved.
     pub legacy: bool,
 }
 
-/// The candidates a legacy peer's PEERS names (PROTOCOL.md "Legacy peers"):
+/// The candidates a legacy peer's PEERS names (docs/PROTOCOL.md "Legacy peers"):
 /// each entry becomes (observed IP, port from its PEERS), so a legacy peer
 /// can point us only at its own host. Only loopback legacy candidates are
 /// dialled, so a legacy peer anywhere else yields none.

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use wire_format::{NodeId, PieceId};
 
-
 /// One entry of `GET /api/v1/peers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
@@ -126,4 +125,3 @@ fn deserialize_piece_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PieceI
         .map(|s| s.parse().map_err(serde::de::Error::custom))
         .transpose()
 }
-

@@ -1,0 +1,76 @@
+//! What the API needs from the node ([`ApiBackend`]), and the constants
+//! of the piece routes that a client or a backend must know.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wire_format::PieceId;
+use wire_format::limits::FETCH_TIMEOUT;
+
+use crate::metrics::Metrics;
+use crate::pieces::FetchError;
+use crate::swarm::PeerView;
+
+/// Longest `timeout` a `GET /api/v1/pieces/{sha256}` may ask for.
+pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// How long past a fetch's own timeout the API waits for the backend before
+/// answering 504 itself. The backend ends its fetch at the timeout; this only
+/// keeps a request from hanging on a backend that fails to.
+pub const FETCH_GRACE: Duration = Duration::from_secs(1);
+
+/// Response header of `GET /api/v1/pieces/{sha256}`: the piece's id, its
+/// sha256 in lowercase hex, so a client can check the bytes it got (and see
+/// the canonical spelling of an id it sent in upper case).
+pub const SHA256_HEADER: &str = "x-sha256";
+
+/// A boxed future that can move between threads: what [`ApiBackend`]'s
+/// asynchronous methods return, so the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the API needs from the node. The node implements it; tests use a
+/// fixed double.
+pub trait ApiBackend: Send + Sync + 'static {
+    /// Every peer the node knows, in the order to show them.
+    fn peers(&self) -> Vec<PeerView>;
+    /// The node's counters.
+    fn metrics(&self) -> &Metrics;
+    /// The piece named `id`, from the store or else the swarm, verified: the
+    /// bytes hash to `id` (the API sends them as they are). The fetch ends
+    /// within `timeout`; the API gives up [`FETCH_GRACE`] after that.
+    fn fetch_piece(
+        &self,
+        id: PieceId,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+    /// Stores `bytes` as a pinned piece and returns its id. The API has
+    /// already checked the length ([`PIECE_MIN`] to [`PIECE_MAX`]); hashing is
+    /// the backend's, off the I/O task.
+    fn put_piece(&self, bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>>;
+
+    /// The fetch deadline when a request names none (the node's
+    /// `--fetch-timeout`).
+    fn default_fetch_timeout(&self) -> Duration {
+        FETCH_TIMEOUT
+    }
+}
+
+/// Why storing a piece failed; each variant is one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutError {
+    /// Pinned data leaves no room for the piece. 507. The text is the
+    /// store's own explanation, which gives the numbers and what to do
+    /// (`StoreError::Full`'s).
+    #[error("the piece was not stored: {0}")]
+    Full(String),
+    /// The bytes are not a valid piece; the text says why. 400.
+    #[error("not a valid piece: {0}")]
+    Invalid(String),
+    /// The local store failed; the text says how. 500.
+    #[error(
+        "local store failed, the piece was not stored: {0}; check the data directory and its disk"
+    )]
+    Store(String),
+}
