@@ -16,7 +16,7 @@
 //! * [`config`], `clock`, [`metrics`], [`ratelimit`], [`datadir`],
 //!   [`process`] — settings, the one clock, counters, token buckets, the data
 //!   directory's rules, logging and signals.
-//! * [`testing`] (feature `testing`) — helpers for tests of programs built
+//! * `testing` (feature `testing`) — helpers for tests of programs built
 //!   on the node.
 
 pub mod api;

@@ -46,7 +46,8 @@ pub trait ApiBackend: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
     /// Stores `bytes` as a pinned piece and returns its id. The API has
-    /// already checked the length ([`PIECE_MIN`] to [`PIECE_MAX`]); hashing is
+    /// already checked the length ([`PIECE_MIN`](wire_format::limits::PIECE_MIN) to
+    /// [`PIECE_MAX`](wire_format::limits::PIECE_MAX)); hashing is
     /// the backend's, off the I/O task.
     fn put_piece(&self, bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>>;
 

@@ -1,5 +1,5 @@
 //! The JSON bodies of the API that are not the swarm's own views, and
-//! [`error`], the one way a route says what went wrong.
+//! `error`, the one way a route says what went wrong.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

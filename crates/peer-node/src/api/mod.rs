@@ -16,6 +16,9 @@
 //! nothing of the node's internals and tests can serve a fixed peer list;
 //! [`NodeApi`] is the node's implementation.
 //!
+//! Uses the node's [`Shared`](crate::node::Shared) handle, the swarm's
+//! peer rows and the exchange's errors; nothing in the crate uses it.
+//!
 //! # Layout (dependencies point down this list)
 //! * `routes` — the router, the small routes, [`serve`].
 //! * `node` — [`NodeApi`], the [`ApiBackend`] of a running node.
@@ -31,11 +34,11 @@
 //!   swarm) and verifies; the response starts only once it has returned, so
 //!   unverified bytes are never sent. `timeout` is integer or decimal seconds,
 //!   more than 0 and at most [`MAX_FETCH_TIMEOUT`]; without it the fetch
-//!   gets the node's `--fetch-timeout` ([`FETCH_TIMEOUT`] by default).
+//!   gets the node's `--fetch-timeout` ([`FETCH_TIMEOUT`](wire_format::limits::FETCH_TIMEOUT) by default).
 //!   Failures map as [`FetchError`] documents.
 //! * `POST /api/v1/pieces` — stores and pins one piece, 201
 //!   `{"sha256": "<hex>", "size": N}` ([`PieceStored`]). The body is
-//!   [`PIECE_MIN`] to [`PIECE_MAX`] bytes: an empty one is 400, a longer one
+//!   [`PIECE_MIN`](wire_format::limits::PIECE_MIN) to [`PIECE_MAX`](wire_format::limits::PIECE_MAX) bytes: an empty one is 400, a longer one
 //!   413, refused from its `Content-Length` before any of it is read (and
 //!   before a `100 Continue`), or from the bytes themselves when it is sent
 //!   chunked. Failures map as [`PutError`] documents.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use wire_format::limits::DIAL_RATE_PER_SEC;
 
 /// Dials chosen and not yet taken up by the node: a second's worth, the
-/// most [`DialBudget`] grants at once. A dial that finds the queue full is
+/// most the dial budget grants at once. A dial that finds the queue full is
 /// given back to the table and its budget refunded.
 pub const DIAL_QUEUE: usize = DIAL_RATE_PER_SEC as usize;
 

@@ -4,7 +4,8 @@
 //! re-announce schedule's view of "hungry", and `peers.json`.
 //!
 //! The swarm decides; it never runs a connection itself. Dials it chooses
-//! go out on a queue that the node drains ([`Swarm::new`]'s receiver).
+//! go out on a queue that the node drains (the receiver `Swarm::new`
+//! returns).
 //!
 //! Uses [`crate::net`], the config, the clock and the metrics; never the
 //! piece exchange, the sessions or the API.
