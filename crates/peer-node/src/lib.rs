@@ -7,6 +7,7 @@
 //! never uses one above it.
 //! * [`api`] — the local HTTP API: guards, routes, JSON views, [`api::NodeApi`].
 //! * [`node`] — wiring: bind, start the tasks, run, shut down; [`node::Shared`].
+//! * [`files`] — whole files: adding, reading back, fetch jobs.
 //! * `session` — one connection from HELLO to close: handshake, the read
 //!   loop with the close-or-count rules, the writer.
 //! * [`pieces`] — the piece exchange: serving, fetching, receiving GIVEs.
@@ -23,6 +24,7 @@ pub mod api;
 mod clock;
 pub mod config;
 pub mod datadir;
+pub mod files;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -3,12 +3,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use piece_store::PieceStore;
 use wire_format::PieceId;
 use wire_format::limits::FETCH_TIMEOUT;
 
+use crate::files::Jobs;
 use crate::metrics::Metrics;
 use crate::pieces::FetchError;
 use crate::swarm::PeerView;
@@ -30,6 +33,21 @@ pub const SHA256_HEADER: &str = "x-sha256";
 /// asynchronous methods return, so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What the whole-file routes work on.
+#[derive(Clone)]
+pub struct FileAccess {
+    /// The node's store.
+    pub store: Arc<dyn PieceStore>,
+    /// The node's fetch jobs.
+    pub jobs: Arc<Jobs>,
+}
+
+impl std::fmt::Debug for FileAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileAccess").finish_non_exhaustive()
+    }
+}
+
 /// What the API needs from the node. The node implements it; tests use a
 /// fixed double.
 pub trait ApiBackend: Send + Sync + 'static {
@@ -50,6 +68,12 @@ pub trait ApiBackend: Send + Sync + 'static {
     /// [`PIECE_MAX`](wire_format::limits::PIECE_MAX)); hashing is
     /// the backend's, off the I/O task.
     fn put_piece(&self, bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>>;
+
+    /// The store and fetch jobs behind the whole-file routes; `None` for a
+    /// backend that serves pieces only (those routes then answer 404).
+    fn files(&self) -> Option<FileAccess> {
+        None
+    }
 
     /// The fetch deadline when a request names none (the node's
     /// `--fetch-timeout`).

@@ -22,6 +22,7 @@
 //! # Layout (dependencies point down this list)
 //! * `routes` — the router, the small routes, [`serve`].
 //! * `node` — [`NodeApi`], the [`ApiBackend`] of a running node.
+//! * `files` — the whole-file routes and fetch jobs.
 //! * `pieces` — the piece routes and their errors.
 //! * `guard` — the Host and token guards, the API's listener.
 //! * `backend` — [`ApiBackend`] and the piece routes' constants.
@@ -44,13 +45,17 @@
 //!   chunked. Failures map as [`PutError`] documents.
 
 mod backend;
+mod files;
 mod guard;
 pub mod json;
 mod node;
 mod pieces;
 mod routes;
 
-pub use backend::{ApiBackend, BoxFuture, FETCH_GRACE, MAX_FETCH_TIMEOUT, PutError, SHA256_HEADER};
+pub use backend::{
+    ApiBackend, BoxFuture, FETCH_GRACE, FileAccess, MAX_FETCH_TIMEOUT, PutError, SHA256_HEADER,
+};
+pub use files::{FetchStarted, FileStored};
 pub use guard::TOKEN_ERROR;
 pub use json::{ErrorBody, PeersResponse, PieceStored};
 pub use node::NodeApi;

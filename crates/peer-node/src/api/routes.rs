@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use wire_format::limits::PIECE_MAX;
 
 use super::backend::ApiBackend;
+use super::files::{delete_fetch, get_fetch, get_file, post_fetch, post_file};
 use super::guard::{Guard, LocalAddr, NoDelayListener, check_host, require_token};
 use super::json::{PeersResponse, error};
 use super::pieces::{get_piece, post_piece};
@@ -75,6 +76,14 @@ fn router(token: String, backend: Arc<dyn ApiBackend>, bound: SocketAddr) -> Rou
             post(post_piece).layer(DefaultBodyLimit::max(PIECE_MAX)),
         )
         .route("/api/v1/pieces/{sha256}", get(get_piece))
+        .route(
+            "/api/v1/files",
+            // A file of any size, streamed: never held whole.
+            post(post_file).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/files/{manifest}", get(get_file))
+        .route("/api/v1/fetches", post(post_fetch))
+        .route("/api/v1/fetches/{id}", get(get_fetch).delete(delete_fetch))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)

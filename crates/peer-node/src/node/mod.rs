@@ -20,6 +20,7 @@ use tracing::info;
 use wire_format::{NodeId, PeerAddr, PieceId};
 
 pub use crate::config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_TARGET_OUTBOUND, NodeConfig};
+use crate::files::Jobs;
 use crate::metrics::Metrics;
 use crate::net;
 pub use crate::net::bind_listener;
@@ -54,6 +55,7 @@ pub enum NodeError {
 pub struct Shared {
     swarm: Arc<Swarm>,
     pieces: Arc<Pieces>,
+    jobs: Arc<Jobs>,
 }
 
 impl Shared {
@@ -70,6 +72,16 @@ impl Shared {
     /// The node's piece store.
     pub fn store(&self) -> &Arc<dyn PieceStore> {
         self.pieces.store()
+    }
+
+    /// The node's whole-file fetch jobs.
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.jobs
+    }
+
+    /// The address the node listens on for peers.
+    pub fn listen_port(&self) -> u16 {
+        self.swarm.listen_port
     }
 
     /// The node's id.
@@ -148,8 +160,13 @@ impl Node {
         );
         let swarm = Arc::new(swarm);
         let pieces = Arc::new(Pieces::new(Arc::clone(&swarm), store));
+        let jobs = Arc::new(Jobs::new(Arc::clone(&pieces)));
         Ok(Self {
-            shared: Shared { swarm, pieces },
+            shared: Shared {
+                swarm,
+                pieces,
+                jobs,
+            },
             listener,
             dials,
         })
@@ -170,7 +187,7 @@ impl Node {
     /// Runs until `shutdown` resolves, then closes every connection and
     /// saves `peers.json`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Shared { swarm, pieces } = self.shared;
+        let Shared { swarm, pieces, .. } = self.shared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = [
             tokio::spawn(crate::swarm::run_dialler(

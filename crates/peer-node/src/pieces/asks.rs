@@ -107,6 +107,12 @@ impl AskBook {
         }
     }
 
+    /// Our ASKs on this connection, sent or waiting for a slot: how busy
+    /// the peer is with us (holders are chosen least busy first).
+    pub(crate) fn load(&self) -> usize {
+        self.outstanding.len() + self.waiting.len()
+    }
+
     /// Whether `id` is asked (sent or waiting).
     pub(crate) fn is_asked(&self, id: &PieceId) -> bool {
         self.outstanding.iter().any(|a| a.id == *id) || self.waiting.iter().any(|(w, _)| w == id)

@@ -8,9 +8,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use wire_format::VerifiedPiece;
+use wire_format::{PeerAddr, VerifiedPiece};
 
 use super::link::Link;
+
+/// A fetched piece and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The piece's bytes, verified: they hash to the name asked for.
+    pub bytes: Bytes,
+    /// The peer that gave it (the address it connected from); `None` when
+    /// it came from this node's own store.
+    pub from: Option<PeerAddr>,
+}
 
 /// Events a fetch may have queued; a session that finds the queue full
 /// drops the event (the fetch then relies on its timers).
@@ -59,5 +69,5 @@ pub(crate) enum FetchEvent {
 #[derive(Debug)]
 pub(crate) struct FetchHandle {
     pub(crate) events: mpsc::Sender<FetchEvent>,
-    pub(crate) result: watch::Receiver<Option<Result<Bytes, FetchError>>>,
+    pub(crate) result: watch::Receiver<Option<Result<Fetched, FetchError>>>,
 }

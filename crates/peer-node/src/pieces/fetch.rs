@@ -15,10 +15,10 @@ use bytes::Bytes;
 use piece_store::{Durability, Retention};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info_span};
-use wire_format::limits::{ASK_PROGRESS_TIMEOUT, PIECE_MAX};
-use wire_format::{PieceId, VerifiedPiece};
+use wire_format::limits::{ASK_PROGRESS_TIMEOUT, MAX_ASKS_IN_FLIGHT, PIECE_MAX};
+use wire_format::{PeerAddr, PieceId, VerifiedPiece};
 
-use super::events::{FETCH_EVENTS, FetchError, FetchEvent, FetchHandle};
+use super::events::{FETCH_EVENTS, FetchError, FetchEvent, FetchHandle, Fetched};
 use super::link::Link;
 use super::serve::read_piece;
 use super::state::{PIECE_UNITS, Pieces};
@@ -27,6 +27,11 @@ use crate::metrics::Metric;
 
 /// How often a fetch checks for stalls, closed connections and deadlines.
 const FETCH_TICK: Duration = Duration::from_millis(50);
+/// The peer that gave the last piece is ASKed at once (no WANT_HAVE round
+/// trip) only while it has fewer than this many of our ASKs sent or
+/// waiting: past that, the pieces of a file fetched in parallel are spread
+/// over every holder instead of queueing at one.
+pub const OPTIMISTIC_MAX_LOAD: usize = MAX_ASKS_IN_FLIGHT / 4;
 /// Candidates from the peer table dialled when no connected peer holds the piece.
 pub const WIDEN_DIALS: usize = 8;
 /// How long a widening waits for its dials to connect and answer.
@@ -58,11 +63,21 @@ impl Pieces {
         id: PieceId,
         timeout: Duration,
     ) -> Result<Bytes, FetchError> {
+        self.fetch_from(id, timeout).await.map(|f| f.bytes)
+    }
+
+    /// Like [`fetch`](Self::fetch), saying which peer gave the piece.
+    pub async fn fetch_from(
+        self: &Arc<Self>,
+        id: PieceId,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
+        let local = |bytes| Fetched { bytes, from: None };
         // The in-memory index first: a miss costs no trip to the blocking pool.
         if self.store.has(&id)
             && let Some(bytes) = read_piece(self, id).await
         {
-            return Ok(bytes);
+            return Ok(local(bytes));
         }
         let mut from_store_once = true;
         let mut result = loop {
@@ -85,7 +100,7 @@ impl Pieces {
                 None => {
                     from_store_once = false;
                     if let Some(bytes) = read_piece(self, id).await {
-                        return Ok(bytes);
+                        return Ok(local(bytes));
                     }
                 }
             }
@@ -112,7 +127,7 @@ impl Pieces {
         fetches: &mut HashMap<PieceId, FetchHandle>,
         id: PieceId,
         timeout: Duration,
-    ) -> watch::Receiver<Option<Result<Bytes, FetchError>>> {
+    ) -> watch::Receiver<Option<Result<Fetched, FetchError>>> {
         let (events_tx, events_rx) = mpsc::channel(FETCH_EVENTS);
         let (result_tx, result_rx) = watch::channel(None);
         fetches.insert(
@@ -129,10 +144,14 @@ impl Pieces {
             async move {
                 let outcome = run_fetch(&pieces, id, timeout, events_rx).await;
                 match outcome {
-                    Ok(piece) => {
+                    Ok((piece, from)) => {
                         pieces.metrics.incr(Metric::FetchesSucceededTotal);
                         // The requesters get the piece at once...
-                        let _ = result_tx.send(Some(Ok(piece.bytes().clone())));
+                        let fetched = Fetched {
+                            bytes: piece.bytes().clone(),
+                            from,
+                        };
+                        let _ = result_tx.send(Some(Ok(fetched)));
                         // ...and the fetch stays registered (answering
                         // newcomers from its result) until the cache
                         // copy is in the store, so nobody fetches the
@@ -179,7 +198,7 @@ async fn run_fetch(
     id: PieceId,
     timeout: Duration,
     mut events: mpsc::Receiver<FetchEvent>,
-) -> Result<VerifiedPiece, FetchError> {
+) -> Result<(VerifiedPiece, Option<PeerAddr>), FetchError> {
     let started = now();
     let deadline = started + timeout;
     let mut peers: HashMap<u64, Candidate> = HashMap::new();
@@ -199,7 +218,10 @@ async fn run_fetch(
             return;
         }
         let at = now();
-        let optimistic = !link.legacy && link.id == preferred && peers.is_empty();
+        let optimistic = !link.legacy
+            && link.id == preferred
+            && peers.is_empty()
+            && link.ask_book().load() < OPTIMISTIC_MAX_LOAD;
         let state = if link.legacy {
             // A legacy peer knows no WANT_HAVE: ask it directly.
             PeerState::Holder
@@ -249,7 +271,7 @@ async fn run_fetch(
             let next = peers
                 .values_mut()
                 .filter(|c| c.state == PeerState::Holder)
-                .min_by_key(|c| (c.link.legacy, c.link.id));
+                .min_by_key(|c| (c.link.legacy, c.link.ask_book().load(), c.link.id));
             if let Some(c) = next {
                 pieces.download.acquire(PIECE_MAX).await;
                 if let Some(budget) = reserve(pieces) {
@@ -275,7 +297,7 @@ async fn run_fetch(
                 let second = peers
                     .values_mut()
                     .filter(|c| c.state == PeerState::Holder)
-                    .min_by_key(|c| (c.link.legacy, c.link.id));
+                    .min_by_key(|c| (c.link.legacy, c.link.ask_book().load(), c.link.id));
                 if let Some(c) = second
                     && let Some(budget) = reserve(pieces)
                 {
@@ -375,13 +397,15 @@ async fn run_fetch(
             }
             FetchEvent::Gave(conn, piece) => {
                 debug!(from = conn, "piece received");
+                let mut giver = None;
                 if let Some(c) = peers.get_mut(&conn) {
                     c.state = PeerState::Out;
+                    giver = Some(c.link.remote);
                 }
                 // The loser of a hedge gets a CANCEL; its late answer, if
                 // any, is a counted duplicate.
                 withdraw_all(&mut peers, &id, at);
-                return Ok(piece);
+                return Ok((piece, giver));
             }
             FetchEvent::Connected(link) => {
                 if widened.is_some() || unanswered {

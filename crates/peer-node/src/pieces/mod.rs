@@ -24,8 +24,8 @@ mod serve;
 mod state;
 
 pub(crate) use asks::Answered;
-pub use events::FetchError;
 pub(crate) use events::FetchEvent;
+pub use events::{FetchError, Fetched};
 pub use fetch::WIDEN_DIALS;
 pub(crate) use link::Link;
 pub use link::WRITE_QUEUE_FRAMES;

@@ -253,7 +253,7 @@ impl Pieces {
         let fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
         let result = fetches.get(id)?.result.borrow();
         match result.as_ref() {
-            Some(Ok(bytes)) => Some(bytes.clone()),
+            Some(Ok(fetched)) => Some(fetched.bytes.clone()),
             _ => None,
         }
     }

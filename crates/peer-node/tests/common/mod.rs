@@ -5,6 +5,8 @@
 #![allow(dead_code, reason = "each test crate uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod api;
+
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;

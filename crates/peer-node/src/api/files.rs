@@ -1,0 +1,223 @@
+//! The whole-file routes: `POST /api/v1/files?name=NAME` (a file streamed
+//! in, stored and pinned), `GET /api/v1/files/{manifest}` (a complete file
+//! streamed out in order), and the fetch jobs `POST /api/v1/fetches`,
+//! `GET` and `DELETE /api/v1/fetches/{id}`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use wire_format::PieceId;
+
+use super::backend::ApiBackend;
+use super::json::error;
+use crate::files::{self, AddError, ReadError, StartError};
+
+/// Body of `POST /api/v1/files`'s 201.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStored {
+    /// The root manifest: the file's name in the swarm.
+    pub manifest: String,
+    /// Bytes of the file.
+    pub size: u64,
+    /// Data pieces.
+    pub pieces: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: String,
+}
+
+/// Body of `POST /api/v1/fetches`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FetchRequest {
+    manifest: String,
+    path: Option<String>,
+}
+
+/// Body of `POST /api/v1/fetches`'s 202.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchStarted {
+    /// The job's id.
+    pub id: String,
+    /// True if a job fetching the same file to the same path was running
+    /// already: this is that job, and nothing new started.
+    pub attached: bool,
+}
+
+/// Query of `POST /api/v1/files`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileQuery {
+    name: String,
+}
+
+/// The 404 of a backend that serves pieces only.
+fn no_files() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this node does not serve whole files",
+    )
+}
+
+/// The manifest id in the path, or why it is not one (a 400's text).
+fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<PieceId, String> {
+    let Path(text) = path.map_err(|e| e.body_text())?;
+    text.parse()
+        .map_err(|e| format!("bad sha256 {text:?}: {e}; give the 64 hex digits of the manifest"))
+}
+
+pub(super) async fn post_file(
+    State(backend): State<Arc<dyn ApiBackend>>,
+    query: Result<Query<FileQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    let Some(files) = backend.files() else {
+        return no_files();
+    };
+    let Query(FileQuery { name }) = match query {
+        Ok(query) => query,
+        Err(e) => {
+            let text = format!("{}; name the file: ?name=NAME", e.body_text());
+            return error(StatusCode::BAD_REQUEST, text);
+        }
+    };
+    let body = req.into_body().into_data_stream();
+    match files::add(files.store, name, body).await {
+        Ok(summary) => (
+            StatusCode::CREATED,
+            Json(FileStored {
+                manifest: summary.manifest.to_string(),
+                size: summary.size,
+                pieces: summary.pieces,
+                sha256: summary.sha256.to_string(),
+            }),
+        )
+            .into_response(),
+        Err(err) => {
+            let status = match err {
+                AddError::Name(_) | AddError::Interrupted(_) => StatusCode::BAD_REQUEST,
+                AddError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                AddError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+                AddError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, err.to_string())
+        }
+    }
+}
+
+pub(super) async fn get_file(
+    State(backend): State<Arc<dyn ApiBackend>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Some(files) = backend.files() else {
+        return no_files();
+    };
+    let id = match parse_id(path) {
+        Ok(id) => id,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    let stream = match files::read(files.store, id).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            let status = match err {
+                ReadError::Incomplete(_) => StatusCode::NOT_FOUND,
+                ReadError::BadManifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ReadError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(status, err.to_string());
+        }
+    };
+    let chunks = futures_util::stream::unfold(stream.chunks, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut response = Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(stream.size));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    // Manifest names exclude quotes' troublemakers (control characters, `/`,
+    // `\`); a name that still does not fit a header is left out.
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        stream.name.replace('"', "_")
+    )) {
+        headers.insert(CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// The body is JSON whatever its `Content-Type` says (`curl -d` sends a
+/// form type by default).
+pub(super) async fn post_fetch(
+    State(backend): State<Arc<dyn ApiBackend>>,
+    body: Bytes,
+) -> Response {
+    let Some(files) = backend.files() else {
+        return no_files();
+    };
+    let request: FetchRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            let text = format!(
+                "bad request body: {e}; send {{\"manifest\": \"<64 hex>\", \"path\": \"/absolute/output\" or null}}"
+            );
+            return error(StatusCode::BAD_REQUEST, text);
+        }
+    };
+    let manifest: PieceId = match request.manifest.parse() {
+        Ok(id) => id,
+        Err(e) => {
+            let text = format!("bad manifest {:?}: {e}", request.manifest);
+            return error(StatusCode::BAD_REQUEST, text);
+        }
+    };
+    match files.jobs.start(manifest, request.path.map(PathBuf::from)) {
+        Ok((id, attached)) => {
+            (StatusCode::ACCEPTED, Json(FetchStarted { id, attached })).into_response()
+        }
+        Err(err @ StartError::Busy { .. }) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        }
+        Err(err @ StartError::Path(_)) => error(StatusCode::BAD_REQUEST, err.to_string()),
+    }
+}
+
+fn job_response(view: Option<files::JobView>, id: &str) -> Response {
+    match view {
+        Some(view) => Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no fetch job {id:?} (finished jobs are kept only for a while)"),
+        ),
+    }
+}
+
+pub(super) async fn get_fetch(
+    State(backend): State<Arc<dyn ApiBackend>>,
+    Path(id): Path<String>,
+) -> Response {
+    match backend.files() {
+        Some(files) => job_response(files.jobs.get(&id), &id),
+        None => no_files(),
+    }
+}
+
+pub(super) async fn delete_fetch(
+    State(backend): State<Arc<dyn ApiBackend>>,
+    Path(id): Path<String>,
+) -> Response {
+    match backend.files() {
+        Some(files) => job_response(files.jobs.cancel(&id), &id),
+        None => no_files(),
+    }
+}

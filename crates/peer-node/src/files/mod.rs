@@ -1,0 +1,20 @@
+//! Whole files through the node: adding a file from a stream, reading a
+//! complete one back, and fetch jobs that bring a file from the swarm into
+//! the store and an output file, checked against its whole-file hash.
+//!
+//! Uses the piece exchange (fetching pieces), the store's file and manifest
+//! code, and nothing above it. Inside: `jobs` (the registry) → `run` (one job) → `job` (its
+//! progress); `transfer` alone.
+
+mod job;
+mod jobs;
+mod run;
+mod transfer;
+
+pub use job::{JobError, JobState, JobView};
+pub use jobs::{Jobs, MAX_FINISHED_JOBS, MAX_RUNNING_JOBS, StartError};
+pub use run::{PIECE_ATTEMPTS, PIECES_IN_FLIGHT};
+pub use transfer::{
+    AddError, DOWNLOAD_CHUNK_BYTES, DOWNLOAD_QUEUE_CHUNKS, FileStream, ReadError,
+    UPLOAD_QUEUE_CHUNKS, add, read,
+};

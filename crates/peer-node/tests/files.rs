@@ -1,0 +1,306 @@
+//! Whole files through the local API against real nodes: a file added with
+//! `POST /api/v1/files` on one node is fetched by a job on another
+//! (`POST /api/v1/fetches`), written beside its output and renamed only once
+//! its whole-file hash matches; `GET /api/v1/files/{manifest}` reads a
+//! complete file back. Sizes at every piece boundary, a file spread over
+//! three holders, resuming from pieces already held, cancelling, attaching
+//! to a running job, and a manifest that lies about the whole file.
+
+// Test code: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use peer_node::metrics::Metric;
+use peer_node::testing::wait_for;
+use piece_store::file::add_file;
+use piece_store::manifest::Layout;
+use piece_store::{MemStore, PieceStore};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use wire_format::limits::PIECE_MAX;
+use wire_format::{PieceId, VerifiedPiece};
+
+use common::api::ApiNode;
+use common::{RawPeer, SOON};
+
+/// How long a test waits for a job to end.
+const JOB_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `len` bytes that differ from piece to piece and from file to file.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+impl ApiNode {
+    async fn post_file(&self, name: &str, body: &[u8]) -> Value {
+        let response = self
+            .request("POST", &format!("/api/v1/files?name={name}"), true, body)
+            .await;
+        assert_eq!(response.status, 201, "{response:?}");
+        response.json()
+    }
+
+    async fn start_fetch(&self, manifest: &str, path: &Path) -> Value {
+        let body = json!({"manifest": manifest, "path": path.to_str().unwrap()});
+        let response = self
+            .request("POST", "/api/v1/fetches", true, body.to_string().as_bytes())
+            .await;
+        assert_eq!(response.status, 202, "{response:?}");
+        response.json()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        let response = self
+            .request("GET", &format!("/api/v1/fetches/{id}"), true, &[])
+            .await;
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()
+    }
+
+    /// Polls the job until it is no longer running; returns its last view.
+    async fn wait_job(&self, id: &str) -> Value {
+        let deadline = Instant::now() + JOB_DEADLINE;
+        loop {
+            let job = self.job(id).await;
+            if job["state"] != "running" {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job still running: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The pieces and manifests of a file with `content`, as `add_file` makes them.
+fn split(name: &str, bytes: &[u8]) -> (PieceId, Vec<VerifiedPiece>) {
+    let store = MemStore::new(1 << 30);
+    let summary = add_file(&store, bytes, name, &Layout::STANDARD).unwrap();
+    let pieces = store
+        .list()
+        .into_iter()
+        .map(|id| VerifiedPiece::new(store.get(&id).unwrap().unwrap()).unwrap())
+        .collect();
+    (summary.manifest, pieces)
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_every_boundary_size_cross_the_swarm_byte_identical() {
+    let (a, b) = ApiNode::connected_pair().await;
+    let out = tempfile::tempdir().unwrap();
+    let sizes = [
+        0,
+        1,
+        PIECE_MAX - 1,
+        PIECE_MAX,
+        PIECE_MAX + 1,
+        20 * PIECE_MAX + 12_345,
+    ];
+    for (n, size) in sizes.into_iter().enumerate() {
+        let bytes = content(n as u64, size);
+        let stored = a.post_file(&format!("f{n}"), &bytes).await;
+        assert_eq!(stored["size"], size as u64);
+        assert_eq!(stored["pieces"], size.div_ceil(PIECE_MAX) as u64);
+        let manifest = stored["manifest"].as_str().unwrap().to_owned();
+        // The adding node reads it back whole.
+        let back = a
+            .request("GET", &format!("/api/v1/files/{manifest}"), true, &[])
+            .await;
+        assert_eq!(back.status, 200, "size {size}");
+        assert!(back.body == bytes, "size {size}: read back differs");
+
+        let path = out.path().join(format!("out{n}"));
+        let started = b.start_fetch(&manifest, &path).await;
+        assert_eq!(started["attached"], false);
+        let job = b.wait_job(started["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "done", "size {size}: {job}");
+        assert_eq!(job["bytes_done"], size as u64);
+        assert_eq!(job["bytes_total"], size as u64);
+        let written = std::fs::read(&path).unwrap();
+        assert!(written == bytes, "size {size}: the output differs");
+        assert!(temp_files(out.path()).is_empty(), "a temp file was left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_spread_over_three_nodes_is_fetched_from_all_three() {
+    let bytes = content(7, 9 * PIECE_MAX + 100);
+    let (manifest, pieces) = split("spread", &bytes);
+    let holders = [
+        ApiNode::start(0).await,
+        ApiNode::start(0).await,
+        ApiNode::start(0).await,
+    ];
+    // Each holder holds a third of the pieces; the manifest is with the first.
+    let mut held = [0u64; 3];
+    for (n, piece) in pieces.iter().enumerate() {
+        let holder = if piece.id() == manifest { 0 } else { n % 3 };
+        holders[holder].node.hold(piece).unwrap();
+        held[holder] += 1;
+    }
+    let leecher = ApiNode::start(3).await;
+    for holder in &holders {
+        leecher.node.shared.add_candidate(holder.node.addr.into());
+    }
+    assert!(wait_for(SOON, || leecher.node.shared.connected_node_ids().len() == 3).await);
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("spread");
+    let started = leecher.start_fetch(&manifest.to_string(), &path).await;
+    let job = leecher.wait_job(started["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["peers"], 3, "{job}");
+    assert!(std::fs::read(&path).unwrap() == bytes);
+    // Each piece from the one holder that has it, once.
+    for (holder, held) in holders.iter().zip(held) {
+        assert_eq!(holder.node.metric(Metric::PiecesServedTotal), held);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_resumes_from_the_pieces_already_held_and_fetches_only_the_rest() {
+    let bytes = content(11, 8 * PIECE_MAX);
+    let (manifest, pieces) = split("resume", &bytes);
+    let (a, b) = ApiNode::connected_pair().await;
+    for piece in &pieces {
+        a.node.hold(piece).unwrap();
+    }
+    // B already holds half the data pieces (a run that was interrupted).
+    let data: Vec<_> = pieces.iter().filter(|p| p.id() != manifest).collect();
+    for piece in data.iter().take(4) {
+        b.node.hold(piece).unwrap();
+    }
+    let before = b.node.metric(Metric::PiecesFetchedTotal);
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("resume");
+    let started = b.start_fetch(&manifest.to_string(), &path).await;
+    let job = b.wait_job(started["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(std::fs::read(&path).unwrap() == bytes);
+    // The manifest and the 4 missing pieces, nothing more.
+    assert_eq!(b.node.metric(Metric::PiecesFetchedTotal) - before, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_request_attaches_to_the_running_job_and_a_cancel_removes_its_temp_file() {
+    let node = ApiNode::start(0).await;
+    // A peer that never answers: the job waits on it.
+    let _silent = RawPeer::extended(&node.node, 9).await;
+    assert!(wait_for(SOON, || node.node.shared.connection_count() == 1).await);
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("never");
+    let manifest = PieceId::of(b"a manifest nobody answers for").to_string();
+    let first = node.start_fetch(&manifest, &path).await;
+    let second = node.start_fetch(&manifest, &path).await;
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["attached"], true);
+    let id = first["id"].as_str().unwrap();
+    assert!(wait_for(SOON, || temp_files(out.path()).len() == 1).await);
+
+    let response = node
+        .request("DELETE", &format!("/api/v1/fetches/{id}"), true, &[])
+        .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let job = node.wait_job(id).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"].as_str().unwrap().starts_with("cancelled:"),
+        "{job}"
+    );
+    assert!(temp_files(out.path()).is_empty(), "the temp file was left");
+    assert!(!path.exists());
+    // Unknown jobs are 404.
+    node.request("GET", "/api/v1/fetches/nosuchjob", true, &[])
+        .await
+        .assert_error(404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_lies_about_the_whole_file_fails_the_job_and_writes_nothing() {
+    let bytes = content(3, 2 * PIECE_MAX + 5);
+    let (_, pieces) = split("lie", &bytes);
+    let (a, b) = ApiNode::connected_pair().await;
+    for piece in &pieces {
+        a.node.hold(piece).unwrap();
+    }
+    let data: Vec<String> = bytes
+        .chunks(PIECE_MAX)
+        .map(|c| PieceId::of(c).to_string())
+        .collect();
+    // Every piece is real; the whole-file hash is not.
+    let lie = format!(
+        r#"{{"p2p_manifest":1,"name":"lie","size":{},"sha256":"{}","pieces":{}}}"#,
+        bytes.len(),
+        PieceId::of(b"not the file"),
+        serde_json::to_string(&data).unwrap()
+    );
+    let manifest = VerifiedPiece::new(bytes::Bytes::from(lie)).unwrap();
+    a.node.hold(&manifest).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("lie");
+    let started = b.start_fetch(&manifest.id().to_string(), &path).await;
+    let job = b.wait_job(started["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"].as_str().unwrap().starts_with("bad_manifest:"),
+        "{job}"
+    );
+    assert!(!path.exists());
+    assert!(temp_files(out.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_fetch_requests_and_incomplete_files_are_refused() {
+    let node = ApiNode::start(0).await;
+    let refused = |body: &str| {
+        let body = body.to_owned();
+        let node = &node;
+        async move {
+            node.request("POST", "/api/v1/fetches", true, body.as_bytes())
+                .await
+        }
+    };
+    refused(r#"{"manifest": "xyz", "path": null}"#)
+        .await
+        .assert_error(400);
+    let id = PieceId::of(b"m").to_string();
+    refused(&format!(
+        r#"{{"manifest": "{id}", "path": "relative/out"}}"#
+    ))
+    .await
+    .assert_error(400);
+    refused(&format!(
+        r#"{{"manifest": "{id}", "path": "/no/such/dir/out"}}"#
+    ))
+    .await
+    .assert_error(400);
+    refused(&format!(r#"{{"manifest": "{id}", "extra": 1}}"#))
+        .await
+        .assert_error(400);
+    // A file the node does not hold whole is not served.
+    node.request("GET", &format!("/api/v1/files/{id}"), true, &[])
+        .await
+        .assert_error(404);
+    // A file needs a name.
+    node.request("POST", "/api/v1/files", true, b"abc")
+        .await
+        .assert_error(400);
+}
