@@ -130,7 +130,10 @@ impl Api {
     }
 
     /// A POST whose body is streamed from `body` (never read whole into
-    /// memory): a file is sent with its length, a pipe chunked.
+    /// memory): a file is sent with its length, a pipe chunked. The body
+    /// waits for the node's `100 Continue`, so a refusal (no such route, a
+    /// bad token, too large) arrives as an answer instead of a broken pipe
+    /// in the middle of the upload.
     pub fn post_stream(
         &self,
         path: &str,
@@ -140,6 +143,7 @@ impl Api {
         with_auth(self.agent.post(self.url(path)), self.auth())
             .query_pairs(query.iter().copied())
             .content_type("application/octet-stream")
+            .header("expect", "100-continue")
             .send(body)
             .map_err(|err| self.transport(err))
     }
