@@ -2,13 +2,13 @@
 # Demo swarm on loopback: one bootstrap-server and N peer-nodes (default 5),
 # each in its own data dir under a private temp dir. Waits until every node
 # has at least min(4, N-1) connected peers, printing who is connected; then
-# shares a random 1 MiB piece on node1 (POST /api/v1/pieces) and fetches it
-# through nodeN (GET /api/v1/pieces/SHA256), checking the bytes with
-# sha256sum; then keeps showing the table until Ctrl-C / SIGTERM, when it
-# stops everything it started and removes the temp dir.
+# shares a random 5 MiB file on node1 (`p2p-cli put`) and fetches it through
+# nodeN (`p2p-cli get`), checking the bytes with sha256sum; then keeps
+# showing the table until Ctrl-C / SIGTERM, when it stops everything it
+# started and removes the temp dir.
 #
 #   scripts/demo-swarm.sh [N] [--once] [--keep]
-#     --once   (or DEMO_ONCE=1) exit 0 once the piece has been fetched
+#     --once   (or DEMO_ONCE=1) exit 0 once the file has been fetched
 #     --keep   (or DEMO_KEEP=1) keep the temp dir (logs, data dirs) at exit
 #   DEMO_TIMEOUT=60  seconds the swarm may take to form (exit 1 after that)
 #   DEMO_REFRESH=5   seconds between tables once formed
@@ -49,7 +49,7 @@ for tool in curl cargo; do
 done
 
 echo "demo-swarm: building release binaries..." >&2
-cargo build --release -p bootstrap-server -p peer-node
+cargo build --release -p bootstrap-server -p peer-node -p p2p-cli
 target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4) || true
 bin=${target_dir:-target}/release
@@ -244,22 +244,21 @@ while :; do
   sleep 0.2
 done
 
-# The main job: share a piece on one node, fetch it through another.
+# The main job: share a file on one node, fetch it through another, with
+# the command-line tool as a user would.
 share_and_fetch() {
-  local piece="$work/piece.bin" got="$work/fetched.bin" answer sha want_sha code t0
-  head -c $((1 << 20)) /dev/urandom >"$piece"
-  want_sha=$(sha256sum <"$piece" | cut -d' ' -f1)
-  answer=$(curl -sS --fail --max-time 10 -H "@$work/node1.auth" \
-    --data-binary "@$piece" "http://${api[1]}/api/v1/pieces") || fail "POST to node1 failed"
-  case $answer in *"\"sha256\":\"$want_sha\""*) ;; *) fail "node1 stored the piece under another name: $answer" ;; esac
-  echo "shared a 1 MiB piece on node1: $want_sha"
+  local file="$work/shared.bin" got="$work/fetched.bin" manifest sha want_sha t0
+  head -c $(((5 << 20) + 12345)) /dev/urandom >"$file"
+  want_sha=$(sha256sum <"$file" | cut -d' ' -f1)
+  echo "+ p2p-cli --data-dir node1 put shared.bin"
+  manifest=$("$bin/p2p-cli" --data-dir "$work/node1" put "$file") || fail "p2p-cli put on node1 failed"
+  echo "shared a 5 MiB file on node1; its manifest: $manifest"
   t0=$(now_ms)
-  code=$(curl -sS --max-time 15 -H "@$work/node$n.auth" -o "$got" -w '%{http_code}' \
-    "http://${api[n]}/api/v1/pieces/$want_sha") || fail "GET from node$n failed"
-  [ "$code" = 200 ] || fail "node$n answered $code: $(cat "$got")"
+  echo "+ p2p-cli --data-dir node$n get $manifest -o fetched.bin"
+  "$bin/p2p-cli" --data-dir "$work/node$n" get "$manifest" -o "$got" || fail "p2p-cli get on node$n failed"
   sha=$(sha256sum <"$got" | cut -d' ' -f1)
-  [ "$sha" = "$want_sha" ] || fail "node$n returned bytes that hash to $sha"
-  echo "fetched it through node$n in $(($(now_ms) - t0)) ms: the bytes hash to the name"
+  [ "$sha" = "$want_sha" ] || fail "node$n wrote a file that hashes to $sha, not $want_sha"
+  echo "fetched it through node$n in $(($(now_ms) - t0)) ms: sha256 $sha matches"
 }
 share_and_fetch
 
