@@ -149,6 +149,8 @@ pub struct ServerStats {
     pub legacy_entries: usize,
     /// Legacy entries verified now (listed to legacy clients if on loopback).
     pub legacy_verified: usize,
+    /// Legacy probes that failed (no connect, it wrote, or it closed).
+    pub legacy_probes_failed: u64,
 }
 
 #[derive(Debug)]
@@ -180,9 +182,13 @@ impl Shared {
 
     fn stats(&self) -> ServerStats {
         let open_connections = self.open.total();
-        let (legacy_entries, legacy_verified) = {
+        let (legacy_entries, legacy_verified, legacy_probes_failed) = {
             let legacy = self.legacy();
-            (legacy.len(), legacy.verified_len())
+            (
+                legacy.len(),
+                legacy.verified_len(),
+                legacy.stats().probes_failed,
+            )
         };
         ServerStats {
             open_connections,
@@ -190,6 +196,7 @@ impl Shared {
             registry_entries: self.registry().len(),
             legacy_entries,
             legacy_verified,
+            legacy_probes_failed,
         }
     }
 
