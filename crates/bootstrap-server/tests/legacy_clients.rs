@@ -148,11 +148,12 @@ impl LegacyPeer {
         }
     }
 
-    /// Goes away: its listener, the connections it accepted and its
-    /// connection to the server are closed.
-    fn vanish(self) {
-        for task in &self.tasks {
+    /// Goes away: its listener is closed first (the tasks are awaited, so
+    /// nothing accepts any more), then its connection to the server.
+    async fn vanish(self) {
+        for task in self.tasks {
             task.abort();
+            let _ = task.await;
         }
     }
 }
@@ -317,7 +318,7 @@ async fn a_legacy_client_that_goes_away_is_unlisted_when_its_reprobe_fails() {
 
     // It goes away: its connection to the server ends, the server probes
     // it at once, the connect is refused, and it is unlisted.
-    a.vanish();
+    a.vanish().await;
     let stats = &server.stats;
     assert!(wait_for(SOON, || stats().legacy_probes_failed == 1).await);
     assert_eq!(stats().legacy_verified, 0);
@@ -348,7 +349,7 @@ async fn the_server_survives_legacy_clients_that_vanish_mid_probe() {
             probe.set_zero_linger().unwrap();
         }
         drop(probe);
-        a.vanish();
+        a.vanish().await;
         assert!(wait_for(SOON, || stats().legacy_probes_failed == failed).await);
         assert_eq!(stats().legacy_verified, 0);
     }
