@@ -1,6 +1,22 @@
 //! The bootstrap server's network side: answers each connection with HELLO
 //! and up to [`PEX_MAX_ENTRIES`] verified peers, records announcers and
 //! verifies them with dial-back probes.
+//!
+//! A legacy client (docs/PROTOCOL.md §4, "Bootstrapping") goes through these
+//! states on its connection:
+//! 1. *unknown*: its first frame is not a HELLO (or nothing comes within the
+//!    hello timeout) where a peer may be legacy;
+//! 2. *answered*: it is sent HELLO and one PEERS (the verified legacy
+//!    entries other than itself, then loopback verified peers); if its first
+//!    frame was a PEERS naming its own port, it is *announced*;
+//! 3. *announced*: each PEERS naming that port refreshes its legacy entry,
+//!    which is probed silently ([`legacy::probe`]) when new, and again once
+//!    [`legacy::LEGACY_REPROBE_INTERVAL`] old; each PEERS may be answered
+//!    with the legacy entries it was not sent yet
+//!    ([`legacy::LegacyClient`]);
+//! 4. *gone*: its connection ends (it closed, a decode error, idle); a
+//!    verified entry of it is probed at once, so a client that went away is
+//!    unlisted as soon as the probe fails.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use peer_node::net::{self, Frame, FrameReader, OpenSockets, PeerKind, SocketSlot, bind_listener};
 use peer_node::process::wait_for_grace;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -17,6 +34,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use wire_format::limits::{HELLO_TIMEOUT, IDLE_TIMEOUT, PEX_MAX_ENTRIES, REANNOUNCE_INTERVAL};
 use wire_format::{AddrClass, Hello, Message, NodeId, PeerAddr, Peers};
 
+use crate::legacy::{self, LEGACY_PEERS_ANSWER_INTERVAL, LegacyClient, LegacyEntries};
 use crate::registry::{self, DEFAULT_MAX_PEERS, Registry};
 
 /// File of verified entries in the data dir.
@@ -93,6 +111,12 @@ pub struct ServerConfig {
     /// Dial-back probes in flight at once: [`MAX_CONCURRENT_PROBES`], or
     /// fewer in tests.
     pub max_probes: usize,
+    /// How long a probed legacy client must stay silent to be verified:
+    /// [`HELLO_TIMEOUT`], or shorter in tests.
+    pub legacy_silence: Duration,
+    /// Least time between two answers to one legacy client:
+    /// [`LEGACY_PEERS_ANSWER_INTERVAL`], or shorter in tests.
+    pub legacy_answer_interval: Duration,
 }
 
 impl ServerConfig {
@@ -106,6 +130,8 @@ impl ServerConfig {
             max_connections: MAX_OPEN_CONNECTIONS,
             loopback_is_local: true,
             max_probes: MAX_CONCURRENT_PROBES,
+            legacy_silence: HELLO_TIMEOUT,
+            legacy_answer_interval: LEGACY_PEERS_ANSWER_INTERVAL,
         }
     }
 }
@@ -119,6 +145,12 @@ pub struct ServerStats {
     pub refused_connections: u64,
     /// Registry entries, verified or not.
     pub registry_entries: usize,
+    /// Legacy entries, verified or not.
+    pub legacy_entries: usize,
+    /// Legacy entries verified now (listed to legacy clients if on loopback).
+    pub legacy_verified: usize,
+    /// Legacy probes that failed (no connect, it wrote, or it closed).
+    pub legacy_probes_failed: u64,
 }
 
 #[derive(Debug)]
@@ -127,6 +159,8 @@ struct Shared {
     node_id: NodeId,
     listen: PeerAddr,
     registry: Mutex<Registry>,
+    /// Verified and announced legacy clients; never locked with `registry`.
+    legacy: Mutex<LegacyEntries>,
     /// Set at shutdown: every connection closes.
     closing: watch::Sender<bool>,
     /// Connections being served now; a [`ConnectionSlot`] is one of them.
@@ -142,12 +176,27 @@ impl Shared {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn legacy(&self) -> MutexGuard<'_, LegacyEntries> {
+        self.legacy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn stats(&self) -> ServerStats {
         let open_connections = self.open.total();
+        let (legacy_entries, legacy_verified, legacy_probes_failed) = {
+            let legacy = self.legacy();
+            (
+                legacy.len(),
+                legacy.verified_len(),
+                legacy.stats().probes_failed,
+            )
+        };
         ServerStats {
             open_connections,
             refused_connections: self.refused.load(Ordering::Relaxed),
             registry_entries: self.registry().len(),
+            legacy_entries,
+            legacy_verified,
+            legacy_probes_failed,
         }
     }
 
@@ -222,6 +271,7 @@ impl Server {
             listen: PeerAddr::from(local),
             node_id: net::new_node_id(),
             registry: Mutex::new(registry),
+            legacy: Mutex::new(LegacyEntries::default()),
             closing: watch::Sender::new(false),
             open: OpenSockets::default(),
             refused: AtomicU64::new(0),
@@ -267,6 +317,7 @@ impl Server {
                 loop {
                     tokio::time::sleep(MAINTENANCE_INTERVAL).await;
                     shared.registry().expire(Instant::now());
+                    shared.legacy().expire(Instant::now());
                     save(&shared);
                 }
             })
@@ -357,7 +408,7 @@ async fn serve(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
 async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let remote = PeerAddr::from(remote);
     net::tune(&stream);
-    let (rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let mut reader = FrameReader::new(rd);
     let legacy_allowed = net::legacy_allowed(
         remote,
@@ -373,39 +424,34 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
     };
     // A legacy client that sent a GIVE first: its piece is dropped unread.
     reader.discard_piece();
-    let hello = match &kind {
-        PeerKind::Extended(hello) => Some(*hello),
-        PeerKind::Legacy(_) => None,
-    };
+    match kind {
+        PeerKind::Extended(hello) => serve_extended(shared, reader, wr, remote, hello).await,
+        PeerKind::Legacy(first) => serve_legacy(shared, reader, wr, remote, first).await,
+    }
+}
+
+/// A client that sent HELLO: answered, recorded if it listens, then read
+/// until it closes.
+async fn serve_extended(
+    shared: &Arc<Shared>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    mut wr: OwnedWriteHalf,
+    remote: PeerAddr,
+    hello: Hello,
+) {
     // Record (observed IP, HELLO listen port), never a claimed address.
     let asker = hello
-        .and_then(|h| h.listen_port())
+        .listen_port()
         .map(|port| PeerAddr::new(remote.ip(), port));
     let exclude: Vec<PeerAddr> = asker.into_iter().chain([shared.listen]).collect();
-    let entries = {
-        let registry = shared.registry();
-        let mut entries =
-            registry.sample(PEX_MAX_ENTRIES, &exclude, Instant::now(), &mut rand::rng());
-        if hello.is_none() {
-            // A legacy client dials every entry with a blocking connect: loopback only.
-            entries.retain(|a| a.class() == AddrClass::Loopback);
-        }
-        entries
-    };
-    let answer = [
-        Message::Hello(Hello::ours(
-            Some(shared.listen.port()),
-            false,
-            shared.node_id,
-        )),
-        Message::Peers(Peers::new(entries).unwrap_or_default()),
-    ];
-    for message in &answer {
-        if net::write_message(&mut wr, message).await.is_err() {
-            return;
-        }
+    let entries =
+        shared
+            .registry()
+            .sample(PEX_MAX_ENTRIES, &exclude, Instant::now(), &mut rand::rng());
+    if !answer(shared, &mut wr, entries).await {
+        return;
     }
-    if let (Some(hello), Some(addr)) = (hello, asker)
+    if let Some(addr) = asker
         && !hello.flags().client()
     {
         let outcome = shared
@@ -415,22 +461,163 @@ async fn serve_one(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
             spawn_probe(Arc::clone(shared), addr, Some(hello.node_id()));
         }
     }
-    // The server never closes first except on idle: read until the client
-    // closes (a legacy client keeps its connection and writes more later).
-    // A GIVE's piece is read off and dropped as it comes, never held whole.
+    // The server never closes first except on idle; what the client sends
+    // after its announce is ignored.
+    while next_message(&mut reader).await.is_some() {}
+}
+
+/// A legacy client: answered, announced and probed once a PEERS names its
+/// port, its repeats answered with what is new; see the module docs for its
+/// states.
+async fn serve_legacy(
+    shared: &Arc<Shared>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    mut wr: OwnedWriteHalf,
+    remote: PeerAddr,
+    first: Option<Message>,
+) {
+    let mut client = LegacyClient::new(remote.ip(), shared.config.legacy_answer_interval);
+    if let Some(Message::Peers(peers)) = &first {
+        client.read_peers(peers.entries());
+    }
+    let now = Instant::now();
+    let mut entries = {
+        let listed = shared.legacy().listed(now);
+        client.first_answer(&listed, now)
+    };
+    // Then verified peers, loopback only: it dials every entry with a
+    // blocking connect.
+    let exclude: Vec<PeerAddr> = client.me().into_iter().chain([shared.listen]).collect();
+    let extended = shared
+        .registry()
+        .sample(PEX_MAX_ENTRIES, &exclude, now, &mut rand::rng());
+    let room = PEX_MAX_ENTRIES.saturating_sub(entries.len());
+    entries.extend(
+        extended
+            .into_iter()
+            .filter(|a| a.class() == AddrClass::Loopback)
+            .take(room),
+    );
+    if !answer(shared, &mut wr, entries).await {
+        return;
+    }
+    if let Some(me) = client.me() {
+        announce_legacy(shared, me);
+    }
+    // It repeats its PEERS every few seconds for as long as it runs: never
+    // closed for it, and never closed first except on idle.
+    while let Some(message) = next_message(&mut reader).await {
+        let Message::Peers(peers) = message else {
+            continue;
+        };
+        if let Some(me) = client.read_peers(peers.entries()) {
+            announce_legacy(shared, me);
+        }
+        let now = Instant::now();
+        if !client.answer_due(now) {
+            continue;
+        }
+        let listed = shared.legacy().listed(now);
+        if let Some(new) = client.repeat_answer(&listed, now) {
+            debug!(
+                entries = new.len(),
+                "telling a legacy client of new legacy entries"
+            );
+            let peers = Message::Peers(Peers::new(new).unwrap_or_default());
+            if net::write_message(&mut wr, &peers).await.is_err() {
+                break;
+            }
+        }
+    }
+    // It may be gone: a verified entry of it is probed now, not at its
+    // next announce, which may never come.
+    if let Some(me) = client.me()
+        && shared.legacy().connection_ended(me, Instant::now())
+    {
+        spawn_legacy_probe(Arc::clone(shared), me);
+    }
+}
+
+/// Sends the answer every client gets: our HELLO (harmless to a legacy
+/// client), then one PEERS. False if the connection failed.
+async fn answer(shared: &Shared, wr: &mut OwnedWriteHalf, entries: Vec<PeerAddr>) -> bool {
+    let answer = [
+        Message::Hello(Hello::ours(
+            Some(shared.listen.port()),
+            false,
+            shared.node_id,
+        )),
+        Message::Peers(Peers::new(entries).unwrap_or_default()),
+    ];
+    for message in &answer {
+        if net::write_message(wr, message).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The client's next message; `None` when the connection is to end: it
+/// closed, a decode error, idle, or a second HELLO. A GIVE's piece is read
+/// off and dropped as it comes, never held whole.
+async fn next_message(reader: &mut FrameReader<OwnedReadHalf>) -> Option<Message> {
     loop {
         match timeout(IDLE_TIMEOUT, reader.next_frame(1)).await {
             Ok(Ok(Some(Frame::Message(Message::Hello(_))))) => {
                 debug!("second HELLO: closing");
-                return;
+                return None;
             }
+            Ok(Ok(Some(Frame::Message(message)))) => return Some(message),
             Ok(Ok(Some(Frame::GiveHead { .. }))) => {
                 reader.discard_piece();
             }
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(Some(Frame::GiveEnd { .. }))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return None,
         }
     }
+}
+
+/// A legacy client at `addr` named its port: record it, and probe it if
+/// due. An address that is the server itself is never recorded.
+fn announce_legacy(shared: &Arc<Shared>, addr: PeerAddr) {
+    let listen = shared.listen;
+    let ourselves = addr.port() == listen.port()
+        && (addr.ip() == listen.ip()
+            || listen.ip().is_unspecified()
+            || (addr.class() == AddrClass::Loopback && listen.class() == AddrClass::Loopback));
+    if ourselves {
+        return;
+    }
+    let outcome = shared.legacy().announce(addr, Instant::now());
+    if outcome.should_probe() {
+        spawn_legacy_probe(Arc::clone(shared), addr);
+    }
+}
+
+fn spawn_legacy_probe(shared: Arc<Shared>, addr: PeerAddr) {
+    if !shared.legacy().probe_started(addr, Instant::now()) {
+        return;
+    }
+    let silence = shared.config.legacy_silence;
+    let probe = async move {
+        // Shares the probe queue with the extended probes.
+        let Ok(_permit) = Arc::clone(&shared.probes).acquire_owned().await else {
+            return;
+        };
+        let outcome = legacy::probe(addr.socket_addr(), silence).await;
+        let mut table = shared.legacy();
+        match outcome {
+            Ok(()) => {
+                table.probe_succeeded(addr, Instant::now());
+                info!("legacy client verified");
+            }
+            Err(err) => {
+                let removed = table.probe_failed(addr, Instant::now());
+                info!(%err, removed, "legacy client probe failed: unlisted");
+            }
+        }
+    };
+    tokio::spawn(probe.instrument(info_span!("legacy_probe", peer = %addr)));
 }
 
 #[cfg(test)]
@@ -446,6 +633,7 @@ mod tests {
             listen: PeerAddr::from(config.listen),
             node_id: NodeId([1; 8]),
             registry: Mutex::new(Registry::new(config.max_peers)),
+            legacy: Mutex::new(LegacyEntries::default()),
             closing: watch::Sender::new(false),
             open: OpenSockets::default(),
             refused: AtomicU64::new(0),

@@ -55,15 +55,20 @@ fn assert_loopback_only(peers: &Peers) {
 #[tokio::test]
 async fn a_legacy_client_of_the_bootstrap_server_keeps_its_connection() {
     let server = start_server_with(|c| c.max_peers = 100).await;
+    // A port nobody listens on: the server's probe of it fails, so there is
+    // never a legacy entry to tell the client of.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
     // Its first frame is PEERS naming itself: a legacy client, answered at
     // once with HELLO (harmless to it), then PEERS.
-    let mut client = Client::legacy(server.addr, 8100).await;
+    let mut client = Client::legacy(server.addr, port).await;
     assert_eq!((server.stats)().open_connections, 1);
 
     // It keeps announcing itself, as the reference does: more PEERS than the
     // connection's buffers hold, so the writes finish only if the server
     // keeps reading them, and fail if it closes.
-    let me = PeerAddr::new("127.0.0.1".parse().unwrap(), 8100);
+    let me = PeerAddr::new("127.0.0.1".parse().unwrap(), port);
     let frame = Message::Peers(Peers::new(vec![me; 1024]).unwrap()).to_bytes();
     let repeats = unread_capacity().div_ceil(frame.len());
     let bulk: Vec<u8> = frame
@@ -81,8 +86,9 @@ async fn a_legacy_client_of_the_bootstrap_server_keeps_its_connection() {
 
     // A HELLO now is a protocol error from a legacy peer, and the server
     // closes: the close proves the connection was open and in step until
-    // then, and nothing came before it: the repeats got no answer.
-    let hello = Message::Hello(Hello::ours(Some(8100), false, NodeId([0x11; 8])));
+    // then, and nothing came before it: with no legacy entry to tell it
+    // of, the repeats got no answer.
+    let hello = Message::Hello(Hello::ours(Some(port), false, NodeId([0x11; 8])));
     client.send(&hello).await.unwrap();
     let before_close = client.expect_closed().await;
     assert!(

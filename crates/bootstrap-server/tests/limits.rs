@@ -15,9 +15,6 @@ mod common;
 
 use common::{Client, SOON, TestServer, start_server_with};
 
-/// The port a legacy client names in its PEERS (ignored by the server).
-const LEGACY_PORT: u16 = 8100;
-
 impl TestServer {
     fn open(&self) -> usize {
         (self.stats)().open_connections
@@ -58,7 +55,7 @@ async fn the_connection_that_reaches_max_connections_is_served_and_the_next_refu
     // client that keeps its connection, a CLIENT probe.
     let silent = Client::connect(server.addr).await;
     assert!(wait_for(SOON, || server.open() == 1).await);
-    let _legacy = Client::legacy(server.addr, LEGACY_PORT).await;
+    let _legacy = Client::legacy(server.addr, closed_port()).await;
     // At the limit: the probe is the last connection that fits, and served.
     let _probe = Client::probe(server.addr, 3).await;
     assert_eq!(server.open(), MAX);
@@ -125,7 +122,7 @@ async fn loopback_is_exempt_from_the_per_ip_limit() {
     for i in 0..=MAX_CONNECTIONS_PER_IP {
         // Legacy clients keep their connection: why loopback is exempt.
         held.push(if i % 2 == 0 {
-            Client::legacy(server.addr, LEGACY_PORT).await
+            Client::legacy(server.addr, closed_port()).await
         } else {
             Client::probe(server.addr, id(i)).await
         });
