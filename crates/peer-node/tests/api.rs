@@ -776,8 +776,16 @@ async fn status_page_is_open() {
     let api = Api::start().await;
     let response = api.get("/", Some(&api.host()), None).await;
     assert_eq!(response.status, 200, "{response:?}");
-    assert!(response.text().contains("peer-node"));
-    assert!(response.text().contains("connections open: 1"));
+    let page = response.text();
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("peer-node"));
+    assert!(
+        page.contains("<th>connections open</th><td>1</td>"),
+        "{page}"
+    );
+    // The fixed peers are listed, their ban shown, and nothing secret.
+    assert!(page.contains("Peers ("), "{page}");
+    assert!(!page.contains(TOKEN), "the token is on the open page");
     api.shutdown().await;
 }
 

@@ -33,6 +33,15 @@ pub const SHA256_HEADER: &str = "x-sha256";
 /// asynchronous methods return, so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Who a node is, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its node id, 16 hex digits (drawn at each start).
+    pub node_id: String,
+    /// The port it listens on for peers.
+    pub listen_port: u16,
+}
+
 /// What the whole-file routes work on.
 #[derive(Clone)]
 pub struct FileAccess {
@@ -68,6 +77,12 @@ pub trait ApiBackend: Send + Sync + 'static {
     /// [`PIECE_MAX`](wire_format::limits::PIECE_MAX)); hashing is
     /// the backend's, off the I/O task.
     fn put_piece(&self, bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>>;
+
+    /// Who the node is, for the status page; `None` if the backend is no
+    /// node.
+    fn identity(&self) -> Option<Identity> {
+        None
+    }
 
     /// The store and fetch jobs behind the whole-file routes; `None` for a
     /// backend that serves pieces only (those routes then answer 404).

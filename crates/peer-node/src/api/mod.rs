@@ -21,6 +21,7 @@
 //!
 //! # Layout (dependencies point down this list)
 //! * `routes` — the router, the small routes, [`serve`].
+//! * `status` — the HTML status page at `/`.
 //! * `node` — [`NodeApi`], the [`ApiBackend`] of a running node.
 //! * `files` — the whole-file routes and fetch jobs.
 //! * `pieces` — the piece routes and their errors.
@@ -51,15 +52,18 @@ pub mod json;
 mod node;
 mod pieces;
 mod routes;
+mod status;
 
 pub use backend::{
-    ApiBackend, BoxFuture, FETCH_GRACE, FileAccess, MAX_FETCH_TIMEOUT, PutError, SHA256_HEADER,
+    ApiBackend, BoxFuture, FETCH_GRACE, FileAccess, Identity, MAX_FETCH_TIMEOUT, PutError,
+    SHA256_HEADER,
 };
 pub use files::{FetchStarted, FileStored};
 pub use guard::TOKEN_ERROR;
 pub use json::{ErrorBody, PeersResponse, PieceStored};
 pub use node::NodeApi;
 pub use routes::{MAX_BODY_BYTES, serve};
+pub use status::{STATUS_MAX_ERRORS, STATUS_MAX_PEERS};
 
 pub use crate::pieces::FetchError;
 pub use crate::swarm::{BanView, Direction, PeerSource, PeerState, PeerView};

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use piece_store::{Durability, Retention, StoreError};
 use wire_format::{PieceId, VerifiedPiece};
 
-use super::backend::{ApiBackend, BoxFuture, FileAccess, PutError};
+use super::backend::{ApiBackend, BoxFuture, FileAccess, Identity, PutError};
 use crate::metrics::Metrics;
 use crate::node::Shared;
 use crate::pieces::FetchError;
@@ -34,6 +34,13 @@ impl ApiBackend for NodeApi {
     ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let node = Arc::clone(&self.0);
         Box::pin(async move { node.fetch(id, timeout).await })
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        Some(Identity {
+            node_id: self.0.node_id().to_string(),
+            listen_port: self.0.listen_port(),
+        })
     }
 
     fn files(&self) -> Option<FileAccess> {

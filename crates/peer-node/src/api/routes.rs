@@ -20,7 +20,7 @@ use super::files::{delete_fetch, get_fetch, get_file, post_fetch, post_file};
 use super::guard::{Guard, LocalAddr, NoDelayListener, check_host, require_token};
 use super::json::{PeersResponse, error};
 use super::pieces::{get_piece, post_piece};
-use crate::metrics::Metric;
+use super::status;
 
 /// Largest request body accepted: one piece plus room for framing. Handlers
 /// that stream larger bodies (whole files) set their own limit.
@@ -94,23 +94,12 @@ fn router(token: String, backend: Arc<dyn ApiBackend>, bound: SocketAddr) -> Rou
 }
 
 async fn index(State(backend): State<Arc<dyn ApiBackend>>) -> Response {
-    let metrics = backend.metrics();
-    let body = format!(
-        "p2p peer-node {}\n\
-         connections open: {}\n\
-         \n\
-         API (needs Authorization: Bearer <DATA_DIR/api-token>): /api/v1/peers /api/v1/stats \
-         /api/v1/pieces\n\
-         Metrics (Prometheus): /metrics\n",
-        env!("CARGO_PKG_VERSION"),
-        metrics.value(Metric::ConnectionsOpen),
-    );
     (
         [(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
+            HeaderValue::from_static("text/html; charset=utf-8"),
         )],
-        body,
+        status::render(&*backend),
     )
         .into_response()
 }

@@ -22,6 +22,8 @@ use crate::pieces::Pieces;
 /// [`run::PIECES_IN_FLIGHT`] pieces in memory and one blocking thread, so
 /// the worst case is this many × that window (32 MiB each: 256 MiB).
 pub const MAX_RUNNING_JOBS: usize = 8;
+/// Failed jobs' errors [`Jobs::recent_errors`] returns.
+pub const MAX_RECENT_ERRORS: usize = 20;
 /// Finished jobs kept for their requesters to read; past it the oldest
 /// finished job is forgotten.
 pub const MAX_FINISHED_JOBS: usize = 256;
@@ -121,6 +123,27 @@ impl Jobs {
         let job = self.jobs().get(id).map(Arc::clone)?;
         job.cancel.send_replace(true);
         Some(job.view())
+    }
+
+    /// The errors of the jobs that failed most recently, newest first, at
+    /// most [`MAX_RECENT_ERRORS`].
+    pub fn recent_errors(&self) -> Vec<String> {
+        let mut failed: Vec<(Instant, String)> = self
+            .jobs()
+            .values()
+            .filter_map(|j| {
+                let progress = j.progress();
+                let error = progress.error.as_ref()?;
+                let at = progress.ended?;
+                Some((
+                    at,
+                    format!("fetch of {}: {}: {}", j.manifest, error.class, error.text),
+                ))
+            })
+            .collect();
+        failed.sort_by(|a, b| b.0.cmp(&a.0));
+        failed.truncate(MAX_RECENT_ERRORS);
+        failed.into_iter().map(|(_, e)| e).collect()
     }
 
     /// The jobs running now, for the status page.
