@@ -46,7 +46,7 @@ pub const ROOTS_FILE: &str = "roots.log";
 /// First line of the roots index: the format and its version.
 const HEADER: &str = "p2p-roots 1\n";
 /// Longest line: `unpin piece <64 hex>\n` is 77 bytes.
-const LINE_MAX_BYTES: u64 = 80;
+const LINE_MAX_BYTES: usize = 80;
 /// Lines appended before a compaction is due, at least (so a store with few
 /// roots does not rewrite its index at every change).
 pub const COMPACT_MIN_LINES: usize = 1 << 10;
@@ -54,7 +54,8 @@ pub const COMPACT_MIN_LINES: usize = 1 << 10;
 /// the next compaction is due, and one append of at most [`ROOTS_MAX`].
 const ROOTS_LOG_MAX_LINES: u64 = (3 * ROOTS_MAX + COMPACT_MIN_LINES) as u64;
 /// Bound the roots index is read with.
-pub const ROOTS_LOG_MAX_BYTES: u64 = HEADER.len() as u64 + ROOTS_LOG_MAX_LINES * LINE_MAX_BYTES;
+pub const ROOTS_LOG_MAX_BYTES: u64 =
+    HEADER.len() as u64 + ROOTS_LOG_MAX_LINES * LINE_MAX_BYTES as u64;
 
 /// A change to the pinned roots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +115,7 @@ impl RootsLog {
         if self.dirty || self.appended_lines >= self.compacted_roots.max(COMPACT_MIN_LINES) {
             self.compact(&live())?;
         }
-        let mut text = String::with_capacity(changes.len() * LINE_MAX_BYTES as usize);
+        let mut text = String::with_capacity(changes.len() * LINE_MAX_BYTES);
         for change in changes {
             let (verb, root) = match change {
                 Change::Pin(root) => ("pin", root),
@@ -151,7 +152,7 @@ impl RootsLog {
 
     /// Rewrites the index whole as `roots`.
     pub(super) fn compact(&mut self, roots: &[Root]) -> Result<(), StoreError> {
-        let mut text = String::with_capacity(HEADER.len() + roots.len() * LINE_MAX_BYTES as usize);
+        let mut text = String::with_capacity(HEADER.len() + roots.len() * LINE_MAX_BYTES);
         text.push_str(HEADER);
         for root in roots {
             text.push_str(&line("pin", root));
@@ -322,10 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ROOTS_FILE);
         let unpin = line("unpin", &Root::Piece(id(1)));
-        assert!(
-            unpin.len() as u64 <= LINE_MAX_BYTES,
-            "the longest line fits"
-        );
+        assert!(unpin.len() <= LINE_MAX_BYTES, "the longest line fits");
         let full = usize::try_from(ROOTS_LOG_MAX_BYTES).unwrap();
         let mut text = String::with_capacity(full + 1);
         text.push_str(HEADER);
