@@ -94,7 +94,9 @@ impl Shared {
     /// caller writes the roots index, then removes the markers.
     pub(super) fn migrate_pin_markers(&self, marked: &BTreeSet<PieceId>) -> Result<(), StoreError> {
         for id in marked {
-            if self.state().index.contains(id) && self.is_root_manifest(id)? {
+            // The state lock is not held while the piece is read.
+            let held = self.state().index.contains(id);
+            if held && self.is_root_manifest(id)? {
                 self.pin_in_memory(Root::File(*id))?;
             }
         }
