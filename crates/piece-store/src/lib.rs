@@ -6,7 +6,8 @@
 //! thread, never on an I/O task.
 //!
 //! # Layout
-//! * [`store`] — the [`PieceStore`] trait, retention, durability, errors.
+//! * [`store`] — the [`PieceStore`] trait, pinned roots, retention,
+//!   durability, the listing, errors.
 //! * [`disk`] — [`DiskStore`]: sharded files, fsync policies, verification,
 //!   quarantine, scrub; one submodule per job (group commit, verify, scan).
 //! * [`mem`] — [`MemStore`]: the same contract in memory.
@@ -17,7 +18,9 @@
 //! * [`state_file`] — small state files written atomically and read with a
 //!   bound; the one directory fsync.
 //! * `testing` (feature `testing`) — a fault-injecting [`PieceStore`] for tests.
-//! * `index` (private) — accounting shared by both stores: sizes, pins, LRU.
+//! * `index` (private) — accounting shared by both stores: sizes, LRU, the
+//!   capacity rule.
+//! * `reach` (private) — which pieces the pinned roots and holds reach.
 
 pub mod disk;
 pub mod file;
@@ -25,6 +28,7 @@ mod index;
 pub mod lock;
 pub mod manifest;
 pub mod mem;
+mod reach;
 pub mod state_file;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -33,4 +37,7 @@ pub mod testing;
 pub use disk::{DiskStore, DiskStoreConfig, FsyncPolicy, ScrubReport};
 pub use lock::DirLock;
 pub use mem::MemStore;
-pub use store::{Durability, PieceStore, Retention, StoreError, StoreStats};
+pub use store::{
+    Durability, GcReport, PieceStore, PinnedFile, PinnedPiece, ROOTS_MAX, Retention, Root,
+    StoreError, StoreListing, StoreStats,
+};

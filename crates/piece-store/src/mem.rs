@@ -9,7 +9,7 @@ use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
 use crate::index::Index;
-use crate::store::{Durability, PieceStore, Retention, StoreError, StoreStats};
+use crate::store::{Durability, GcReport, PieceStore, Retention, Root, StoreError, StoreStats};
 
 #[derive(Debug)]
 struct State {
@@ -41,6 +41,16 @@ impl MemStore {
     }
 }
 
+impl State {
+    /// Expands the manifests of pinned files that became ready.
+    fn drive(&mut self) {
+        while let Some(task) = self.index.take_ready() {
+            let bytes = self.data.get(&task.manifest).cloned();
+            self.index.expand(task, bytes.as_deref());
+        }
+    }
+}
+
 impl PieceStore for MemStore {
     fn has(&self, id: &PieceId) -> bool {
         self.state().index.contains(id)
@@ -55,6 +65,10 @@ impl PieceStore for MemStore {
         Ok(bytes)
     }
 
+    fn size(&self, id: &PieceId) -> Option<u64> {
+        self.state().index.get(id).map(|e| e.size)
+    }
+
     fn put(
         &self,
         piece: VerifiedPiece,
@@ -63,33 +77,64 @@ impl PieceStore for MemStore {
     ) -> Result<(), StoreError> {
         let mut state = self.state();
         let id = piece.id();
-        let pinned = retention == Retention::Pinned;
+        let root = (retention == Retention::Pinned).then_some(Root::Piece(id));
+        if let Some(root) = &root {
+            state.index.check_pin(root)?;
+        }
         if state.index.contains(&id) {
-            if pinned {
-                state.index.set_pinned(&id, true);
-            }
             state.index.touch(&id);
-            return Ok(());
+        } else {
+            let size = piece.len() as u64;
+            for victim in state.index.make_room(size)? {
+                state.data.remove(&victim);
+            }
+            state.index.insert(id, size, true, true);
+            state.data.insert(id, piece.into_bytes());
         }
-        let size = piece.len() as u64;
-        for victim in state.index.make_room(size)? {
-            state.data.remove(&victim);
+        if let Some(root) = root {
+            state.index.pin_root(root);
         }
-        state.index.insert(id, size, pinned, true, true);
-        state.data.insert(id, piece.into_bytes());
+        state.drive();
         Ok(())
     }
 
-    fn pin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        Ok(self.state().index.set_pinned(id, true).is_some())
+    fn pin_root(&self, root: Root) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        if !state.index.check_pin(&root)? {
+            return Ok(false);
+        }
+        state.index.pin_root(root);
+        state.drive();
+        Ok(true)
     }
 
-    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        Ok(self.state().index.set_pinned(id, false).is_some())
+    fn unpin_root(&self, root: Root) -> Result<bool, StoreError> {
+        Ok(self.state().index.unpin_root(root))
+    }
+
+    fn roots(&self) -> Vec<Root> {
+        self.state().index.roots()
+    }
+
+    fn hold(&self, id: &PieceId) {
+        self.state().index.hold(*id);
+    }
+
+    fn release(&self, id: &PieceId) {
+        self.state().index.release(id);
     }
 
     fn is_pinned(&self, id: &PieceId) -> bool {
-        self.state().index.get(id).is_some_and(|e| e.pinned)
+        self.state().index.is_reached(id)
+    }
+
+    fn gc(&self) -> Result<GcReport, StoreError> {
+        let mut state = self.state();
+        let (victims, report) = state.index.gc();
+        for victim in victims {
+            state.data.remove(&victim);
+        }
+        Ok(report)
     }
 
     fn list(&self) -> Vec<PieceId> {

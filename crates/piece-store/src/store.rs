@@ -1,4 +1,7 @@
-//! The store contract shared by the disk and memory stores.
+//! The store contract shared by the disk and memory stores: pieces, the
+//! pinned roots that keep them, `gc`, and the listing a user sees.
+//!
+//! Uses the manifest format (to name pinned files in [`PieceStore::listing`]).
 
 use std::io;
 use std::path::PathBuf;
@@ -6,15 +9,88 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
-/// Whether a piece may be evicted.
+use crate::manifest::{Layout, Level, Manifest};
+
+/// Most roots a store keeps pinned. Bounds the roots index on disk and the
+/// reach of pinned files in memory (see `reach` for the worst case).
+pub const ROOTS_MAX: usize = 1 << 16;
+
+/// What a user pins: a piece is kept while a pinned root reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Root {
+    /// A file, by its root manifest: reaches the manifest, every part
+    /// manifest and every data piece of its tree, including those the store
+    /// does not hold yet (they are protected the moment they arrive).
+    File(PieceId),
+    /// A loose piece: reaches only itself.
+    Piece(PieceId),
+}
+
+impl Root {
+    /// The piece the root is named by (the manifest of a file).
+    pub fn id(&self) -> PieceId {
+        match self {
+            Root::File(id) | Root::Piece(id) => *id,
+        }
+    }
+}
+
+/// How a new piece is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Retention {
-    /// Added by the local user, or part of a file the user fetched: kept until
-    /// unpinned, never evicted. Pins survive restarts.
+    /// A loose root: the piece is pinned by itself ([`Root::Piece`]), as a
+    /// piece the local user uploads alone. Kept until that root is unpinned
+    /// (and no other root reaches it); the pin survives restarts. Pieces of a
+    /// file are not put this way: they are reached from the file's root.
     Pinned,
-    /// Fetched for a one-off ask: evicted least-recently-used when the store
-    /// needs room.
+    /// Kept only while some pinned root (or hold) reaches it; otherwise
+    /// evicted least-recently-used when the store needs room, or by
+    /// [`PieceStore::gc`]. For pieces fetched for one-off asks, and for the
+    /// pieces of a file whose root is (or is about to be) pinned.
     Cached,
+}
+
+/// What [`PieceStore::gc`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Pieces removed.
+    pub pieces: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// A pinned file as [`PieceStore::listing`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedFile {
+    /// The file's root manifest.
+    pub manifest: PieceId,
+    /// Its name, read from the manifest; `None` while the manifest is not
+    /// held (a fetch just started) or does not parse.
+    pub name: Option<String>,
+    /// Its size in bytes, read from the manifest, when known.
+    pub size: Option<u64>,
+}
+
+/// A pinned loose piece as [`PieceStore::listing`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedPiece {
+    /// The piece.
+    pub id: PieceId,
+    /// Its size, or `None` if the store does not hold it.
+    pub size: Option<u64>,
+}
+
+/// What a store keeps for its user: pinned roots, bytes used and capacity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreListing {
+    /// Pinned files, by manifest id.
+    pub files: Vec<PinnedFile>,
+    /// Pinned loose pieces, by id.
+    pub pieces: Vec<PinnedPiece>,
+    /// Bytes of every piece held (pinned, reached and cached).
+    pub bytes_used: u64,
+    /// The store's capacity.
+    pub capacity: u64,
 }
 
 /// How long `put` waits for the piece to be durable.
@@ -54,6 +130,21 @@ pub enum StoreError {
         /// Whether the file was kept in quarantine (pinned) rather than deleted.
         quarantined: bool,
     },
+    /// Pinning one more root would exceed [`ROOTS_MAX`].
+    #[error("too many pins: at most {max} files and loose pieces can be pinned; unpin some first")]
+    TooManyRoots {
+        /// The bound, [`ROOTS_MAX`].
+        max: usize,
+    },
+    /// The store's roots index cannot be read: refusing to open rather than
+    /// forget a pin (which could let pinned pieces be evicted).
+    #[error("roots index {path} is unreadable: {reason}; fix or remove it to open the store")]
+    BadRootsIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Another process holds the data directory's lock.
     #[error("data directory {path} is in use by another process (lock held on {lock})")]
     Locked {
@@ -92,7 +183,7 @@ pub struct StoreStats {
     pub pieces: u64,
     /// Bytes held.
     pub bytes: u64,
-    /// Pinned bytes held.
+    /// Bytes held that a pinned root (or a hold) reaches: never evicted.
     pub pinned_bytes: u64,
     /// Capacity in bytes.
     pub capacity: u64,
@@ -104,12 +195,19 @@ pub struct StoreStats {
 
 /// A content-addressed piece store.
 ///
+/// Pins are roots ([`Root`]): a piece is kept while any pinned root reaches
+/// it, or while a caller holds it ([`PieceStore::hold`]); eviction and
+/// [`PieceStore::gc`] remove only pieces nothing reaches.
+///
 /// Every method is blocking (disk I/O and hashing): from async code call it
 /// through `tokio::task::spawn_blocking` or a dedicated thread, never on an
 /// I/O task. Implementations are shared between threads.
 pub trait PieceStore: Send + Sync {
     /// Whether the piece is held (a cheap in-memory lookup).
     fn has(&self, id: &PieceId) -> bool;
+
+    /// The size of a held piece (a cheap in-memory lookup).
+    fn size(&self, id: &PieceId) -> Option<u64>;
 
     /// The piece's bytes, guaranteed to hash to `id`, or `None` if not held.
     ///
@@ -118,7 +216,11 @@ pub trait PieceStore: Send + Sync {
     fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError>;
 
     /// Adds a piece (verified by its type). Adding a held piece updates its
-    /// retention (a pin wins) and recency.
+    /// recency, and pins it with [`Retention::Pinned`].
+    ///
+    /// With [`Retention::Pinned`] the piece is stored first and its root
+    /// pinned after (it is held in memory in between, so nothing evicts it):
+    /// a crash in between leaves at worst a cached piece, never a pin.
     fn put(
         &self,
         piece: VerifiedPiece,
@@ -135,18 +237,69 @@ pub trait PieceStore: Send + Sync {
         Ok(())
     }
 
-    /// Pins a held piece. Returns false if it is not held.
-    fn pin(&self, id: &PieceId) -> Result<bool, StoreError>;
+    /// Pins `root`, durably before returning. Returns false if it was pinned
+    /// already. A root may name pieces the store does not hold yet: they are
+    /// kept as they arrive. Fails with [`StoreError::TooManyRoots`] past
+    /// [`ROOTS_MAX`].
+    fn pin_root(&self, root: Root) -> Result<bool, StoreError>;
 
-    /// Unpins a held piece, making it evictable. Returns false if it is not held.
-    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError>;
+    /// Unpins `root`, durably before returning: the pieces only it reached
+    /// become evictable. Returns false if it was not pinned.
+    fn unpin_root(&self, root: Root) -> Result<bool, StoreError>;
 
-    /// Whether a held piece is pinned.
+    /// The pinned roots, in order (files first, each kind by id).
+    fn roots(&self) -> Vec<Root>;
+
+    /// Keeps `id` (held now or arriving later) from eviction and `gc` until
+    /// a matching [`PieceStore::release`], in memory only: a restart drops
+    /// every hold. Holds are counted, so each needs its own release. For a
+    /// file being added, until its root is pinned.
+    fn hold(&self, id: &PieceId);
+
+    /// Ends one [`PieceStore::hold`] of `id`.
+    fn release(&self, id: &PieceId);
+
+    /// Whether a pinned root or a hold reaches `id` (held or not).
     fn is_pinned(&self, id: &PieceId) -> bool;
+
+    /// Removes every held piece that no pinned root or hold reaches. Pieces
+    /// still being written are left for a later call.
+    fn gc(&self) -> Result<GcReport, StoreError>;
 
     /// Every piece held, in no particular order.
     fn list(&self) -> Vec<PieceId>;
 
     /// Counters and gauges.
     fn stats(&self) -> StoreStats;
+
+    /// The pinned files (named from their manifests when held), the pinned
+    /// loose pieces, the bytes used and the capacity. Reads each pinned
+    /// file's root manifest: at most [`ROOTS_MAX`] pieces.
+    fn listing(&self) -> Result<StoreListing, StoreError> {
+        let mut listing = StoreListing::default();
+        for root in self.roots() {
+            match root {
+                Root::File(manifest) => {
+                    // A manifest that does not parse is listed unnamed: the
+                    // user can still unpin it.
+                    let parsed = self.get(&manifest)?.and_then(|bytes| {
+                        Manifest::parse(&bytes, &Layout::STANDARD, Level::ROOT).ok()
+                    });
+                    listing.files.push(PinnedFile {
+                        manifest,
+                        name: parsed.as_ref().and_then(|m| m.name.clone()),
+                        size: parsed.map(|m| m.size),
+                    });
+                }
+                Root::Piece(id) => listing.pieces.push(PinnedPiece {
+                    id,
+                    size: self.size(&id),
+                }),
+            }
+        }
+        let stats = self.stats();
+        listing.bytes_used = stats.bytes;
+        listing.capacity = stats.capacity;
+        Ok(listing)
+    }
 }

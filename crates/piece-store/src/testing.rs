@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
-use crate::store::{Durability, PieceStore, Retention, StoreError, StoreStats};
+use crate::store::{Durability, GcReport, PieceStore, Retention, Root, StoreError, StoreStats};
 
 /// Calls kept by [`FaultyStore::calls`]; later ones are only counted
 /// ([`FaultyStore::count`]). Worst case memory: this many [`Call`]s, a
@@ -22,18 +22,28 @@ pub const MAX_RECORDED_CALLS: usize = 1 << 16;
 pub enum Op {
     /// [`PieceStore::has`].
     Has,
+    /// [`PieceStore::size`].
+    Size,
     /// [`PieceStore::get`].
     Get,
     /// [`PieceStore::put`].
     Put,
     /// [`PieceStore::put_many`].
     PutMany,
-    /// [`PieceStore::pin`].
-    Pin,
-    /// [`PieceStore::unpin`].
-    Unpin,
+    /// [`PieceStore::pin_root`].
+    PinRoot,
+    /// [`PieceStore::unpin_root`].
+    UnpinRoot,
+    /// [`PieceStore::roots`].
+    Roots,
+    /// [`PieceStore::hold`].
+    Hold,
+    /// [`PieceStore::release`].
+    Release,
     /// [`PieceStore::is_pinned`].
     IsPinned,
+    /// [`PieceStore::gc`].
+    Gc,
     /// [`PieceStore::list`].
     List,
     /// [`PieceStore::stats`].
@@ -45,6 +55,8 @@ pub enum Op {
 pub enum Call {
     /// `has(id)`.
     Has(PieceId),
+    /// `size(id)`.
+    Size(PieceId),
     /// `get(id)`.
     Get(PieceId),
     /// `put(piece, retention, durability)`.
@@ -63,12 +75,20 @@ pub enum Call {
         /// The retention asked for.
         retention: Retention,
     },
-    /// `pin(id)`.
-    Pin(PieceId),
-    /// `unpin(id)`.
-    Unpin(PieceId),
+    /// `pin_root(root)`.
+    PinRoot(Root),
+    /// `unpin_root(root)`.
+    UnpinRoot(Root),
+    /// `roots()`.
+    Roots,
+    /// `hold(id)`.
+    Hold(PieceId),
+    /// `release(id)`.
+    Release(PieceId),
     /// `is_pinned(id)`.
     IsPinned(PieceId),
+    /// `gc()`.
+    Gc,
     /// `list()`.
     List,
     /// `stats()`.
@@ -80,12 +100,17 @@ impl Call {
     pub fn op(&self) -> Op {
         match self {
             Self::Has(_) => Op::Has,
+            Self::Size(_) => Op::Size,
             Self::Get(_) => Op::Get,
             Self::Put { .. } => Op::Put,
             Self::PutMany { .. } => Op::PutMany,
-            Self::Pin(_) => Op::Pin,
-            Self::Unpin(_) => Op::Unpin,
+            Self::PinRoot(_) => Op::PinRoot,
+            Self::UnpinRoot(_) => Op::UnpinRoot,
+            Self::Roots => Op::Roots,
+            Self::Hold(_) => Op::Hold,
+            Self::Release(_) => Op::Release,
             Self::IsPinned(_) => Op::IsPinned,
+            Self::Gc => Op::Gc,
             Self::List => Op::List,
             Self::Stats => Op::Stats,
         }
@@ -171,7 +196,8 @@ struct Record {
 /// to the wrapped store.
 ///
 /// Errors can be injected into the operations that return a `Result`
-/// (`get`, `put`, `put_many`, `pin`, `unpin`); every operation can be
+/// (`get`, `put`, `put_many`, `pin_root`, `unpin_root`, `gc`); every
+/// operation can be
 /// stalled and is recorded.
 pub struct FaultyStore {
     inner: Arc<dyn PieceStore>,
@@ -208,8 +234,8 @@ impl FaultyStore {
     }
 
     /// Fails every later call of `op` with `make()`, until [`Self::heal`].
-    /// Has no effect on the operations that cannot fail (`has`,
-    /// `is_pinned`, `list`, `stats`).
+    /// Has no effect on the operations that cannot fail (`has`, `size`,
+    /// `roots`, `hold`, `release`, `is_pinned`, `list`, `stats`).
     pub fn fail(&self, op: Op, make: impl Fn() -> StoreError + Send + Sync + 'static) {
         lock(&self.faults).errors.insert(op, Arc::new(make));
     }
@@ -273,6 +299,11 @@ impl PieceStore for FaultyStore {
         self.inner.has(id)
     }
 
+    fn size(&self, id: &PieceId) -> Option<u64> {
+        self.enter_infallible(Call::Size(*id));
+        self.inner.size(id)
+    }
+
     fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
         match self.enter(Call::Get(*id)) {
             Some(err) => Err(err),
@@ -308,23 +339,45 @@ impl PieceStore for FaultyStore {
         }
     }
 
-    fn pin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        match self.enter(Call::Pin(*id)) {
+    fn pin_root(&self, root: Root) -> Result<bool, StoreError> {
+        match self.enter(Call::PinRoot(root)) {
             Some(err) => Err(err),
-            None => self.inner.pin(id),
+            None => self.inner.pin_root(root),
         }
     }
 
-    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        match self.enter(Call::Unpin(*id)) {
+    fn unpin_root(&self, root: Root) -> Result<bool, StoreError> {
+        match self.enter(Call::UnpinRoot(root)) {
             Some(err) => Err(err),
-            None => self.inner.unpin(id),
+            None => self.inner.unpin_root(root),
         }
+    }
+
+    fn roots(&self) -> Vec<Root> {
+        self.enter_infallible(Call::Roots);
+        self.inner.roots()
+    }
+
+    fn hold(&self, id: &PieceId) {
+        self.enter_infallible(Call::Hold(*id));
+        self.inner.hold(id);
+    }
+
+    fn release(&self, id: &PieceId) {
+        self.enter_infallible(Call::Release(*id));
+        self.inner.release(id);
     }
 
     fn is_pinned(&self, id: &PieceId) -> bool {
         self.enter_infallible(Call::IsPinned(*id));
         self.inner.is_pinned(id)
+    }
+
+    fn gc(&self) -> Result<GcReport, StoreError> {
+        match self.enter(Call::Gc) {
+            Some(err) => Err(err),
+            None => self.inner.gc(),
+        }
     }
 
     fn list(&self) -> Vec<PieceId> {

@@ -11,8 +11,8 @@ use piece_store::file::{
     walk,
 };
 use piece_store::manifest::{Entries, Layout, Level, Manifest, ManifestError, NameError, Part};
-use piece_store::testing::FaultyStore;
-use piece_store::{MemStore, PieceStore, Retention};
+use piece_store::testing::{Call, FaultyStore};
+use piece_store::{MemStore, PieceStore, Retention, Root};
 use wire_format::limits::PIECE_MAX;
 use wire_format::{PieceId, VerifiedPiece};
 
@@ -369,6 +369,77 @@ fn read_errors_are_reported() {
         matches!(&result, Err(FileError::Io { op: "read the input", source }) if source.to_string() == "disk on fire"),
         "{result:?}"
     );
+}
+
+#[test]
+fn a_failed_add_pins_nothing_and_releases_its_holds() {
+    // Fan-out 2: the third piece closes a leaf, storing two pieces and a
+    // manifest before the input fails.
+    let store = store();
+    let bytes = data(3 * MIB + 10);
+    let layout = Layout::with_fan_out(2).unwrap();
+    let result = add_file(&store, Failing { data: &bytes }, "f", &layout);
+    assert!(matches!(result, Err(FileError::Io { .. })), "{result:?}");
+    assert!(store.roots().is_empty());
+    assert_eq!(store.stats().pieces, 3);
+    assert_eq!(store.stats().pinned_bytes, 0, "stored pieces are cached");
+    let unstored = PieceId::of(&bytes[2 * MIB..3 * MIB]);
+    assert!(
+        !store.is_pinned(&unstored),
+        "held but never stored: released"
+    );
+}
+
+#[test]
+fn adding_a_file_holds_each_piece_before_storing_it_and_pins_only_the_file_root() {
+    // Fan-out 2: part manifests too; a repeated piece is held once.
+    let layout = Layout::with_fan_out(2).unwrap();
+    let mut bytes = tagged(2, 0);
+    bytes.extend_from_within(..MIB);
+    bytes.extend_from_slice(b"tail");
+    let store = FaultyStore::new(Arc::new(store()));
+    let added = add_file(&store, &bytes[..], "held.bin", &layout).unwrap();
+    let calls = store.calls();
+    let position = |wanted: &Call| calls.iter().position(|call| call == wanted);
+    let mut held = Vec::new();
+    for (at, call) in calls.iter().enumerate() {
+        let stored = match call {
+            Call::Put { id, retention, .. } => vec![(*id, *retention)],
+            Call::PutMany { ids, retention } => ids.iter().map(|id| (*id, *retention)).collect(),
+            Call::Hold(id) => {
+                held.push(*id);
+                continue;
+            }
+            _ => continue,
+        };
+        for (id, retention) in stored {
+            assert_eq!(retention, Retention::Cached, "reached from the file root");
+            let hold = position(&Call::Hold(id)).unwrap_or(usize::MAX);
+            assert!(hold < at, "{id} stored at call {at} before its hold");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = held.iter().collect();
+    assert_eq!(distinct.len(), held.len(), "each piece held once");
+    assert_eq!(
+        held.len(),
+        3 + 3,
+        "three distinct pieces and three manifests"
+    );
+    let pin = position(&Call::PinRoot(Root::File(added.manifest))).unwrap();
+    let first_release = calls
+        .iter()
+        .position(|call| matches!(call, Call::Release(_)))
+        .unwrap();
+    assert!(
+        pin < first_release,
+        "released only once the root reaches them"
+    );
+    for id in &held {
+        assert!(calls.contains(&Call::Release(*id)));
+    }
+    assert_eq!(store.roots(), vec![Root::File(added.manifest)]);
+    assert!(store.unpin_root(Root::File(added.manifest)).unwrap());
+    assert_eq!(store.stats().pinned_bytes, 0, "no hold left behind");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use piece_store::{
-    DiskStore, DiskStoreConfig, Durability, FsyncPolicy, MemStore, PieceStore, Retention,
+    DiskStore, DiskStoreConfig, Durability, FsyncPolicy, MemStore, PieceStore, Retention, Root,
     StoreError,
 };
 use wire_format::{PieceId, VerifiedPiece};
@@ -64,17 +64,29 @@ fn contract(store: &dyn PieceStore) {
     assert_eq!(listed, expected);
     assert!(!store.is_pinned(&a.id()));
     assert!(store.is_pinned(&b.id()));
-    // Re-putting a held piece pinned upgrades it.
+    assert_eq!(store.roots(), vec![Root::Piece(b.id())]);
+    // Re-putting a held piece pinned makes it a loose root.
     store
         .put(a.clone(), Retention::Pinned, Durability::Wait)
         .unwrap();
     assert!(store.is_pinned(&a.id()));
-    assert!(store.unpin(&a.id()).unwrap());
-    assert!(!store.is_pinned(&a.id()));
+    assert!(store.unpin_root(Root::Piece(a.id())).unwrap());
     assert!(
-        !store.pin(&piece(3, 5).id()).unwrap(),
-        "pinning an absent piece"
+        !store.unpin_root(Root::Piece(a.id())).unwrap(),
+        "not pinned"
     );
+    assert!(!store.is_pinned(&a.id()));
+    // A root may name a piece not held yet.
+    let absent = piece(3, 5).id();
+    assert!(store.pin_root(Root::Piece(absent)).unwrap());
+    assert!(
+        !store.pin_root(Root::Piece(absent)).unwrap(),
+        "pinned already"
+    );
+    assert!(store.is_pinned(&absent) && !store.has(&absent));
+    assert!(store.unpin_root(Root::Piece(absent)).unwrap());
+    assert_eq!(store.size(&a.id()), Some(1000));
+    assert_eq!(store.size(&absent), None);
     let stats = store.stats();
     assert_eq!(stats.pieces, 2);
     assert_eq!(stats.bytes, 1001);
@@ -264,13 +276,13 @@ fn pins_survive_reopening() {
         store
             .put(later.clone(), Retention::Cached, Durability::Wait)
             .unwrap();
-        assert!(store.pin(&later.id()).unwrap());
+        assert!(store.pin_root(Root::Piece(later.id())).unwrap());
     }
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
     assert!(store.is_pinned(&pinned.id()));
     assert!(store.is_pinned(&later.id()));
     assert!(!store.is_pinned(&cached.id()));
-    assert!(store.unpin(&later.id()).unwrap());
+    assert!(store.unpin_root(Root::Piece(later.id())).unwrap());
     drop(store);
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
     assert!(!store.is_pinned(&later.id()));

@@ -31,7 +31,6 @@ pub(super) struct PendingWrite {
     pub(super) tmp: PathBuf,
     /// Bytes counted against the background budget, freed at commit.
     pub(super) background_bytes: u64,
-    pub(super) pin_marker: bool,
     pub(super) done: Option<SyncSender<CommitResult>>,
 }
 
@@ -178,11 +177,6 @@ pub(super) fn commit_group(shared: &Shared, group: Vec<PendingWrite>) {
             let dest = shared.paths.piece(&write.id);
             fs::rename(&write.tmp, &dest).map_err(StoreError::io("rename", &dest))?;
             if let Some(parent) = dest.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-            if write.pin_marker
-                && let Some(parent) = shared.paths.pin(&write.id).parent()
-            {
                 dirs.insert(parent.to_path_buf());
             }
             Ok::<(), StoreError>(())

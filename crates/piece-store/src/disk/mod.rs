@@ -2,16 +2,29 @@
 //!
 //! # Layout of the store directory
 //! * `pieces/00` … `pieces/ff` — one file per piece, named by its id.
-//! * `pins/00` … `pins/ff` — an empty marker file per pinned piece.
+//! * `roots.log` — the pinned roots (files by manifest, loose pieces), an
+//!   append-only log compacted atomically (format in `roots`).
 //! * `tmp/` — pieces being written; emptied at open.
 //! * `quarantine/` — pinned pieces found corrupt, kept for the user.
 //! * `lock` — held exclusively while the store is open.
 //!
+//! Older stores kept an empty marker file per pinned piece in
+//! `pins/00` … `pins/ff`; opening turns them into roots and removes them.
+//!
 //! # Durability
 //! A piece is written to a unique temp file (`create_new`) and renamed into
-//! place only once durable under the [`FsyncPolicy`]. A pin marker is created
-//! before its piece is renamed into place, so a crash never leaves a pinned
-//! piece looking cached (a marker without a piece is dropped at open).
+//! place only once durable under the [`FsyncPolicy`]. A root change is
+//! appended to `roots.log` (and fsynced) before it takes effect in memory.
+//!
+//! # Crashes between a piece and its root
+//! A piece is stored before the root that keeps it is pinned: a loose piece
+//! put [`Retention::Pinned`] is committed, then its root logged; a file's
+//! pieces are committed, then its root. Until then they are held in memory
+//! ([`PieceStore::hold`]), so nothing evicts them. A crash in between leaves
+//! at worst pieces no root reaches: cached, evictable, and the upload was
+//! never reported done. The other way round cannot happen: a logged root
+//! is loaded and its tree reached before open evicts anything, and a root
+//! logged before its pieces arrive (a fetch job's) keeps them as they come.
 //!
 //! # Verification
 //! Only [`VerifiedPiece`]s are written. Each piece is hashed again the first
@@ -25,12 +38,17 @@
 //! * `shared` — the state every job shares, and the file steps before a commit.
 //! * `commit` — the group commit and its background thread.
 //! * `verify` — reading back with verification, quarantine, [`DiskStore::scrub`].
-//! * `scan` — opening: layout, lock, stale temp files, the index.
+//! * `roots` — the roots index on disk: format, appends, compaction.
+//! * `pins` — root changes (disk, then memory), expanding pinned files'
+//!   manifests, migrating old pin markers.
+//! * `scan` — opening: layout, lock, stale temp files, the index, the roots.
 //! * this file — [`DiskStore`]: the [`PieceStore`] operations wired to the jobs.
 
 mod commit;
 mod config;
 mod paths;
+mod pins;
+mod roots;
 mod scan;
 mod shared;
 mod verify;
@@ -47,10 +65,11 @@ use wire_format::{PieceId, VerifiedPiece};
 use self::commit::{CommitResult, Committer, PendingWrite, commit_group, wait_done};
 pub use self::config::{BATCH_INTERVAL, BATCH_MAX_PENDING_BYTES, DiskStoreConfig, FsyncPolicy};
 pub use self::paths::QUARANTINE_DIR;
+pub use self::roots::{COMPACT_MIN_LINES, ROOTS_FILE, ROOTS_LOG_MAX_BYTES};
 use self::shared::{Shared, State};
 pub use self::verify::ScrubReport;
 use crate::lock::DirLock;
-use crate::store::{Durability, PieceStore, Retention, StoreError, StoreStats};
+use crate::store::{Durability, GcReport, PieceStore, Retention, Root, StoreError, StoreStats};
 
 #[derive(Debug)]
 struct Inner {
@@ -68,10 +87,13 @@ pub struct DiskStore {
 
 impl DiskStore {
     /// Opens (creating if needed) the store in `root`, takes its lock, removes
-    /// stale temp files and indexes the pieces present.
+    /// stale temp files, indexes the pieces present and loads the pinned
+    /// roots (migrating the pin markers of an older store).
     ///
-    /// Blocking: lists every piece file. Fails with [`StoreError::Locked`] if
-    /// another process has the store open.
+    /// Blocking: lists every piece file and reads the manifests of pinned
+    /// files. Fails with [`StoreError::Locked`] if another process has the
+    /// store open, and with [`StoreError::BadRootsIndex`] rather than forget
+    /// a pin.
     pub fn open(root: &Path, config: DiskStoreConfig) -> Result<Self, StoreError> {
         let (shared, dir_lock) = scan::open(root, config)?;
         let inner = Arc::new(Inner {
@@ -121,12 +143,10 @@ impl DiskStore {
     fn put_one(
         &self,
         piece: VerifiedPiece,
-        retention: Retention,
         durability: Durability,
     ) -> Result<Option<Receiver<CommitResult>>, StoreError> {
         let shared = self.shared();
         let id = piece.id();
-        let pinned = retention == Retention::Pinned;
         let size = piece.len() as u64;
         let background =
             durability == Durability::Background && shared.config.fsync == FsyncPolicy::Batch;
@@ -138,12 +158,7 @@ impl DiskStore {
                 0
             }
         };
-        let Some((file, tmp)) = self.prepare(
-            &piece,
-            retention,
-            shared.config.fsync == FsyncPolicy::Always,
-        )?
-        else {
+        let Some((file, tmp)) = self.prepare(&piece)? else {
             return Ok(None);
         };
         match shared.config.fsync {
@@ -156,7 +171,6 @@ impl DiskStore {
                         file,
                         tmp,
                         background_bytes: 0,
-                        pin_marker: pinned,
                         done: Some(tx),
                     }],
                 );
@@ -175,7 +189,6 @@ impl DiskStore {
                     file,
                     tmp,
                     background_bytes,
-                    pin_marker: pinned,
                     done,
                 };
                 if background_bytes > 0 {
@@ -189,26 +202,16 @@ impl DiskStore {
         }
     }
 
-    /// The first half of every put: updates a held piece (returns `None`),
-    /// or reserves room, indexes the piece as pending, writes its pin marker
-    /// (durable at once if `sync_marker`) and its temp file.
-    fn prepare(
-        &self,
-        piece: &VerifiedPiece,
-        retention: Retention,
-        sync_marker: bool,
-    ) -> Result<Option<(File, PathBuf)>, StoreError> {
+    /// The first half of every put: marks a held piece used (returns
+    /// `None`), or reserves room, indexes the piece as pending and writes its
+    /// temp file.
+    fn prepare(&self, piece: &VerifiedPiece) -> Result<Option<(File, PathBuf)>, StoreError> {
         let shared = self.shared();
         let id = piece.id();
-        let pinned = retention == Retention::Pinned;
         let size = piece.len() as u64;
         {
             let mut state = shared.state();
-            if let Some(entry) = state.index.get(&id).copied() {
-                if pinned && !entry.pinned {
-                    shared.write_pin_marker(&id, true)?;
-                    state.index.set_pinned(&id, true);
-                }
+            if state.index.contains(&id) {
                 state.index.touch(&id);
                 return Ok(None);
             }
@@ -216,18 +219,10 @@ impl DiskStore {
             shared.delete_victims(&victims);
             // In the index before the data is in place, so concurrent puts
             // count its bytes; uncommitted entries are never evicted.
-            state.index.insert(id, size, pinned, false, true);
+            state.index.insert(id, size, false, true);
             state.pending.insert(id, piece.bytes().clone());
         }
-        let prepared = (|| {
-            if pinned {
-                // Marker first: a crash then leaves a marker without a piece
-                // (dropped at open), never a pinned piece that looks cached.
-                shared.write_pin_marker(&id, sync_marker)?;
-            }
-            shared.write_temp(piece)
-        })();
-        match prepared {
+        match shared.write_temp(piece) {
             Ok(ok) => Ok(Some(ok)),
             Err(err) => {
                 shared.abandon(&id, 0);
@@ -241,11 +236,9 @@ impl DiskStore {
     fn put_one_deferred(
         &self,
         piece: VerifiedPiece,
-        retention: Retention,
     ) -> Result<Option<Receiver<CommitResult>>, StoreError> {
         let id = piece.id();
-        let pinned = retention == Retention::Pinned;
-        let Some((file, tmp)) = self.prepare(&piece, retention, false)? else {
+        let Some((file, tmp)) = self.prepare(&piece)? else {
             return Ok(None);
         };
         let (tx, rx) = mpsc::sync_channel(1);
@@ -254,48 +247,16 @@ impl DiskStore {
             file,
             tmp,
             background_bytes: 0,
-            pin_marker: pinned,
             done: Some(tx),
         });
         Ok(Some(rx))
     }
-}
 
-impl PieceStore for DiskStore {
-    fn has(&self, id: &PieceId) -> bool {
-        self.shared().state().index.contains(id)
-    }
-
-    fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
-        let verify = {
-            let mut state = self.shared().state();
-            if let Some(bytes) = state.pending.get(id).cloned() {
-                state.index.touch(id);
-                return Ok(Some(bytes));
-            }
-            let Some(entry) = state.index.get(id).copied() else {
-                return Ok(None);
-            };
-            state.index.touch(id);
-            self.shared().config.verify_on_read || !entry.verified
-        };
-        self.shared().read_committed(id, verify)
-    }
-
-    fn put(
-        &self,
-        piece: VerifiedPiece,
-        retention: Retention,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let rx = self.put_one(piece, retention, durability)?;
-        wait_done(rx)
-    }
-
-    fn put_many(&self, pieces: Vec<VerifiedPiece>, retention: Retention) -> Result<(), StoreError> {
+    /// Stores a group of pieces, sharing one group commit under `batch`.
+    fn put_group(&self, pieces: Vec<VerifiedPiece>) -> Result<(), StoreError> {
         if self.shared().config.fsync != FsyncPolicy::Batch {
             for piece in pieces {
-                self.put(piece, retention, Durability::Wait)?;
+                wait_done(self.put_one(piece, Durability::Wait)?)?;
             }
             return Ok(());
         }
@@ -304,7 +265,7 @@ impl PieceStore for DiskStore {
         let mut first_error = None;
         let was_committing = self.inner.committer.hold();
         for piece in pieces {
-            match self.put_one_deferred(piece, retention) {
+            match self.put_one_deferred(piece) {
                 Ok(Some(rx)) => receivers.push(rx),
                 Ok(None) => {}
                 Err(err) => {
@@ -321,38 +282,101 @@ impl PieceStore for DiskStore {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn pin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        let mut state = self.shared().state();
-        match state.index.get(id).map(|e| e.pinned) {
-            None => Ok(false),
-            Some(true) => Ok(true),
-            Some(false) => {
-                self.shared().write_pin_marker(id, true)?;
-                state.index.set_pinned(id, true);
-                Ok(true)
-            }
+    /// Stores `pieces` with `store`, then, for [`Retention::Pinned`], pins
+    /// each as a loose root; held in memory in between (see the module docs
+    /// on crashes).
+    fn put_then_pin(
+        &self,
+        ids: Vec<PieceId>,
+        retention: Retention,
+        store: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let shared = self.shared();
+        if retention == Retention::Cached {
+            let stored = store();
+            shared.settle();
+            return stored;
         }
+        let roots: Vec<Root> = ids.iter().map(|id| Root::Piece(*id)).collect();
+        {
+            // Fail early, before storing, when the roots cannot fit.
+            let state = shared.state();
+            let new = roots.iter().filter(|r| !state.index.has_root(r)).count();
+            state.index.check_room(new)?;
+        }
+        for id in &ids {
+            shared.state().index.hold(*id);
+        }
+        let result = store().and_then(|()| shared.pin_roots(&roots).map(|_| ()));
+        for id in &ids {
+            shared.state().index.release(id);
+        }
+        shared.settle();
+        result
+    }
+}
+
+impl PieceStore for DiskStore {
+    fn has(&self, id: &PieceId) -> bool {
+        self.shared().state().index.contains(id)
     }
 
-    fn unpin(&self, id: &PieceId) -> Result<bool, StoreError> {
-        let mut state = self.shared().state();
-        match state.index.get(id).map(|e| e.pinned) {
-            None => Ok(false),
-            Some(false) => Ok(true),
-            Some(true) => {
-                self.shared().remove_pin_marker(id)?;
-                state.index.set_pinned(id, false);
-                Ok(true)
-            }
-        }
+    fn size(&self, id: &PieceId) -> Option<u64> {
+        self.shared().state().index.get(id).map(|e| e.size)
+    }
+
+    fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
+        self.shared().get(id)
+    }
+
+    fn put(
+        &self,
+        piece: VerifiedPiece,
+        retention: Retention,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        self.put_then_pin(vec![piece.id()], retention, || {
+            wait_done(self.put_one(piece, durability)?)
+        })
+    }
+
+    fn put_many(&self, pieces: Vec<VerifiedPiece>, retention: Retention) -> Result<(), StoreError> {
+        let ids = pieces.iter().map(VerifiedPiece::id).collect();
+        self.put_then_pin(ids, retention, || self.put_group(pieces))
+    }
+
+    fn pin_root(&self, root: Root) -> Result<bool, StoreError> {
+        Ok(self.shared().pin_roots(&[root])? == 1)
+    }
+
+    fn unpin_root(&self, root: Root) -> Result<bool, StoreError> {
+        self.shared().unpin_root(root)
+    }
+
+    fn roots(&self) -> Vec<Root> {
+        self.shared().state().index.roots()
+    }
+
+    fn hold(&self, id: &PieceId) {
+        self.shared().state().index.hold(*id);
+    }
+
+    fn release(&self, id: &PieceId) {
+        self.shared().state().index.release(id);
     }
 
     fn is_pinned(&self, id: &PieceId) -> bool {
-        self.shared()
-            .state()
-            .index
-            .get(id)
-            .is_some_and(|e| e.pinned)
+        self.shared().state().index.is_reached(id)
+    }
+
+    fn gc(&self) -> Result<GcReport, StoreError> {
+        let shared = self.shared();
+        let mut state = shared.state();
+        let (victims, report) = state.index.gc();
+        // A file left behind by a failed removal is indexed again at the
+        // next open and collected again.
+        shared.delete_victims(&victims);
+        Ok(report)
     }
 
     fn list(&self) -> Vec<PieceId> {
@@ -433,11 +457,7 @@ mod tests {
         assert_eq!(full * PIECE_MAX as u64, BATCH_MAX_PENDING_BYTES);
         for seed in 0..full {
             let waiter = store
-                .put_one(
-                    piece(seed, PIECE_MAX),
-                    Retention::Cached,
-                    Durability::Background,
-                )
+                .put_one(piece(seed, PIECE_MAX), Durability::Background)
                 .unwrap();
             assert!(waiter.is_none(), "piece {seed} waits for its commit");
         }
@@ -445,9 +465,7 @@ mod tests {
 
         // One byte more: this put commits before it returns, like a waiting one.
         let over = piece(full, 1);
-        let waiter = store
-            .put_one(over.clone(), Retention::Cached, Durability::Background)
-            .unwrap();
+        let waiter = store.put_one(over.clone(), Durability::Background).unwrap();
         assert!(waiter.is_some(), "a put past the limit returned at once");
         assert_eq!(pending_background_bytes(&store), BATCH_MAX_PENDING_BYTES);
 

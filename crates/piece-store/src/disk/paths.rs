@@ -2,7 +2,8 @@
 //! steps every job of the store shares: create a private directory, remove a
 //! file that may already be gone, fsync a directory.
 //!
-//! Uses only the store's error type and [`crate::state_file::sync_dir`].
+//! Uses the store's error type, the roots index's file name and
+//! [`crate::state_file::sync_dir`].
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -12,8 +13,12 @@ use wire_format::{PieceId, VerifiedPiece};
 
 use crate::store::StoreError;
 
+use super::roots::ROOTS_FILE;
+
 const PIECES_DIR: &str = "pieces";
-const PINS_DIR: &str = "pins";
+/// Where stores before the roots index kept a marker file per pinned piece;
+/// migrated and removed at open.
+const LEGACY_PINS_DIR: &str = "pins";
 const TMP_DIR: &str = "tmp";
 /// Directory holding pinned pieces that failed verification.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -40,17 +45,18 @@ impl Paths {
         self.root.join(PIECES_DIR).join(shard_name(byte))
     }
 
-    /// `pins/<shard>`: the directory of the pin markers for ids starting with `byte`.
-    pub(super) fn pin_shard(&self, byte: u8) -> PathBuf {
-        self.root.join(PINS_DIR).join(shard_name(byte))
+    /// `pins/`: the per-piece pin markers of older stores.
+    pub(super) fn legacy_pins_dir(&self) -> PathBuf {
+        self.root.join(LEGACY_PINS_DIR)
+    }
+
+    /// The roots index.
+    pub(super) fn roots_log(&self) -> PathBuf {
+        self.root.join(ROOTS_FILE)
     }
 
     pub(super) fn piece(&self, id: &PieceId) -> PathBuf {
         self.piece_shard(id.first_byte()).join(id.to_hex())
-    }
-
-    pub(super) fn pin(&self, id: &PieceId) -> PathBuf {
-        self.pin_shard(id.first_byte()).join(id.to_hex())
     }
 
     pub(super) fn tmp_dir(&self) -> PathBuf {

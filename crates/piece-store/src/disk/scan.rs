@@ -1,11 +1,11 @@
 //! Opening a store directory: create its layout, take its lock, remove stale
-//! temp files and stray files, and rebuild the index (sizes, pins, recency)
-//! from what is on disk.
+//! temp files and stray files, rebuild the index (sizes, recency) from what
+//! is on disk, load the pinned roots (migrating older pin markers) and reach
+//! their trees, then evict down to the capacity.
 //!
-//! Uses the store's paths, shared state and configuration, the crate's index
-//! and the directory lock.
+//! Uses the store's paths, shared state, configuration, roots index and
+//! pins, the crate's index and the directory lock.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
@@ -14,15 +14,19 @@ use std::time::SystemTime;
 use wire_format::PieceId;
 use wire_format::limits::PIECE_MAX;
 
-use super::config::DiskStoreConfig;
+use super::config::{DiskStoreConfig, FsyncPolicy};
 use super::paths::{Paths, create_dir, remove_if_exists};
+use super::pins::legacy_pin_markers;
+use super::roots::RootsLog;
 use super::shared::{Shared, State};
 use crate::index::Index;
 use crate::lock::DirLock;
 use crate::store::StoreError;
 
 /// Creates (if needed) and locks the store in `root`, removes stale temp
-/// files, indexes the pieces present and evicts down to the capacity.
+/// files, indexes the pieces present, pins the roots and reaches their
+/// trees, and only then evicts down to the capacity (so nothing a root
+/// reaches is evicted).
 pub(super) fn open(root: &Path, config: DiskStoreConfig) -> Result<(Shared, DirLock), StoreError> {
     let paths = Paths::new(root);
     create_dir(root)?;
@@ -32,7 +36,6 @@ pub(super) fn open(root: &Path, config: DiskStoreConfig) -> Result<(Shared, DirL
     }
     for byte in 0..=255u8 {
         create_dir(&paths.piece_shard(byte))?;
-        create_dir(&paths.pin_shard(byte))?;
     }
     let tmp = paths.tmp_dir();
     for entry in fs::read_dir(&tmp).map_err(StoreError::io("list", &tmp))? {
@@ -43,22 +46,34 @@ pub(super) fn open(root: &Path, config: DiskStoreConfig) -> Result<(Shared, DirL
     let mut found = scan_pieces(&paths)?;
     // Oldest first, so recency survives a restart approximately.
     found.sort_by_key(|(_, _, mtime)| *mtime);
-    let pins = scan_pins(&paths)?;
     for (id, size, _) in &found {
-        index.insert(*id, *size, pins.contains(id), true, false);
+        index.insert(*id, *size, true, false);
     }
-    for pin in &pins {
-        if !index.contains(pin) {
-            remove_if_exists(&paths.pin(pin))?;
-        }
+    let roots_path = paths.roots_log();
+    for root in RootsLog::load(&roots_path)? {
+        // The log never holds more than the bound (checked as it replays).
+        index.check_room(1)?;
+        index.pin_root(root);
     }
+    let marked = legacy_pin_markers(&paths)?;
+    let sync = config.fsync != FsyncPolicy::Never;
     let shared = Shared {
         paths,
         config,
-        state: Mutex::new(State::new(index)),
+        state: Mutex::new(State::new(index, RootsLog::new(&roots_path, sync))),
     };
+    shared.migrate_pin_markers(&marked)?;
+    shared.settle();
     {
-        let mut state = shared.state();
+        let mut guard = shared.state();
+        let state = &mut *guard;
+        // Written whole at every open: drops a torn last line, and records
+        // migrated markers before they are removed.
+        state.roots_log.compact(&state.index.roots())?;
+        let legacy = shared.paths.legacy_pins_dir();
+        if legacy.exists() {
+            fs::remove_dir_all(&legacy).map_err(StoreError::io("remove", &legacy))?;
+        }
         let victims = state.index.shrink_to_capacity();
         shared.delete_victims(&victims);
     }
@@ -93,18 +108,4 @@ fn scan_pieces(paths: &Paths) -> Result<Vec<(PieceId, u64, SystemTime)>, StoreEr
         }
     }
     Ok(found)
-}
-
-fn scan_pins(paths: &Paths) -> Result<BTreeSet<PieceId>, StoreError> {
-    let mut pins = BTreeSet::new();
-    for byte in 0..=255u8 {
-        let dir = paths.pin_shard(byte);
-        for entry in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
-            let entry = entry.map_err(StoreError::io("list", &dir))?;
-            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                pins.insert(id);
-            }
-        }
-    }
-    Ok(pins)
 }

@@ -1,9 +1,10 @@
 //! What every job of the disk store shares: its paths and configuration, the
 //! in-memory state behind one mutex (index, pieces awaiting their commit,
-//! counters), and the file steps of a put that precede the commit (pin
-//! marker, temp file) or undo it.
+//! counters, the roots index), and the file steps of a put that precede the
+//! commit (the temp file) or undo it.
 //!
-//! Uses the store's paths and configuration and the crate's index.
+//! Uses the store's paths, configuration and roots index, and the crate's
+//! index.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -14,7 +15,8 @@ use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::config::{DiskStoreConfig, FsyncPolicy};
-use super::paths::{Paths, remove_if_exists, sync_dir};
+use super::paths::Paths;
+use super::roots::RootsLog;
 use crate::index::Index;
 use crate::store::StoreError;
 
@@ -28,12 +30,15 @@ pub(super) struct State {
     pub(super) quarantined: Vec<PieceId>,
     pub(super) corrupt: u64,
     pub(super) scrub_cursor: Option<PieceId>,
+    /// The pinned roots on disk; changed before the index, under this lock.
+    pub(super) roots_log: RootsLog,
 }
 
 impl State {
-    pub(super) fn new(index: Index) -> Self {
+    pub(super) fn new(index: Index, roots_log: RootsLog) -> Self {
         Self {
             index,
+            roots_log,
             pending: HashMap::new(),
             pending_background_bytes: 0,
             quarantined: Vec::new(),
@@ -64,25 +69,6 @@ impl Shared {
 
     pub(super) fn fsyncs(&self) -> bool {
         self.config.fsync != FsyncPolicy::Never
-    }
-
-    /// Creates a pin marker; durable (directory fsynced) unless `never`.
-    pub(super) fn write_pin_marker(&self, id: &PieceId, sync: bool) -> Result<(), StoreError> {
-        let path = self.paths.pin(id);
-        File::create(&path).map_err(StoreError::io("create pin", &path))?;
-        if sync && self.fsyncs() {
-            sync_dir(path.parent().unwrap_or(self.paths.root()))?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn remove_pin_marker(&self, id: &PieceId) -> Result<(), StoreError> {
-        let path = self.paths.pin(id);
-        remove_if_exists(&path)?;
-        if self.fsyncs() {
-            sync_dir(path.parent().unwrap_or(self.paths.root()))?;
-        }
-        Ok(())
     }
 
     pub(super) fn write_temp(

@@ -1,6 +1,6 @@
 //! Verification of committed pieces: reading a piece back (hashing it when
 //! required), removing a corrupt one from service (deleted if cached, moved to
-//! quarantine if pinned), and the slow background scrub.
+//! quarantine if a pinned root reaches it), and the slow background scrub.
 //!
 //! Uses the store's shared state and paths.
 
@@ -38,7 +38,6 @@ impl Shared {
             if !moved {
                 let _ = fs::remove_file(&path);
             }
-            let _ = fs::remove_file(self.paths.pin(id));
             state.quarantined.push(*id);
             moved
         } else {
@@ -49,6 +48,25 @@ impl Shared {
             id: *id,
             quarantined,
         }
+    }
+
+    /// A held piece's bytes: from memory while its write awaits its commit,
+    /// else read back and verified if not yet since open (or always with
+    /// `verify_on_read`). Marks it used.
+    pub(super) fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
+        let verify = {
+            let mut state = self.state();
+            if let Some(bytes) = state.pending.get(id).cloned() {
+                state.index.touch(id);
+                return Ok(Some(bytes));
+            }
+            let Some(entry) = state.index.get(id).copied() else {
+                return Ok(None);
+            };
+            state.index.touch(id);
+            self.config.verify_on_read || !entry.verified
+        };
+        self.read_committed(id, verify)
     }
 
     /// Reads a committed piece, verifying it when required.

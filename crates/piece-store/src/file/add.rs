@@ -1,8 +1,10 @@
-//! Adding a file: split a byte stream into pinned pieces, handed to the
-//! store in groups, and build its manifest tree bottom-up as they arrive.
+//! Adding a file: split a byte stream into pieces, handed to the store in
+//! groups, build its manifest tree bottom-up as they arrive, and pin the
+//! file's root once its manifest is stored.
 //!
 //! Uses the manifest format, the store contract and the file errors.
 
+use std::collections::HashSet;
 use std::io::{self, Read};
 
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use wire_format::{PieceId, VerifiedPiece};
 
 use super::error::{FileError, digest};
 use crate::manifest::{Entries, Layout, Level, MANIFEST_MAX_DEPTH, Manifest, Part, check_name};
-use crate::store::{Durability, PieceStore, Retention};
+use crate::store::{Durability, PieceStore, Retention, Root};
 
 /// Pieces [`add_file`] hands to [`PieceStore::put_many`] as one group (one
 /// group commit under the `batch` fsync policy). Worst case this many pieces
@@ -32,8 +34,15 @@ pub struct FileSummary {
     pub sha256: PieceId,
 }
 
-/// Splits `reader` into pieces of [`PIECE_MAX`] bytes, stores them pinned
-/// with a manifest tree naming the file `name`, and returns the root.
+/// Splits `reader` into pieces of [`PIECE_MAX`] bytes, stores them with a
+/// manifest tree naming the file `name`, pins the file's root
+/// ([`Root::File`]) and returns it.
+///
+/// The root manifest's id is known only at the end, so until then every
+/// piece stored is held ([`PieceStore::hold`], in memory): no eviction can
+/// take one before the root reaches it. Pinning the root reaches the whole
+/// tree, then the holds are released. A crash before the root is pinned
+/// leaves the pieces cached (evictable); the file was never reported added.
 ///
 /// A file of at most [`Layout::fan_out`] pieces (the empty file included)
 /// gets one `pieces` manifest; a larger one the shallowest tree that fits,
@@ -42,8 +51,9 @@ pub struct FileSummary {
 /// A file needing more than [`MANIFEST_MAX_DEPTH`] levels is rejected with
 /// [`FileError::TooLarge`] before its first excess piece is stored.
 ///
-/// On error, pieces already stored stay pinned: a piece may be shared with
-/// other files, so they are not unpinned blindly.
+/// On error the holds are released: the pieces already stored stay as
+/// cached pieces (or kept by other roots that reach them) and no root is
+/// pinned.
 pub fn add_file<S: PieceStore + ?Sized, R: Read>(
     store: &S,
     mut reader: R,
@@ -98,6 +108,30 @@ fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, FileError> {
     Ok(filled)
 }
 
+/// The pieces a file being added holds in the store until its root is
+/// pinned; released when dropped (at the end, or on any error). Holds each
+/// distinct piece once: at most as many ids as pieces the store can keep.
+struct Holds<'s, S: PieceStore + ?Sized> {
+    store: &'s S,
+    ids: HashSet<PieceId>,
+}
+
+impl<S: PieceStore + ?Sized> Holds<'_, S> {
+    fn hold(&mut self, id: PieceId) {
+        if self.ids.insert(id) {
+            self.store.hold(&id);
+        }
+    }
+}
+
+impl<S: PieceStore + ?Sized> Drop for Holds<'_, S> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            self.store.release(id);
+        }
+    }
+}
+
 /// One manifest being filled while the file streams in.
 struct OpenNode<T> {
     entries: Vec<T>,
@@ -135,8 +169,9 @@ impl<T> OpenNode<T> {
 /// node of each level and the topmost one is the root. The topmost node
 /// always covers the file from byte 0; every other open node starts where the
 /// previous one at its level ended.
-struct TreeBuilder<'s, S: ?Sized> {
+struct TreeBuilder<'s, S: PieceStore + ?Sized> {
     store: &'s S,
+    holds: Holds<'s, S>,
     layout: Layout,
     whole: Sha256,
     leaf: OpenNode<PieceId>,
@@ -152,6 +187,10 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
     fn new(store: &'s S, layout: Layout) -> Self {
         Self {
             store,
+            holds: Holds {
+                store,
+                ids: HashSet::new(),
+            },
             layout,
             whole: Sha256::new(),
             leaf: OpenNode::top(Vec::with_capacity(layout.fan_out()), 0),
@@ -182,6 +221,7 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
         self.leaf.entries.push(piece.id());
         self.size = self.size.saturating_add(len);
         self.pieces = self.pieces.saturating_add(1);
+        self.holds.hold(piece.id());
         self.batch.push(piece);
         if self.batch.len() >= PUT_BATCH_PIECES {
             self.flush()?;
@@ -271,6 +311,7 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
             entries,
         };
         let manifest = self.store_manifest(&root, Level::ROOT)?;
+        self.store.pin_root(Root::File(manifest))?;
         Ok(FileSummary {
             manifest,
             size: self.size,
@@ -283,7 +324,7 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
     fn flush(&mut self) -> Result<(), FileError> {
         if !self.batch.is_empty() {
             let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(PUT_BATCH_PIECES));
-            self.store.put_many(batch, Retention::Pinned)?;
+            self.store.put_many(batch, Retention::Cached)?;
         }
         Ok(())
     }
@@ -297,7 +338,8 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
         manifest
             .check(&self.layout, level)
             .map_err(|source| FileError::Manifest { id, source })?;
-        self.store.put(piece, Retention::Pinned, Durability::Wait)?;
+        self.holds.hold(id);
+        self.store.put(piece, Retention::Cached, Durability::Wait)?;
         Ok(id)
     }
 }

@@ -1,10 +1,12 @@
-//! Files as pieces: splitting a byte stream into pinned pieces under a
-//! manifest tree ([`add_file`]), walking a tree in file order ([`walk`],
+//! Files as pieces: splitting a byte stream into pieces under a manifest
+//! tree and pinning the file's root ([`add_file`]), walking a tree in file order ([`walk`],
 //! [`pieces_of`]) and streaming a file back out of a store ([`reassemble`]).
 //!
-//! Everything here streams: memory never grows with the file's size. Adding a
-//! file holds at most [`PUT_BATCH_PIECES`] pieces plus, per open manifest
-//! level, at most one fan-out of ids; walking and reassembling hold at most
+//! Everything here streams: the bytes held never grow with the file's size.
+//! Adding a file holds at most [`PUT_BATCH_PIECES`] pieces plus, per open
+//! manifest level, at most one fan-out of ids, and the id of each distinct
+//! piece stored until the root is pinned (bounded by what the store can
+//! keep); walking and reassembling hold at most
 //! [`MANIFEST_MAX_DEPTH`](crate::manifest::MANIFEST_MAX_DEPTH) parsed manifests and one piece. Every function is
 //! blocking (store I/O, hashing): call them off async I/O tasks.
 //!
