@@ -141,7 +141,7 @@ impl Jobs {
                 ))
             })
             .collect();
-        failed.sort_by(|a, b| b.0.cmp(&a.0));
+        failed.sort_by_key(|e| std::cmp::Reverse(e.0));
         failed.truncate(MAX_RECENT_ERRORS);
         failed.into_iter().map(|(_, e)| e).collect()
     }
