@@ -22,6 +22,7 @@
 //! # Layout (dependencies point down this list)
 //! * `routes` — the router, the small routes, [`serve`].
 //! * `status` — the HTML status page at `/`.
+//! * `store` — the store listing, pins and gc.
 //! * `node` — [`NodeApi`], the [`ApiBackend`] of a running node.
 //! * `files` — the whole-file routes and fetch jobs.
 //! * `pieces` — the piece routes and their errors.
@@ -53,6 +54,7 @@ mod node;
 mod pieces;
 mod routes;
 mod status;
+mod store;
 
 pub use backend::{
     ApiBackend, BoxFuture, FETCH_GRACE, FileAccess, Identity, MAX_FETCH_TIMEOUT, PutError,
@@ -64,6 +66,7 @@ pub use json::{ErrorBody, PeersResponse, PieceStored};
 pub use node::NodeApi;
 pub use routes::{MAX_BODY_BYTES, serve};
 pub use status::{STATUS_MAX_ERRORS, STATUS_MAX_PEERS};
+pub use store::{FileEntry, GcDone, PieceEntry, StoreView};
 
 pub use crate::pieces::FetchError;
 pub use crate::swarm::{BanView, Direction, PeerSource, PeerState, PeerView};

@@ -11,7 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 use wire_format::limits::PIECE_MAX;
 
@@ -21,6 +21,7 @@ use super::guard::{Guard, LocalAddr, NoDelayListener, check_host, require_token}
 use super::json::{PeersResponse, error};
 use super::pieces::{get_piece, post_piece};
 use super::status;
+use super::store::{delete_pin, get_store, post_gc, put_pin};
 
 /// Largest request body accepted: one piece plus room for framing. Handlers
 /// that stream larger bodies (whole files) set their own limit.
@@ -84,6 +85,9 @@ fn router(token: String, backend: Arc<dyn ApiBackend>, bound: SocketAddr) -> Rou
         .route("/api/v1/files/{manifest}", get(get_file))
         .route("/api/v1/fetches", post(post_fetch))
         .route("/api/v1/fetches/{id}", get(get_fetch).delete(delete_fetch))
+        .route("/api/v1/store", get(get_store))
+        .route("/api/v1/pins/{sha256}", put(put_pin).delete(delete_pin))
+        .route("/api/v1/gc", post(post_gc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)
@@ -130,8 +134,9 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint: {method} {}; this node serves /api/v1/peers, /api/v1/stats \
-             and /api/v1/pieces",
+            "no such endpoint: {method} {}; this node serves /api/v1/peers, /api/v1/stats, \
+             /api/v1/pieces, /api/v1/files, /api/v1/fetches, /api/v1/store, /api/v1/pins \
+             and /api/v1/gc",
             uri.path()
         ),
     )

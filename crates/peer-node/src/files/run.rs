@@ -14,7 +14,10 @@
 //!   output and hashes them as one stream.
 //!
 //! Only when the whole file hashes to its manifest's `sha256` is the temp
-//! file fsynced, renamed over the output and its directory fsynced.
+//! file fsynced, renamed over the output and its directory fsynced. The
+//! file's root is pinned when the job starts, so its pieces are kept as they
+//! arrive and the node goes on sharing the file; a job that fails or is
+//! cancelled gives the pin back (its pieces stay, cached).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -26,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use piece_store::file::{FileError, WalkEvent, walk};
 use piece_store::manifest::Layout;
-use piece_store::{Durability, PieceStore, Retention, StoreError};
+use piece_store::{Durability, PieceStore, Retention, Root, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -79,6 +82,14 @@ pub(crate) fn check_output_path(path: &Path) -> Result<(), String> {
 /// Runs `job` to its end (or its cancellation).
 pub(crate) async fn run(pieces: &Arc<Pieces>, job: &Arc<Job>) -> Result<(), JobError> {
     let mut cancel = job.cancel.subscribe();
+    // The file's root is pinned first: every piece of its tree is kept the
+    // moment it arrives, so a small store never evicts the file it fetches.
+    let root = Root::File(job.manifest);
+    let store = Arc::clone(&pieces.store);
+    let pinned_here = tokio::task::spawn_blocking(move || store.pin_root(root))
+        .await
+        .map_err(|e| JobError::new("io", e.to_string()))?
+        .map_err(store_error)?;
     let output = match job.path.clone() {
         Some(path) => {
             let id = job.id.clone();
@@ -93,11 +104,17 @@ pub(crate) async fn run(pieces: &Arc<Pieces>, job: &Arc<Job>) -> Result<(), JobE
         result = work => result,
         _ = cancel.wait_for(|c| *c) => Err(JobError::new("cancelled", "the job was cancelled")),
     };
-    if result.is_err()
-        && let Some(tmp) = tmp
-    {
-        // The writer may still hold it open; removing the name is enough.
-        let _ = std::fs::remove_file(tmp);
+    if result.is_err() {
+        if let Some(tmp) = tmp {
+            // The writer may still hold it open; removing the name is enough.
+            let _ = std::fs::remove_file(tmp);
+        }
+        // Fetched pieces stay, cached; the pin was this job's to give back
+        // (a file the user had pinned stays pinned).
+        if pinned_here {
+            let store = Arc::clone(&pieces.store);
+            let _ = tokio::task::spawn_blocking(move || store.unpin_root(root)).await;
+        }
     }
     result
 }
