@@ -33,15 +33,35 @@ async fn a_posted_piece_is_stored_served_by_its_node_and_fetched_through_the_swa
     let store = a.node.shared.store();
     assert!(store.has(&p.id()) && store.is_pinned(&p.id()));
 
-    // From a's own store: no fetch.
-    a.get_piece(p.id()).await.assert_piece(p.id(), &bytes);
+    // From a's own store: no fetch, and nobody in its account.
+    let own = a.get_piece(p.id()).await;
+    own.assert_piece(p.id(), &bytes);
+    assert_eq!(own.header("x-explain"), Some("[]"));
     assert_eq!(a.node.metric(Metric::FetchesStartedTotal), 0);
 
-    // b has it only from a, through the swarm.
+    // b has it only from a, through the swarm; its account says so.
     assert!(!b.node.shared.store().has(&p.id()));
-    b.get_piece(p.id()).await.assert_piece(p.id(), &bytes);
+    let fetched = b.get_piece(p.id()).await;
+    fetched.assert_piece(p.id(), &bytes);
     assert_eq!(b.node.metric(Metric::FetchesSucceededTotal), 1);
     assert_eq!(a.node.metric(Metric::PiecesServedTotal), 1);
+    let explain: serde_json::Value =
+        serde_json::from_str(fetched.header("x-explain").unwrap()).unwrap();
+    let rows = explain.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{explain}");
+    let row = &rows[0];
+    assert_eq!(row["peer"], a.node.addr.to_string().as_str(), "{row}");
+    assert_eq!(
+        (
+            &row["asked"],
+            &row["gave"],
+            &row["dont_have"],
+            &row["timed_out"]
+        ),
+        (&1.into(), &1.into(), &0.into(), &0.into()),
+        "{row}"
+    );
+    assert_eq!(row["bytes"], PIECE_MAX, "{row}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

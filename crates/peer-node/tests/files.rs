@@ -173,6 +173,18 @@ async fn a_file_spread_over_three_nodes_is_fetched_from_all_three() {
     for (holder, held) in holders.iter().zip(held) {
         assert_eq!(holder.node.metric(Metric::PiecesServedTotal), held);
     }
+    // The job's account says the same, peer by peer.
+    let explain = job["explain"].as_array().unwrap();
+    assert_eq!(explain.len(), 3, "{job}");
+    for (holder, held) in holders.iter().zip(held) {
+        let addr = holder.node.addr.to_string();
+        let row = explain
+            .iter()
+            .find(|r| r["peer"] == addr.as_str())
+            .unwrap_or_else(|| panic!("no row for {addr}: {job}"));
+        assert_eq!(row["gave"], held, "{row}");
+        assert_eq!(row["banned"], 0, "{row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use wire_format::limits::FETCH_TIMEOUT;
 
 use crate::files::Jobs;
 use crate::metrics::Metrics;
-use crate::pieces::FetchError;
+use crate::pieces::{FetchError, PeerAccount};
 use crate::swarm::PeerView;
 
 /// Longest `timeout` a `GET /api/v1/pieces/{sha256}` may ask for.
@@ -32,6 +32,19 @@ pub const SHA256_HEADER: &str = "x-sha256";
 /// A boxed future that can move between threads: what [`ApiBackend`]'s
 /// asynchronous methods return, so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Response header of `GET /api/v1/pieces/{sha256}` carrying the fetch's
+/// per-peer account: a JSON array of [`PeerAccount`]s.
+pub const EXPLAIN_HEADER: &str = "x-explain";
+
+/// A fetched piece and, when known, what each peer did to fetch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplainedPiece {
+    /// The verified bytes.
+    pub bytes: Bytes,
+    /// The per-peer account; `None` if the backend keeps none.
+    pub explain: Option<Vec<PeerAccount>>,
+}
 
 /// Who a node is, as the status page shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +85,22 @@ pub trait ApiBackend: Send + Sync + 'static {
         id: PieceId,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+    /// Like [`fetch_piece`](Self::fetch_piece), with the per-peer account
+    /// of the fetch when the backend keeps one.
+    fn fetch_piece_explained(
+        &self,
+        id: PieceId,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ExplainedPiece, FetchError>> {
+        let fetch = self.fetch_piece(id, timeout);
+        Box::pin(async move {
+            fetch.await.map(|bytes| ExplainedPiece {
+                bytes,
+                explain: None,
+            })
+        })
+    }
+
     /// Stores `bytes` as a pinned piece and returns its id. The API has
     /// already checked the length ([`PIECE_MIN`](wire_format::limits::PIECE_MIN) to
     /// [`PIECE_MAX`](wire_format::limits::PIECE_MAX)); hashing is

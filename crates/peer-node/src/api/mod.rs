@@ -57,8 +57,8 @@ mod status;
 mod store;
 
 pub use backend::{
-    ApiBackend, BoxFuture, FETCH_GRACE, FileAccess, Identity, MAX_FETCH_TIMEOUT, PutError,
-    SHA256_HEADER,
+    ApiBackend, BoxFuture, EXPLAIN_HEADER, ExplainedPiece, FETCH_GRACE, FileAccess, Identity,
+    MAX_FETCH_TIMEOUT, PutError, SHA256_HEADER,
 };
 pub use files::{FetchStarted, FileStored};
 pub use guard::TOKEN_ERROR;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use piece_store::{Durability, Retention, StoreError};
 use wire_format::{PieceId, VerifiedPiece};
 
-use super::backend::{ApiBackend, BoxFuture, FileAccess, Identity, PutError};
+use super::backend::{ApiBackend, BoxFuture, ExplainedPiece, FileAccess, Identity, PutError};
 use crate::metrics::Metrics;
 use crate::node::Shared;
 use crate::pieces::FetchError;
@@ -47,6 +47,21 @@ impl ApiBackend for NodeApi {
         Some(FileAccess {
             store: Arc::clone(self.0.store()),
             jobs: Arc::clone(self.0.jobs()),
+        })
+    }
+
+    fn fetch_piece_explained(
+        &self,
+        id: PieceId,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ExplainedPiece, FetchError>> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move {
+            let fetched = node.fetch_from(id, timeout).await?;
+            Ok(ExplainedPiece {
+                bytes: fetched.bytes,
+                explain: Some(fetched.explain),
+            })
         })
     }
 

@@ -15,7 +15,10 @@ use serde::Deserialize;
 use wire_format::PieceId;
 use wire_format::limits::{PIECE_MAX, PIECE_MIN};
 
-use super::backend::{ApiBackend, FETCH_GRACE, MAX_FETCH_TIMEOUT, PutError, SHA256_HEADER};
+use super::backend::{
+    ApiBackend, EXPLAIN_HEADER, ExplainedPiece, FETCH_GRACE, MAX_FETCH_TIMEOUT, PutError,
+    SHA256_HEADER,
+};
 use super::json::{PieceStored, error};
 use crate::pieces::FetchError;
 
@@ -96,7 +99,20 @@ pub(super) async fn get_piece(
         }
     };
     match fetch_within(backend.as_ref(), id, timeout).await {
-        Ok(bytes) => piece_response(id, bytes),
+        Ok(fetched) => {
+            let mut response = piece_response(id, fetched.bytes);
+            // The per-peer account of the fetch (`p2p-cli ask --explain`):
+            // JSON of at most EXPLAIN_MAX_PEERS short rows, always ASCII.
+            if let Some(explain) = fetched.explain
+                && let Ok(json) = serde_json::to_string(&explain)
+                && let Ok(value) = HeaderValue::try_from(json)
+            {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(EXPLAIN_HEADER), value);
+            }
+            response
+        }
         Err(err) => {
             tracing::debug!(piece = %id, ?timeout, %err, "API piece request failed");
             let message = match err {
@@ -114,8 +130,8 @@ pub(super) async fn fetch_within(
     backend: &dyn ApiBackend,
     id: PieceId,
     timeout: Duration,
-) -> Result<Bytes, FetchError> {
-    let fetch = backend.fetch_piece(id, timeout);
+) -> Result<ExplainedPiece, FetchError> {
+    let fetch = backend.fetch_piece_explained(id, timeout);
     match tokio::time::timeout(timeout.saturating_add(FETCH_GRACE), fetch).await {
         Ok(result) => result,
         Err(_) => {

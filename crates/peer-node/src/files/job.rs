@@ -1,7 +1,7 @@
 //! One fetch job's identity and progress, shared by its task and the API:
 //! where it stands, the bytes and peers so far, why it failed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -10,7 +10,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use wire_format::{PeerAddr, PieceId};
 
-/// Distinct peers counted per job (for its `peers` figure).
+use crate::pieces::PeerAccount;
+
+/// Distinct peers counted per job (its `peers` figure and its account).
 const MAX_GIVERS_COUNTED: usize = 1024;
 
 /// Where a job stands.
@@ -66,6 +68,9 @@ pub struct JobView {
     pub rate_bps: u64,
     /// Distinct peers that gave pieces of the file.
     pub peers: u64,
+    /// What each peer did over the job's pieces (`p2p-cli get --explain`),
+    /// the largest givers first.
+    pub explain: Vec<PeerAccount>,
 }
 
 #[derive(Debug)]
@@ -75,6 +80,8 @@ pub(crate) struct Progress {
     pub(crate) bytes_done: u64,
     pub(crate) bytes_total: u64,
     pub(crate) givers: HashSet<PeerAddr>,
+    /// Per-peer account over the job's pieces, by peer address.
+    pub(crate) explain: HashMap<String, PeerAccount>,
     pub(crate) ended: Option<Instant>,
 }
 
@@ -101,14 +108,29 @@ impl Job {
     }
 
     /// A piece of `len` bytes is written, given by `from` (`None`: it was
-    /// in the store already).
-    pub(crate) fn add_piece(&self, len: u64, from: Option<PeerAddr>) {
+    /// in the store already), with its fetch's per-peer account.
+    pub(crate) fn add_piece(&self, len: u64, from: Option<PeerAddr>, explain: &[PeerAccount]) {
+        self.add_explain(explain);
         let mut progress = self.progress();
         progress.bytes_done = progress.bytes_done.saturating_add(len);
         if let Some(from) = from
             && progress.givers.len() < MAX_GIVERS_COUNTED
         {
             progress.givers.insert(from);
+        }
+    }
+
+    /// Adds one fetch's per-peer account (a data piece's or a manifest's).
+    pub(crate) fn add_explain(&self, explain: &[PeerAccount]) {
+        let mut progress = self.progress();
+        for account in explain {
+            if let Some(sum) = progress.explain.get_mut(&account.peer) {
+                sum.add(account);
+            } else if progress.explain.len() < MAX_GIVERS_COUNTED {
+                progress
+                    .explain
+                    .insert(account.peer.clone(), account.clone());
+            }
         }
     }
 
@@ -157,6 +179,11 @@ impl Job {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             rate_bps: rate as u64,
             peers: progress.givers.len() as u64,
+            explain: {
+                let mut rows: Vec<PeerAccount> = progress.explain.values().cloned().collect();
+                rows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.peer.cmp(&b.peer)));
+                rows
+            },
         }
     }
 }

@@ -97,6 +97,7 @@ impl Jobs {
                 bytes_done: 0,
                 bytes_total: 0,
                 givers: HashSet::new(),
+                explain: HashMap::new(),
                 ended: None,
             }),
             cancel: watch::Sender::new(false),

@@ -149,7 +149,7 @@ async fn fetch_into(
                     window.push_back((len, fetch));
                 }
                 Some(Plan::Need(id, stored)) => {
-                    let ok = fetch_manifest(pieces, id, timeout).await?;
+                    let ok = fetch_manifest(pieces, job, id, timeout).await?;
                     let _ = stored.send(ok);
                 }
                 Some(Plan::Failed(err)) => return Err(err),
@@ -172,7 +172,7 @@ async fn fetch_into(
                 ),
             ));
         }
-        job.add_piece(len as u64, fetched.from);
+        job.add_piece(len as u64, fetched.from, &fetched.explain);
         if write_tx.send(fetched.bytes).await.is_err() {
             break; // the writer failed: its error is reported below
         }
@@ -224,12 +224,14 @@ async fn fetch_piece(
 /// Fetches the manifest `id` and stores it, so the planner can walk it.
 async fn fetch_manifest(
     pieces: &Arc<Pieces>,
+    job: &Job,
     id: PieceId,
     timeout: Duration,
 ) -> Result<bool, JobError> {
     let fetched = fetch_piece(pieces, id, timeout)
         .await
         .map_err(fetch_error)?;
+    job.add_explain(&fetched.explain);
     let store = Arc::clone(&pieces.store);
     tokio::task::spawn_blocking(move || {
         let piece = VerifiedPiece::verify(id, fetched.bytes)

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::net;
 pub use crate::net::bind_listener;
 pub use crate::pieces::{
-    FETCH_BUDGET_BYTES, FetchError, Pieces, SERVE_BUDGET_BYTES, STREAM_CHUNK_BYTES,
+    FETCH_BUDGET_BYTES, FetchError, Fetched, Pieces, SERVE_BUDGET_BYTES, STREAM_CHUNK_BYTES,
     STREAM_GIVES_FROM, STREAMING_GIVES_MAX, VERIFY_QUEUE_PIECES, WRITE_QUEUE_FRAMES,
 };
 use crate::process::wait_for_grace;
@@ -62,6 +62,11 @@ impl Shared {
     /// The piece `id`, verified, from the store or the swarm, within `timeout`.
     pub async fn fetch(&self, id: PieceId, timeout: Duration) -> Result<Bytes, FetchError> {
         self.pieces.fetch(id, timeout).await
+    }
+
+    /// Like [`fetch`](Self::fetch), with who gave it and the per-peer account.
+    pub async fn fetch_from(&self, id: PieceId, timeout: Duration) -> Result<Fetched, FetchError> {
+        self.pieces.fetch_from(id, timeout).await
     }
 
     /// The total deadline of a fetch whose requester names none.

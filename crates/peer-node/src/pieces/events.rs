@@ -20,6 +20,46 @@ pub struct Fetched {
     /// The peer that gave it (the address it connected from); `None` when
     /// it came from this node's own store.
     pub from: Option<PeerAddr>,
+    /// What each peer the fetch involved did (empty from the store).
+    pub explain: Vec<PeerAccount>,
+}
+
+/// One peer's part in a fetch, for `--explain`: counts are per piece (0 or
+/// 1 for one fetch; summed over the pieces of a file job).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerAccount {
+    /// The peer's address (as it connected).
+    pub peer: String,
+    /// ASKs sent to it (a WANT_HAVE alone is not an ASK).
+    pub asked: u64,
+    /// Pieces it gave.
+    pub gave: u64,
+    /// Times it said it does not have the piece.
+    pub dont_have: u64,
+    /// ASKs withdrawn from it: stalled, lost a hedge, or past the deadline.
+    pub timed_out: u64,
+    /// Pieces it lied about (it was banned).
+    pub banned: u64,
+    /// Bytes it gave.
+    pub bytes: u64,
+    /// Milliseconds from first asking it to its answer (or to the end).
+    pub ms: u64,
+    /// Times it was asked as a hedge for a stalled ASK elsewhere.
+    pub hedges: u64,
+}
+
+impl PeerAccount {
+    /// Adds `other` (the same peer, another piece) to this account.
+    pub fn add(&mut self, other: &PeerAccount) {
+        self.asked += other.asked;
+        self.gave += other.gave;
+        self.dont_have += other.dont_have;
+        self.timed_out += other.timed_out;
+        self.banned += other.banned;
+        self.bytes += other.bytes;
+        self.ms += other.ms;
+        self.hedges += other.hedges;
+    }
 }
 
 /// Events a fetch may have queued; a session that finds the queue full
@@ -59,8 +99,10 @@ pub(crate) enum FetchEvent {
     DontHave(u64),
     /// The peer gave it, verified.
     Gave(u64, VerifiedPiece),
-    /// The peer lied or its connection ended.
+    /// The peer's connection ended.
     Failed(u64),
+    /// The peer gave bytes that do not hash to the name (it is banned).
+    Lied(u64),
     /// A new connection came up (while widening).
     Connected(Arc<Link>),
 }

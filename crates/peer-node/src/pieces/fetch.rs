@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info_span};
 use wire_format::limits::{ASK_PROGRESS_TIMEOUT, MAX_ASKS_IN_FLIGHT, PIECE_MAX};
 use wire_format::{PeerAddr, PieceId, VerifiedPiece};
 
-use super::events::{FETCH_EVENTS, FetchError, FetchEvent, FetchHandle, Fetched};
+use super::events::{FETCH_EVENTS, FetchError, FetchEvent, FetchHandle, Fetched, PeerAccount};
 use super::link::Link;
 use super::serve::read_piece;
 use super::state::{PIECE_UNITS, Pieces};
@@ -34,6 +34,9 @@ const FETCH_TICK: Duration = Duration::from_millis(50);
 pub const OPTIMISTIC_MAX_LOAD: usize = MAX_ASKS_IN_FLIGHT / 4;
 /// Candidates from the peer table dialled when no connected peer holds the piece.
 pub const WIDEN_DIALS: usize = 8;
+/// Peers listed in one fetch's account (those that gave or were asked
+/// first): it travels in a response header.
+pub const EXPLAIN_MAX_PEERS: usize = 32;
 /// How long a widening waits for its dials to connect and answer.
 const WIDEN_WAIT: Duration = Duration::from_secs(3);
 
@@ -54,6 +57,68 @@ struct Candidate {
     state: PeerState,
     /// Bytes received on the connection when we last saw progress, and when.
     progress: (u64, Instant),
+    /// What happened with this peer, for `--explain`.
+    account: Account,
+}
+
+/// How a peer's part in a fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Still asked or wanted (the fetch ended first).
+    Pending,
+    /// Gave the piece, this many bytes.
+    Gave(u64),
+    /// Said it does not have it.
+    DontHave,
+    /// Asked, and withdrawn: stalled, lost the hedge, or the deadline.
+    TimedOut,
+    /// Gave bytes that do not hash to the name: banned.
+    Lied,
+    /// Its connection ended, or could not be written to.
+    Gone,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Account {
+    since: Instant,
+    asked: bool,
+    hedge: bool,
+    outcome: Outcome,
+    ended: Option<Instant>,
+}
+
+impl Candidate {
+    /// Records how this peer's part ended (the first ending counts).
+    fn end(&mut self, outcome: Outcome, at: Instant) {
+        self.state = PeerState::Out;
+        if self.account.outcome == Outcome::Pending {
+            self.account.outcome = outcome;
+            self.account.ended = Some(at);
+        }
+    }
+
+    fn explain(&self, fetch_end: Instant) -> PeerAccount {
+        let a = &self.account;
+        let flag = |on: bool| u64::from(on);
+        let ms = a
+            .ended
+            .unwrap_or(fetch_end)
+            .saturating_duration_since(a.since);
+        PeerAccount {
+            peer: self.link.remote.to_string(),
+            asked: flag(a.asked),
+            gave: flag(matches!(a.outcome, Outcome::Gave(_))),
+            dont_have: flag(a.outcome == Outcome::DontHave),
+            timed_out: flag(a.outcome == Outcome::TimedOut),
+            banned: flag(a.outcome == Outcome::Lied),
+            bytes: match a.outcome {
+                Outcome::Gave(bytes) => bytes,
+                _ => 0,
+            },
+            ms: u64::try_from(ms.as_millis()).unwrap_or(u64::MAX),
+            hedges: flag(a.hedge),
+        }
+    }
 }
 
 impl Pieces {
@@ -72,7 +137,11 @@ impl Pieces {
         id: PieceId,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
-        let local = |bytes| Fetched { bytes, from: None };
+        let local = |bytes| Fetched {
+            bytes,
+            from: None,
+            explain: Vec::new(),
+        };
         // The in-memory index first: a miss costs no trip to the blocking pool.
         if self.store.has(&id)
             && let Some(bytes) = read_piece(self, id).await
@@ -142,7 +211,7 @@ impl Pieces {
         let span = info_span!("fetch", piece = %id);
         tokio::spawn(
             async move {
-                let outcome = run_fetch(&pieces, id, timeout, events_rx).await;
+                let (outcome, explain) = run_fetch(&pieces, id, timeout, events_rx).await;
                 match outcome {
                     Ok((piece, from)) => {
                         pieces.metrics.incr(Metric::FetchesSucceededTotal);
@@ -150,6 +219,7 @@ impl Pieces {
                         let fetched = Fetched {
                             bytes: piece.bytes().clone(),
                             from,
+                            explain,
                         };
                         let _ = result_tx.send(Some(Ok(fetched)));
                         // ...and the fetch stays registered (answering
@@ -193,15 +263,34 @@ fn reserve(pieces: &Pieces) -> Option<tokio::sync::OwnedSemaphorePermit> {
         .ok()
 }
 
+/// Runs one fetch; returns its outcome and the per-peer account of it.
 async fn run_fetch(
     pieces: &Arc<Pieces>,
     id: PieceId,
     timeout: Duration,
+    events: mpsc::Receiver<FetchEvent>,
+) -> (
+    Result<(VerifiedPiece, Option<PeerAddr>), FetchError>,
+    Vec<PeerAccount>,
+) {
+    let mut peers: HashMap<u64, Candidate> = HashMap::new();
+    let outcome = ask_peers(pieces, id, timeout, events, &mut peers).await;
+    let end = now();
+    let mut explain: Vec<PeerAccount> = peers.values().map(|c| c.explain(end)).collect();
+    explain.sort_by(|a, b| b.gave.cmp(&a.gave).then(b.asked.cmp(&a.asked)));
+    explain.truncate(EXPLAIN_MAX_PEERS);
+    (outcome, explain)
+}
+
+async fn ask_peers(
+    pieces: &Arc<Pieces>,
+    id: PieceId,
+    timeout: Duration,
     mut events: mpsc::Receiver<FetchEvent>,
+    peers: &mut HashMap<u64, Candidate>,
 ) -> Result<(VerifiedPiece, Option<PeerAddr>), FetchError> {
     let started = now();
     let deadline = started + timeout;
-    let mut peers: HashMap<u64, Candidate> = HashMap::new();
     let mut widened: Option<Instant> = None;
     let mut hedged = false;
     // Whether some peer left without saying no (its connection closed, or
@@ -236,12 +325,24 @@ async fn run_fetch(
             PeerState::Out
         };
         let progress = (link.bytes_received(), at);
+        let account = Account {
+            since: at,
+            asked: state == PeerState::Asked,
+            hedge: false,
+            outcome: if state == PeerState::Out {
+                Outcome::Gone
+            } else {
+                Outcome::Pending
+            },
+            ended: None,
+        };
         peers.insert(
             link.id,
             Candidate {
                 link,
                 state,
                 progress,
+                account,
             },
         );
     };
@@ -249,7 +350,7 @@ async fn run_fetch(
     // The preferred peer first, so it is asked before anyone is wanted.
     links.sort_by_key(|l| l.id != preferred);
     for link in links {
-        add(&mut peers, link);
+        add(peers, link);
     }
     pieces.metrics.add(
         Metric::WantHaveSentTotal,
@@ -276,9 +377,10 @@ async fn run_fetch(
                 pieces.download.acquire(PIECE_MAX).await;
                 if let Some(budget) = reserve(pieces) {
                     c.state = PeerState::Asked;
+                    c.account.asked = true;
                     c.progress = (c.link.bytes_received(), at);
                     if !c.link.ask(id, Some(budget), at) {
-                        c.state = PeerState::Out;
+                        c.end(Outcome::Gone, at);
                         unanswered = true;
                     }
                 }
@@ -305,9 +407,11 @@ async fn run_fetch(
                     hedged = true;
                     pieces.metrics.incr(Metric::HedgesTotal);
                     c.state = PeerState::Asked;
+                    c.account.asked = true;
+                    c.account.hedge = true;
                     c.progress = (c.link.bytes_received(), at);
                     if !c.link.ask(id, Some(budget), at) {
-                        c.state = PeerState::Out;
+                        c.end(Outcome::Gone, at);
                         unanswered = true;
                     }
                 }
@@ -321,7 +425,7 @@ async fn run_fetch(
                 let start = c.link.ask_book().line_start(&id).unwrap_or(at);
                 if at.duration_since(start.max(c.progress.1)) >= ASK_PROGRESS_TIMEOUT * 2 {
                     c.link.withdraw(&id, at);
-                    c.state = PeerState::Out;
+                    c.end(Outcome::TimedOut, at);
                 }
             }
         }
@@ -331,7 +435,7 @@ async fn run_fetch(
             // survivor of a duplicate pair, say) are asked before anything
             // is concluded.
             for link in pieces.links() {
-                add(&mut peers, link);
+                add(peers, link);
             }
             pending = peers.values().any(|c| c.state != PeerState::Out);
         }
@@ -354,7 +458,7 @@ async fn run_fetch(
             }
         }
         if at >= deadline {
-            withdraw_all(&mut peers, &id, at);
+            withdraw_all(peers, &id, at);
             return Err(FetchError::Deadline);
         }
         let event = tokio::select! {
@@ -369,7 +473,7 @@ async fn run_fetch(
                 c.progress = (bytes, at);
             }
             if c.state != PeerState::Out && c.link.is_closed() {
-                c.state = PeerState::Out;
+                c.end(Outcome::Gone, at);
                 unanswered = true;
             }
         }
@@ -384,14 +488,15 @@ async fn run_fetch(
             }
             FetchEvent::DontHave(conn) => {
                 if let Some(c) = peers.get_mut(&conn) {
-                    c.state = PeerState::Out;
+                    c.end(Outcome::DontHave, at);
                 }
             }
-            FetchEvent::Failed(conn) => {
+            FetchEvent::Failed(conn) | FetchEvent::Lied(conn) => {
+                let lied = matches!(event, FetchEvent::Lied(_));
                 if let Some(c) = peers.get_mut(&conn)
-                    && c.state != PeerState::Out
+                    && (c.state != PeerState::Out || lied)
                 {
-                    c.state = PeerState::Out;
+                    c.end(if lied { Outcome::Lied } else { Outcome::Gone }, at);
                     unanswered = true;
                 }
             }
@@ -399,17 +504,17 @@ async fn run_fetch(
                 debug!(from = conn, "piece received");
                 let mut giver = None;
                 if let Some(c) = peers.get_mut(&conn) {
-                    c.state = PeerState::Out;
+                    c.end(Outcome::Gave(piece.bytes().len() as u64), at);
                     giver = Some(c.link.remote);
                 }
                 // The loser of a hedge gets a CANCEL; its late answer, if
                 // any, is a counted duplicate.
-                withdraw_all(&mut peers, &id, at);
+                withdraw_all(peers, &id, at);
                 return Ok((piece, giver));
             }
             FetchEvent::Connected(link) => {
                 if widened.is_some() || unanswered {
-                    add(&mut peers, link);
+                    add(peers, link);
                 }
             }
         }
@@ -420,7 +525,7 @@ fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) 
     for c in peers.values_mut() {
         if c.state == PeerState::Asked {
             c.link.withdraw(id, at);
-            c.state = PeerState::Out;
+            c.end(Outcome::TimedOut, at);
         }
     }
 }

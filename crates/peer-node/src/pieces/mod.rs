@@ -25,8 +25,8 @@ mod state;
 
 pub(crate) use asks::Answered;
 pub(crate) use events::FetchEvent;
-pub use events::{FetchError, Fetched};
-pub use fetch::WIDEN_DIALS;
+pub use events::{FetchError, Fetched, PeerAccount};
+pub use fetch::{EXPLAIN_MAX_PEERS, WIDEN_DIALS};
 pub(crate) use link::Link;
 pub use link::WRITE_QUEUE_FRAMES;
 pub(crate) use receive::{GiveIntake, receive_give};

@@ -199,7 +199,7 @@ fn finish_give(
                 Some(id),
             );
             link.close_with("banned");
-            pieces.fetch_event(&id, FetchEvent::Failed(link.id));
+            pieces.fetch_event(&id, FetchEvent::Lied(link.id));
         }
     }
 }
