@@ -13,8 +13,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use peer_node::datadir::{DataDir, DataDirError, default_path};
+use piece_store::DirLock;
 use piece_store::lock::LOCK_FILE;
-use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
 use crate::cli::Global;
 use crate::error::{CliError, CliResult};
@@ -186,49 +186,19 @@ pub fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
-/// Tests, without blocking, whether a process holds the lock on `dir`:
-/// opens `dir/lock` without following a link, tries an exclusive `flock`
-/// and releases it at once if it got it.
+/// Tests, without blocking, whether a process holds the lock on `dir`
+/// ([`DirLock::is_held`]: no link followed, released at once).
 pub fn probe_lock(dir: &Path) -> io::Result<LockState> {
-    let path = dir.join(LOCK_FILE);
-    let fd = match rustix::fs::open(
-        &path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        // No lock file: no node ever locked this dir.
-        Err(rustix::io::Errno::NOENT) => return Ok(LockState::Free),
-        Err(rustix::io::Errno::LOOP) => {
-            return Err(io::Error::other(format!(
-                "{} is a symbolic link, which is never followed: remove it",
-                path.display()
-            )));
-        }
-        Err(err) => return Err(err.into()),
-    };
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file: remove it",
-            path.display()
-        )));
-    }
-    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {
-            // Released before anything else: a node starting now must get it.
-            rustix::fs::flock(&fd, FlockOperation::Unlock)?;
-            Ok(LockState::Free)
-        }
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(LockState::Held),
-        Err(err) => Err(err.into()),
+    match DirLock::is_held(dir) {
+        Ok(true) => Ok(LockState::Held),
+        Ok(false) => Ok(LockState::Free),
+        Err(err) => Err(io::Error::other(err.to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use piece_store::DirLock;
 
     use super::*;
 

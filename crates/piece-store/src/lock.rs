@@ -72,14 +72,28 @@ impl DirLock {
 
     /// Whether some process holds the lock on `dir` now, without blocking
     /// (used by tools to decide whether files a node left in `dir` are
-    /// current). Takes a shared lock with `LOCK_NB` and releases it at once,
-    /// so two probes never see each other; never creates the lock file. A
+    /// current). Opens the lock file without following a link (a link or a
+    /// non-regular file is an error: someone planted it), takes a shared
+    /// lock with `LOCK_NB` and releases it at once, so two probes never see
+    /// each other; never creates the lock file (absent: nobody holds it). A
     /// node starting during the probe retries ([`Self::acquire`]).
     pub fn is_held(dir: &Path) -> Result<bool, StoreError> {
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
         let path = dir.join(LOCK_FILE);
-        let file = match File::open(&path) {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+        {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(StoreError::Io {
+                    op: "open (a symbolic link, never followed: remove it)",
+                    path,
+                    source: err,
+                });
+            }
             Err(source) => {
                 return Err(StoreError::Io {
                     op: "open",
@@ -88,9 +102,20 @@ impl DirLock {
                 });
             }
         };
+        let kind = file
+            .metadata()
+            .map_err(StoreError::io("inspect", &path))?
+            .file_type();
+        if !kind.is_file() || kind.is_fifo() {
+            return Err(StoreError::Io {
+                op: "inspect (not a regular file: remove it)",
+                path,
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
+        }
         match file.try_lock_shared() {
             Ok(()) => {
-                // Dropping the file would release it too; say so explicitly.
+                // Released before anything else: a node starting now gets it.
                 file.unlock().map_err(StoreError::io("unlock", &path))?;
                 Ok(false)
             }
