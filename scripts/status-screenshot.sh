@@ -91,7 +91,7 @@ trap 'exit 143' TERM
 
 # Private temp dir: it holds the nodes' API tokens.
 umask 077
-work=$(mktemp -d "${TMPDIR:-/tmp}/p2p-status.XXXXXX")
+work=$(mktemp -d -t p2p-status.XXXXXX)
 
 # The value of `key=` in the first log line that has it.
 log_field() {
