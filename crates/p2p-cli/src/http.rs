@@ -173,6 +173,9 @@ impl Api {
                 403 => CliError::usage(format!("the node at {addr} refused the request: {text}")),
                 404 => CliError::new(Exit::NotFound, format!("not found: {text}")),
                 413 => CliError::local(format!("the node refused the data as too large: {text}")),
+                429 => CliError::local(format!(
+                    "the node at {addr} is busy: {text}; wait for one of its fetches to end (p2p-cli ls shows the files), then retry"
+                )),
                 503 => CliError::unreachable(format!(
                     "the node at {addr} is shutting down: {text}; start it again and retry"
                 )),

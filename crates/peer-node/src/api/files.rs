@@ -185,9 +185,7 @@ pub(super) async fn post_fetch(
         Ok((id, attached)) => {
             (StatusCode::ACCEPTED, Json(FetchStarted { id, attached })).into_response()
         }
-        Err(err @ StartError::Busy { .. }) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
-        }
+        Err(err @ StartError::Busy { .. }) => error(StatusCode::TOO_MANY_REQUESTS, err.to_string()),
         Err(err @ StartError::Path(_)) => error(StatusCode::BAD_REQUEST, err.to_string()),
     }
 }
