@@ -12,13 +12,14 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use peer_node::metrics::Metric;
 use peer_node::testing::wait_for;
 use piece_store::file::add_file;
 use piece_store::manifest::Layout;
-use piece_store::{MemStore, PieceStore};
+use piece_store::{MemStore, PieceStore, Root};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use wire_format::limits::PIECE_MAX;
@@ -315,4 +316,25 @@ async fn bad_fetch_requests_and_incomplete_files_are_refused() {
     node.request("POST", "/api/v1/files", true, b"abc")
         .await
         .assert_error(400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_cancels_its_jobs_removing_their_temp_files_and_pins() {
+    let node = ApiNode::start(0).await;
+    let _silent = RawPeer::extended(&node.node, 9).await;
+    assert!(wait_for(SOON, || node.node.shared.connection_count() == 1).await);
+    let out = tempfile::tempdir().unwrap();
+    let manifest = PieceId::of(b"a manifest nobody answers for");
+    let started = node
+        .start_fetch(&manifest.to_string(), &out.path().join("never"))
+        .await;
+    assert_eq!(started["attached"], false);
+    assert!(wait_for(SOON, || temp_files(out.path()).len() == 1).await);
+    let store = Arc::clone(node.node.shared.store());
+    assert_eq!(store.roots(), vec![Root::File(manifest)]);
+
+    let ApiNode { node, .. } = node;
+    node.0.stop().await.unwrap();
+    assert!(temp_files(out.path()).is_empty(), "the temp file was left");
+    assert!(store.roots().is_empty(), "the job's pin was left");
 }

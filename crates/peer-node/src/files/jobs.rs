@@ -147,6 +147,19 @@ impl Jobs {
         failed.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// Cancels every running job (the node is stopping): each removes its
+    /// temp file and gives back the pin it took.
+    pub fn cancel_all(&self) {
+        for job in self.jobs().values() {
+            job.cancel.send_replace(true);
+        }
+    }
+
+    /// Whether any job is still running.
+    pub fn any_running(&self) -> bool {
+        self.jobs().values().any(|j| j.is_running())
+    }
+
     /// The jobs running now, for the status page.
     pub fn running(&self) -> Vec<JobView> {
         self.jobs()

@@ -192,7 +192,11 @@ impl Node {
     /// Runs until `shutdown` resolves, then closes every connection and
     /// saves `peers.json`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Shared { swarm, pieces, .. } = self.shared;
+        let Shared {
+            swarm,
+            pieces,
+            jobs,
+        } = self.shared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = [
             tokio::spawn(crate::swarm::run_dialler(
@@ -223,6 +227,10 @@ impl Node {
         }
         // Who we know, taken while connections are still up.
         let peers = crate::swarm::known_peers(&swarm);
+        // Fetch jobs end first: each removes its temp file and gives back
+        // the pin it took, rather than leave them to a stopped node.
+        jobs.cancel_all();
+        wait_for_grace(|| !jobs.any_running()).await;
         swarm.closing.send_replace(true);
         wait_for_grace(|| swarm.connection_count() == 0).await;
         crate::swarm::write_peers(&swarm, &peers);
