@@ -103,3 +103,36 @@ async fn an_empty_or_oversized_upload_and_a_request_without_the_token_are_refuse
         .assert_error(401);
     node.get_piece(p.id()).await.assert_piece(p.id(), p.bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_node_its_peers_store_and_jobs_without_the_token() {
+    let (a, b) = ApiNode::connected_pair().await;
+    let page = a.request("GET", "/", false, &[]).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.header("content-type")
+            .is_some_and(|ct| ct.starts_with("text/html")),
+        "{page:?}"
+    );
+    let html = String::from_utf8(page.body.clone()).unwrap();
+    assert!(
+        html.contains(&a.node.id().to_string()),
+        "no node id: {html}"
+    );
+    assert!(
+        html.contains(&format!("port {}", a.node.addr.port())),
+        "no listen port: {html}"
+    );
+    // b is connected to a, so it has a row of its own.
+    assert!(html.contains("Peers (1)"), "{html}");
+    assert!(html.contains("class=\"connected\">connected"), "{html}");
+    assert!(html.contains("<th>store</th>"), "{html}");
+    assert!(html.contains("Fetch jobs running (0)"), "{html}");
+    assert!(html.contains("Bans (0)"), "{html}");
+    assert!(
+        !html.contains(common::api::TOKEN),
+        "the token is on the page"
+    );
+    assert!(!html.contains("<script"), "the page runs a script");
+    drop(b);
+}
