@@ -105,7 +105,7 @@ impl Candidate {
             .unwrap_or(fetch_end)
             .saturating_duration_since(a.since);
         PeerAccount {
-            peer: self.link.remote.to_string(),
+            peer: self.link.peer_addr().to_string(),
             asked: flag(a.asked),
             gave: flag(matches!(a.outcome, Outcome::Gave(_))),
             dont_have: flag(a.outcome == Outcome::DontHave),
@@ -505,7 +505,7 @@ async fn ask_peers(
                 let mut giver = None;
                 if let Some(c) = peers.get_mut(&conn) {
                     c.end(Outcome::Gave(piece.bytes().len() as u64), at);
-                    giver = Some(c.link.remote);
+                    giver = Some(c.link.peer_addr());
                 }
                 // The loser of a hedge gets a CANCEL; its late answer, if
                 // any, is a counted duplicate.

@@ -72,6 +72,13 @@ impl Link {
         (link, frames_rx)
     }
 
+    /// The peer's address as the API shows it: where it listens when its
+    /// HELLO said, else where it connected from.
+    pub(crate) fn peer_addr(&self) -> PeerAddr {
+        self.listen_port
+            .map_or(self.remote, |port| PeerAddr::new(self.remote.ip(), port))
+    }
+
     pub(crate) fn ask_book(&self) -> MutexGuard<'_, AskBook> {
         self.asks.lock().unwrap_or_else(PoisonError::into_inner)
     }
