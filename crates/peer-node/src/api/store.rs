@@ -115,31 +115,37 @@ pub(super) async fn put_pin(
     State(backend): State<Arc<dyn ApiBackend>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let Some(access) = backend.files() else {
-        return unsupported();
-    };
-    match parse(path) {
-        Ok(id) => match files::pin(access.store, id).await {
-            Ok(change) => Json(change).into_response(),
-            Err(err) => failed(&err),
-        },
-        Err(text) => error(StatusCode::BAD_REQUEST, text),
-    }
+    change_pin(backend.as_ref(), path, true).await
 }
 
 pub(super) async fn delete_pin(
     State(backend): State<Arc<dyn ApiBackend>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
+    change_pin(backend.as_ref(), path, false).await
+}
+
+/// Pins (`pin`) or unpins the root the path names.
+async fn change_pin(
+    backend: &dyn ApiBackend,
+    path: Result<Path<String>, PathRejection>,
+    pin: bool,
+) -> Response {
     let Some(access) = backend.files() else {
         return unsupported();
     };
-    match parse(path) {
-        Ok(id) => match files::unpin(access.store, id).await {
-            Ok(change) => Json(change).into_response(),
-            Err(err) => failed(&err),
-        },
-        Err(text) => error(StatusCode::BAD_REQUEST, text),
+    let id = match parse(path) {
+        Ok(id) => id,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    let change = if pin {
+        files::pin(access.store, id).await
+    } else {
+        files::unpin(access.store, id).await
+    };
+    match change {
+        Ok(change) => Json(change).into_response(),
+        Err(err) => failed(&err),
     }
 }
 
