@@ -83,10 +83,7 @@ impl ApiNode {
         let store = loop {
             match DiskStore::open(dir.path(), DiskStoreConfig::new(DEFAULT_MEMORY_STORE_BYTES)) {
                 Ok(store) => break store,
-                Err(err) if Instant::now() < deadline => {
-                    let _ = err;
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
                 Err(err) => panic!("the disk store did not open: {err}"),
             }
         };
