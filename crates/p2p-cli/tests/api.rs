@@ -11,13 +11,11 @@ use std::io::ErrorKind;
 use std::net::TcpListener;
 
 use peer_node::datadir::{DataDir, write_new_secret};
-use peer_node::testing::wait_for;
 use piece_store::DirLock;
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
-use wire_format::{Hello, Message, NodeId, PieceId};
+use wire_format::PieceId;
 
-use common::{ApiNode, SOON, cli, closed_port, empty_data_dir, piece, strings};
+use common::{ApiNode, SilentPeer, cli, closed_port, empty_data_dir, piece, strings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_fetches_a_piece_a_peer_holds_and_writes_exactly_its_bytes() {
@@ -74,27 +72,9 @@ async fn explain_says_when_the_node_sends_no_explanation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_with_a_silent_peer_exits_3() {
     let node = ApiNode::start(0).await;
-    // A peer that says HELLO and then never answers anything.
-    let mut silent = tokio::net::TcpStream::connect(node.node.addr)
-        .await
-        .unwrap();
-    let hello = Hello::ours(Some(closed_port()), false, NodeId([9; 8]));
-    tokio::io::AsyncWriteExt::write_all(&mut silent, &Message::Hello(hello).to_bytes())
-        .await
-        .unwrap();
-    let connected = wait_for(SOON, || {
-        node.node.shared.connected_node_ids() == vec![NodeId([9; 8])]
-    })
-    .await;
-    assert!(connected, "the silent peer did not connect");
-    // Read (and drop) what the node sends, so its writes never block.
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 << 10];
-        while matches!(silent.read(&mut buf).await, Ok(n) if n > 0) {}
-    });
+    let _silent = SilentPeer::connect(&node.node, 9).await;
     let run = node.cli(&["ask", &"cd".repeat(32), "--timeout", "1"]).await;
     run.assert_code(3).assert_says("deadline");
-    reader.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

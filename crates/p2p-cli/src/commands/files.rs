@@ -105,6 +105,20 @@ pub fn get(global: &Global, args: &GetArgs) -> CliResult {
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
         .map_err(|err| CliError::local(format!("cannot catch Ctrl-C: {err}")))?;
     let api = Api::new(locate(global)?, Duration::ZERO);
+    // A node on this machine writes where we would: an output it cannot
+    // write is a local failure (exit 5, as for `ask -o`), not the usage
+    // error its refusal of the path would be. A remote node's paths are
+    // its own, so only it can judge them.
+    if api.endpoint().addr.ip().is_loopback()
+        && let Some(dir) = path.parent()
+        && !dir.is_dir()
+    {
+        return Err(CliError::local(format!(
+            "cannot write {}: {} is not a directory; create it, or give -o a path in an existing directory",
+            path.display(),
+            dir.display()
+        )));
+    }
     let request = json!({
         "manifest": args.manifest.to_hex(),
         "path": path.to_string_lossy(),
