@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 bulk=${1:-1024}
 singles=${2:-500}
 conc=${3:-16}
-cargo build --quiet --release -p peer-node --example bench_client
+cargo build --quiet --release -p bench
 cargo build --quiet --release -p peer-node
 base=${BENCH_DIR:-${TMPDIR:-/tmp}}
 work=$(mktemp -d "$base/p2p-bench.XXXXXX")
@@ -48,7 +48,7 @@ start_node a
 # B learns of A through A's listen address (A as its bootstrap).
 a_listen=$(grep -o 'listen=[^ ]*' "$work/a.log" | head -1 | cut -d= -f2 || true)
 start_node b --bootstrap "${a_listen:?cannot read the listen address of node a from its log}"
-./target/release/examples/bench_client \
+./target/release/p2p-bench \
   "$(cat "$work/a/data/api-addr")" "$(cat "$work/a/data/api-token")" \
   "$(cat "$work/b/data/api-addr")" "$(cat "$work/b/data/api-token")" \
   "$bulk" "$singles" "$conc"

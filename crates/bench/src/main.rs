@@ -1,10 +1,14 @@
-//! Benchmark client for two running nodes (see `scripts/bench-fetch.sh`):
-//! stores distinct 1 MiB pieces in node A through its API, then fetches
-//! them through node B's API — in bulk with concurrent keep-alive
-//! connections, and one at a time over one kept-alive connection for
-//! latency. Every piece B returns is checked against its name.
+//! Benchmark client for two running nodes (see `scripts/bench-fetch.sh`
+//! and `scripts/bench.sh`): stores distinct 1 MiB pieces in node A through
+//! its API, then fetches them through node B's API — in bulk with
+//! concurrent keep-alive connections, and one at a time over one
+//! kept-alive connection for latency. Every piece B returns is checked
+//! against its name.
 //!
-//! `bench_client API_A TOKEN_A API_B TOKEN_B [BULK_PIECES] [SINGLES] [CONCURRENCY]`
+//! `p2p-bench [--json] API_A TOKEN_A API_B TOKEN_B [BULK_PIECES] [SINGLES] [CONCURRENCY]`
+//!
+//! `--json` prints each result as one JSON object per line on stdout (the
+//! sentences go to stderr instead).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -168,8 +172,17 @@ fn check(id: &PieceId, body: &[u8]) -> Result<(), String> {
 }
 
 async fn run(args: Vec<String>) -> Result<(), String> {
-    let usage =
-        "usage: bench_client API_A TOKEN_A API_B TOKEN_B [BULK_PIECES] [SINGLES] [CONCURRENCY]";
+    let usage = "usage: p2p-bench [--json] API_A TOKEN_A API_B TOKEN_B [BULK_PIECES] [SINGLES] [CONCURRENCY]";
+    let json = args.iter().any(|a| a == "--json");
+    let args: Vec<String> = args.into_iter().filter(|a| a != "--json").collect();
+    // Sentences for people; with --json they give way to JSON on stdout.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let [api_a, token_a, api_b, token_b, rest @ ..] = args.as_slice() else {
         return Err(usage.into());
     };
@@ -246,11 +259,18 @@ async fn run(args: Vec<String>) -> Result<(), String> {
         return Err(format!("{received} of {} pieces received", bulk_ids.len()));
     }
     let bytes = bulk as f64 * PIECE as f64;
-    println!(
-        "bulk: {bulk} x 1 MiB fetched A->B through B's API, verified and stored, in {secs:.2} s = {:.2} GB/s ({:.0} MiB/s), {concurrency} connections",
-        bytes / secs / 1e9,
-        bytes / secs / (1 << 20) as f64
-    );
+    if bulk > 0 {
+        let mib_s = bytes / secs / (1 << 20) as f64;
+        say(format!(
+            "bulk: {bulk} x 1 MiB fetched A->B through B's API, verified and stored, in {secs:.2} s = {:.2} GB/s ({mib_s:.0} MiB/s), {concurrency} connections",
+            bytes / secs / 1e9,
+        ));
+        if json {
+            println!(
+                r#"{{"bench":"bulk","pieces":{bulk},"connections":{concurrency},"secs":{secs:.4},"mib_s":{mib_s:.2}}}"#
+            );
+        }
+    }
 
     // Latency: one at a time over one kept-alive connection; then the same
     // pieces again, now in B's store, to show the API's own share.
@@ -270,11 +290,13 @@ async fn run(args: Vec<String>) -> Result<(), String> {
         check(id, &body)?;
     }
     hits.sort();
-    if let Some(p50) = hits.get(hits.len().saturating_sub(1) / 2) {
-        println!(
-            "store hit: the same pieces again, now in B's store: p50 {:.2} ms",
-            p50.as_secs_f64() * 1e3
-        );
+    let hit_p50_ms = hits
+        .get(hits.len().saturating_sub(1) / 2)
+        .map(|p50| p50.as_secs_f64() * 1e3);
+    if let Some(p50) = hit_p50_ms {
+        say(format!(
+            "store hit: the same pieces again, now in B's store: p50 {p50:.2} ms"
+        ));
     }
     times.sort();
     // Nearest-rank percentile: index = ceil(p * n) - 1.
@@ -284,14 +306,20 @@ async fn run(args: Vec<String>) -> Result<(), String> {
         times[rank - 1]
     };
     if !times.is_empty() {
-        println!(
-            "single: {} pieces one at a time over one kept-alive connection: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (p50, p90, p99) = (ms(pct(0.5)), ms(pct(0.9)), ms(pct(0.99)));
+        let max = ms(times[times.len() - 1]);
+        say(format!(
+            "single: {} pieces one at a time over one kept-alive connection: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
             times.len(),
-            pct(0.5).as_secs_f64() * 1e3,
-            pct(0.9).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            times[times.len() - 1].as_secs_f64() * 1e3
-        );
+        ));
+        if json {
+            let hit = hit_p50_ms.map_or("null".to_owned(), |v| format!("{v:.3}"));
+            println!(
+                r#"{{"bench":"single","pieces":{},"p50_ms":{p50:.3},"p90_ms":{p90:.3},"p99_ms":{p99:.3},"max_ms":{max:.3},"store_hit_p50_ms":{hit}}}"#,
+                times.len()
+            );
+        }
     }
     Ok(())
 }
@@ -307,7 +335,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("bench_client: {err}");
+            eprintln!("p2p-bench: {err}");
             ExitCode::from(1)
         }
     }
