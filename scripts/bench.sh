@@ -152,7 +152,14 @@ reset_peak() { echo 5 >"/proc/$1/clear_refs"; }
 # $1 / $2 with 3 decimals.
 div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 kib_to_mib() { div "$1" 1024; }
-record() { echo "$1" >>"$results"; }
+# One JSON line, with the 1-minute load average and the number of compilers
+# running when it was measured: other work on the machine (a build) is noise.
+record() {
+  local load rustc
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  rustc=$(pgrep -c -x rustc || true)
+  echo "${1%\}},\"load1\":$load,\"rustc_running\":${rustc:-0}}" >>"$results"
+}
 
 # --- a swarm -----------------------------------------------------------------
 declare -A node_pid node_dir node_api node_listen

@@ -138,7 +138,8 @@ def chart(summaries, path, title):
         ax.set_xticks(list(xs), [name for name, _ in items], fontsize=8)
         ax.set_ylabel(unit)
         for x, m in zip(xs, med):
-            ax.annotate(fmt(m), (x, m), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(fmt(m), (x, 0), ha="center", va="bottom", fontsize=9, color="white", weight="bold",
+                        xytext=(0, 4), textcoords="offset points")
 
     bars(
         left,
@@ -177,10 +178,18 @@ def main():
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     tbl = table(summaries)
     print(tbl)
+    busy = sum(1 for r in rows if r.get("rustc_running", 0) > 0)
+    loads = [r["load1"] for r in rows if "load1" in r]
+    noise = ""
+    if loads:
+        noise = (
+            f" Other work on the machine: a compiler was running at the end of {busy} of"
+            f" {len(rows)} measurements; 1-minute load {min(loads):.1f}–{max(loads):.1f}."
+        )
     if args.docs:
         chart_line = "\n\n![throughput and latency](bench.png)" if args.chart else ""
         body = (
-            f"Measured on {date} on {args.machine}; median of {runs} runs, min–max beside it.\n"
+            f"Measured on {date} on {args.machine}; median of {runs} runs, min–max beside it.{noise}\n"
             f"Command: `{args.command}`\n\n{tbl}{chart_line}"
         )
         update_docs(args.docs, body)
