@@ -14,7 +14,7 @@
 #   latency   1,000 single 1 MiB pieces fetched one at a time through a node's
 #             API over one kept-alive connection: p50 / p99
 #
-#   scripts/bench.sh [--with-libtorrent] [--runs N] [--size-mib M] [--results FILE]
+#   scripts/bench.sh [--with-libtorrent] [--runs N] [--size-mib M] [--results FILE] [--no-docs]
 #     --with-libtorrent  install python3-libtorrent (apt-get, as root) and compare
 #     --runs N           runs of every measurement (default 3, at least 1)
 #     --size-mib M       size of the transfer file (default 1024, at least 16)
@@ -50,8 +50,15 @@ while (($#)); do
   esac
   shift
 done
-[[ $runs =~ ^[0-9]+$ ]] && ((runs >= 1)) || { echo "bench: --runs must be a whole number >= 1" >&2; exit 2; }
-[[ $size_mib =~ ^[0-9]+$ ]] && ((size_mib >= 16)) || { echo "bench: --size-mib must be a whole number >= 16" >&2; exit 2; }
+if ! [[ $runs =~ ^[0-9]{1,4}$ ]] || ((10#$runs < 1)); then
+  echo "bench: --runs must be a whole number from 1 to 9999" >&2
+  exit 2
+fi
+if ! [[ $size_mib =~ ^[0-9]{1,7}$ ]] || ((10#$size_mib < 16)); then
+  echo "bench: --size-mib must be a whole number >= 16" >&2
+  exit 2
+fi
+runs=$((10#$runs)) size_mib=$((10#$size_mib))
 small_mib=$((size_mib / 4))
 command_line="scripts/bench.sh${argv[*]:+ ${argv[*]}}"
 for tool in curl flock cargo python3 sha256sum; do
@@ -61,6 +68,10 @@ done
 say() { printf 'bench: %s\n' "$*" >&2; }
 fail() {
   say "FAILED: $*"
+  if [ -n "${work:-}" ] && [ -s "$work/cli.log" ]; then
+    say "last lines of p2p-cli's stderr:"
+    tail -n 5 "$work/cli.log" >&2
+  fi
   exit 1
 }
 
