@@ -29,7 +29,7 @@ use crate::pieces::{
     self, Answer, Answered, FetchEvent, GiveIntake, Link, Pieces, STREAM_GIVES_FROM, ServeSide,
 };
 use crate::swarm::table::Source;
-use crate::swarm::{self, Direction, NewConn};
+use crate::swarm::{self, DUPLICATE_CLOSE, Direction, NewConn};
 
 /// A process-wide number for each connection (its id and its tracing span).
 pub(crate) fn next_conn_id() -> u64 {
@@ -105,7 +105,7 @@ pub(super) async fn serve(
             debug!("duplicate connection closed by the node_id rule");
             swarm
                 .metrics
-                .incr_labelled(Family::ConnectionsClosedTotal, "duplicate");
+                .incr_labelled(Family::ConnectionsClosedTotal, DUPLICATE_CLOSE);
             return Ok(());
         }
         pieces.add_link(&link);
@@ -183,6 +183,9 @@ pub(super) async fn serve(
             count_close(&swarm.metrics, &err);
             match &err {
                 ConnError::Rule(NODE_SHUTDOWN) => return Err(SessionError::Shutdown),
+                // Two nodes dialling each other at once: the rule closed the
+                // spare connection; nobody did wrong.
+                ConnError::Rule(DUPLICATE_CLOSE) => debug!("duplicate connection closed"),
                 ConnError::Protocol(_) | ConnError::Rule(_) => warn!(%err, "closing"),
                 _ => debug!(%err, "connection ended"),
             }

@@ -17,6 +17,9 @@ use crate::clock::now;
 use crate::metrics::Metric;
 use crate::net::{self, Closer};
 
+/// The close label of a connection the duplicate rule closed.
+pub const DUPLICATE_CLOSE: &str = "duplicate";
+
 /// Decides whether a new connection to a peer survives an existing one:
 /// the connection opened by the lower node_id wins; between two opened by
 /// the same node the older one stays.
@@ -66,7 +69,7 @@ impl Swarm {
                 if !keep_new(old_opener, opener) {
                     return false;
                 }
-                old_closer.close_with("duplicate");
+                old_closer.close_with(DUPLICATE_CLOSE);
                 if state.conns.remove(&old_id).is_some() {
                     self.metrics.decr(Metric::ConnectionsOpen);
                 }

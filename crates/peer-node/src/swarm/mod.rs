@@ -41,7 +41,7 @@ pub mod views;
 pub use admission::MAX_CONNECTIONS_PER_IP;
 pub use budget::DIAL_QUEUE;
 pub(crate) use conns::NewConn;
-pub use conns::keep_new;
+pub use conns::{DUPLICATE_CLOSE, keep_new};
 pub(crate) use dial::run_dialler;
 pub use persist::PEERS_SAVE_INTERVAL;
 pub(crate) use persist::{known_peers, load_peers, run_saver, write_peers};
