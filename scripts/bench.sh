@@ -82,25 +82,9 @@ flock -n 9 || { say "another benchmark is running (lock $lock_file held); wait f
 
 work="" pids=() cleaned=0
 now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat:0:1}" != Z ]
-}
-# Stops every process started so far (TERM, then KILL after 8 s).
-stop_all() {
-  local pid deadline
-  ((${#pids[@]})) || return 0
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$(($(now_us) + 8000000))
-  for pid in "${pids[@]}"; do
-    while alive "$pid" && (($(now_us) < deadline)); do sleep 0.05; done
-    alive "$pid" && { say "process $pid did not stop in time: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-  done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
+# now_ms, alive, stop_all, log_field, start_bootstrap.
+# shellcheck source=scripts/lib/swarm.sh
+source scripts/lib/swarm.sh
 cleanup() {
   ((cleaned)) && return
   cleaned=1
@@ -177,19 +161,8 @@ declare -A node_pid node_dir node_api node_listen
 swarm_names=()
 server=""
 
-log_field() { { grep -o "$2=[^ ]*" "$1" 2>/dev/null || true; } | head -n 1 | cut -d= -f2-; }
-
 start_server() {
-  local log="$work/bootstrap.log" deadline
-  "$bin/bootstrap-server" --listen 127.0.0.1:0 2>"$log" &
-  pids+=($!)
-  server="" deadline=$(($(now_us) + 10000000))
-  while [ -z "$server" ]; do
-    alive "${pids[-1]}" || { cat "$log" >&2; fail "bootstrap-server exited"; }
-    (($(now_us) < deadline)) || fail "bootstrap-server did not start in 10 s"
-    server=$(log_field "$log" listen)
-    [ -n "$server" ] || sleep 0.02
-  done
+  start_bootstrap "$work/bootstrap.log"
 }
 
 # start_node NAME [peer-node flags...]

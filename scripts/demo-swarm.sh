@@ -58,39 +58,9 @@ work=""
 pids=()
 sleeper=""
 
-now_ms() {
-  if [ -n "${EPOCHREALTIME:-}" ]; then
-    local t=${EPOCHREALTIME/[.,]/}
-    echo $((t / 1000))
-  else
-    echo $(($(date +%s%N) / 1000000))
-  fi
-}
-
-# Whether a process we started is still running (not exited, not a zombie).
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat:0:1}" != Z ]
-}
-
-stop_all() {
-  local pid deadline
-  ((${#pids[@]})) || return 0
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # Nodes close their connections within a 5 s grace period, then save peers.
-  deadline=$(($(now_ms) + 8000))
-  for pid in "${pids[@]}"; do
-    while alive "$pid" && (($(now_ms) < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-      echo "demo-swarm: process $pid did not stop in time: killing it" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
+# now_ms, alive, stop_all, log_field, start_bootstrap.
+# shellcheck source=scripts/lib/swarm.sh
+source scripts/lib/swarm.sh
 
 cleaned=0
 cleanup() {
@@ -121,11 +91,6 @@ umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/p2p-demo.XXXXXX")
 chmod 700 "$work"
 
-# The value of `key=` in the first log line that has it (colours off).
-log_field() {
-  { grep -o "$2=[^ ]*" "$1" 2>/dev/null || true; } | head -n 1 | cut -d= -f2-
-}
-
 # How many times $2 occurs in $1.
 count() {
   local rest=${1//"$2"/}
@@ -134,18 +99,8 @@ count() {
 
 export NO_COLOR=1
 start_ms=$(now_ms)
-"$bin/bootstrap-server" --listen 127.0.0.1:0 --data-dir "$work/bootstrap" \
-  2>"$work/bootstrap.log" &
-pids+=($!)
-server_pid=$!
 server=""
-deadline=$(($(now_ms) + 10000))
-while [ -z "$server" ]; do
-  alive "$server_pid" || { cat "$work/bootstrap.log" >&2; fail "bootstrap-server exited"; }
-  (($(now_ms) < deadline)) || fail "bootstrap-server did not start in 10 s (log: $work/bootstrap.log)"
-  server=$(log_field "$work/bootstrap.log" listen)
-  [ -n "$server" ] || sleep 0.05
-done
+start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap"
 
 for k in $(seq 1 "$n"); do
   "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 \

@@ -61,27 +61,14 @@ bin=${target_dir:-target}/release
 work=""
 pids=()
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# Whether a process we started is still running (not exited, not a zombie).
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat:0:1}" != Z ]
-}
+# now_ms, alive, stop_all, log_field, start_bootstrap.
+# shellcheck source=scripts/lib/swarm.sh
+source scripts/lib/swarm.sh
 
 cleanup() {
-  local status=$? pid deadline
+  local status=$?
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # Nodes close their connections within a 5 s grace period.
-  deadline=$(($(now_ms) + 8000))
-  for pid in "${pids[@]}"; do
-    while alive "$pid" && (($(now_ms) < deadline)); do sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_all
   [ -z "$work" ] || rm -rf -- "$work"
   exit "$status"
 }
@@ -93,23 +80,9 @@ trap 'exit 143' TERM
 umask 077
 work=$(mktemp -d -t p2p-status.XXXXXX)
 
-# The value of `key=` in the first log line that has it.
-log_field() {
-  { grep -o "$2=[^ ]*" "$1" 2>/dev/null || true; } | head -n 1 | cut -d= -f2-
-}
-
 export NO_COLOR=1
-"$bin/bootstrap-server" --listen 127.0.0.1:0 --data-dir "$work/bootstrap" \
-  2>"$work/bootstrap.log" &
-pids+=($!)
 server=""
-deadline=$(($(now_ms) + 10000))
-while [ -z "$server" ]; do
-  alive "${pids[0]}" || { cat "$work/bootstrap.log" >&2; fail "bootstrap-server exited"; }
-  (($(now_ms) < deadline)) || fail "bootstrap-server did not start in 10 s"
-  server=$(log_field "$work/bootstrap.log" listen)
-  [ -n "$server" ] || sleep 0.05
-done
+start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap"
 
 for k in $(seq 1 "$n"); do
   "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 \

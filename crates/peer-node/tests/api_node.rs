@@ -45,6 +45,8 @@ async fn a_posted_piece_is_stored_served_by_its_node_and_fetched_through_the_swa
     fetched.assert_piece(p.id(), &bytes);
     assert_eq!(b.node.metric(Metric::FetchesSucceededTotal), 1);
     assert_eq!(a.node.metric(Metric::PiecesServedTotal), 1);
+    // Counted as it arrived, though the connection is still open.
+    assert!(b.node.metric(Metric::BytesInTotal) > PIECE_MAX as u64);
     let explain: serde_json::Value =
         serde_json::from_str(fetched.header("x-explain").unwrap()).unwrap();
     let rows = explain.as_array().unwrap();

@@ -135,6 +135,9 @@ pub(super) async fn serve(
         .in_current_span(),
     );
     let mut rules = Rules::new(serving);
+    // Bytes read so far that the node-wide counter has: it grows as frames
+    // arrive, not only when the connection ends.
+    let mut counted: u64 = 0;
     let result = async {
         if let Some(first) = legacy_first {
             rules.handle(&pieces, &link, first).await?;
@@ -150,6 +153,9 @@ pub(super) async fn serve(
                     return Err(ConnError::Rule(NODE_SHUTDOWN));
                 }
             };
+            let read = reader.bytes_in();
+            swarm.metrics.add(Metric::BytesInTotal, read - counted);
+            counted = read;
             match frame {
                 None => return Ok(()),
                 Some(Frame::Message(message)) => rules.handle(&pieces, &link, message).await?,
@@ -162,7 +168,9 @@ pub(super) async fn serve(
     }
     .await;
     closer.mark_closed();
-    swarm.metrics.add(Metric::BytesInTotal, reader.bytes_in());
+    swarm
+        .metrics
+        .add(Metric::BytesInTotal, reader.bytes_in() - counted);
     if record {
         swarm.remove(conn_id);
     }
