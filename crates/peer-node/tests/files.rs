@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peer_node::metrics::Metric;
+use peer_node::node::NodeConfig;
 use peer_node::testing::wait_for;
 use piece_store::file::add_file;
 use piece_store::manifest::Layout;
@@ -337,4 +338,49 @@ async fn a_node_that_stops_cancels_its_jobs_removing_their_temp_files_and_pins()
     node.0.stop().await.unwrap();
     assert!(temp_files(out.path()).is_empty(), "the temp file was left");
     assert!(store.roots().is_empty(), "the job's pin was left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_holders_one_at_a_tenth_of_the_others_rate_the_fast_one_gives_most() {
+    let bytes = content(13, 96 * PIECE_MAX);
+    let (manifest, pieces) = split("fast-slow", &bytes);
+    let capped = |rate: u64| {
+        move |c: &mut NodeConfig| {
+            c.target_outbound = 0;
+            c.max_upload_rate = Some(rate);
+        }
+    };
+    let fast = ApiNode::start_with(capped(40 << 20)).await;
+    let slow = ApiNode::start_with(capped(4 << 20)).await;
+    for piece in &pieces {
+        fast.node.hold(piece).unwrap();
+        slow.node.hold(piece).unwrap();
+    }
+    let leecher = ApiNode::start(2).await;
+    leecher.node.shared.add_candidate(fast.node.addr.into());
+    leecher.node.shared.add_candidate(slow.node.addr.into());
+    assert!(wait_for(SOON, || leecher.node.shared.connected_node_ids().len() == 2).await);
+    let out = tempfile::tempdir().unwrap();
+    let started = leecher
+        .start_fetch(&manifest.to_string(), &out.path().join("f"))
+        .await;
+    let job = leecher.wait_job(started["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let from = |node: &ApiNode| {
+        let addr = node.node.addr.to_string();
+        job["explain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["peer"] == addr.as_str())
+            .map_or(0, |r| r["bytes"].as_u64().unwrap())
+    };
+    let (fast_bytes, slow_bytes) = (from(&fast), from(&slow));
+    // Each new piece goes to the holder with the fewest of our ASKs waiting,
+    // which is the one that drains them: the slow one gets what its burst
+    // and its rate allow while the fast one serves the rest.
+    assert!(
+        fast_bytes * 10 >= (fast_bytes + slow_bytes) * 7,
+        "fast {fast_bytes} B, slow {slow_bytes} B: {job}"
+    );
 }

@@ -32,6 +32,11 @@ const FETCH_TICK: Duration = Duration::from_millis(50);
 /// waiting: past that, the pieces of a file fetched in parallel are spread
 /// over every holder instead of queueing at one.
 pub const OPTIMISTIC_MAX_LOAD: usize = MAX_ASKS_IN_FLIGHT / 4;
+/// How long a fetch waits for more HAVEs before asking a busy holder that
+/// answered first (a holder with at least [`OPTIMISTIC_MAX_LOAD`] of our
+/// ASKs): long enough for the other peers' answers on a LAN, short against a
+/// piece's transfer.
+pub const HOLDER_CHOICE_WAIT: Duration = Duration::from_millis(20);
 /// Candidates from the peer table dialled when no connected peer holds the piece.
 pub const WIDEN_DIALS: usize = 8;
 /// Peers listed in one fetch's account (those that gave or were asked
@@ -368,11 +373,18 @@ async fn ask_peers(
             .values()
             .filter(|c| c.state == PeerState::Asked)
             .count();
+        // A busy holder that answered first is not taken at once while other
+        // peers may still say HAVE: the least busy holder is chosen once
+        // they have (or after HOLDER_CHOICE_WAIT), so the pieces of a file
+        // go to the holders that drain their ASKs fastest.
+        let others_pending = peers.values().any(|c| c.state == PeerState::Wanted);
+        let may_wait = others_pending && at.duration_since(started) < HOLDER_CHOICE_WAIT;
         if asked == 0 {
             let next = peers
                 .values_mut()
                 .filter(|c| c.state == PeerState::Holder)
-                .min_by_key(|c| (c.link.legacy, c.link.ask_book().load(), c.link.id));
+                .min_by_key(|c| (c.link.legacy, c.link.ask_book().load(), c.link.id))
+                .filter(|c| !may_wait || c.link.ask_book().load() < OPTIMISTIC_MAX_LOAD);
             if let Some(c) = next {
                 pieces.download.acquire(PIECE_MAX).await;
                 if let Some(budget) = reserve(pieces) {

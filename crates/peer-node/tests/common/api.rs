@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peer_node::api::{self, ApiBackend, NodeApi, SHA256_HEADER};
+use peer_node::node::NodeConfig;
 use peer_node::testing::wait_for;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +31,12 @@ pub struct ApiNode {
 
 impl ApiNode {
     pub async fn start(target_outbound: usize) -> Self {
-        let node = TestNode::start(|c| c.target_outbound = target_outbound).await;
+        Self::start_with(|c| c.target_outbound = target_outbound).await
+    }
+
+    /// A node configured by `configure`, with its API served.
+    pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let node = TestNode::start(configure).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
         let backend = Arc::new(NodeApi(Arc::clone(&node.shared))) as Arc<dyn ApiBackend>;
