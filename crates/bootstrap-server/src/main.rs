@@ -10,30 +10,13 @@ use bootstrap_server::server::{
 };
 use bootstrap_server::{Server, ServerConfig};
 use clap::Parser;
+use peer_node::process::{RESERVED_FDS, connections_within_open_files, open_files_limit};
 use tracing::{info, warn};
 
-/// Descriptors kept free besides connections and probes: the listener, the
-/// data dir's lock and files, the runtime's own.
-const RESERVED_FDS: usize = 64;
-
-/// The soft limit on open files, from `/proc/self/limits` (Linux); `None`
-/// where it cannot be read or is unlimited.
-fn open_files_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
 /// Connections the server may hold: [`MAX_OPEN_CONNECTIONS`], or fewer when
-/// the open-files limit would run out first (accept would then fail in a
-/// loop instead of refusing cleanly).
+/// the open-files limit would run out first.
 fn connection_limit(open_files: Option<usize>) -> usize {
-    match open_files {
-        Some(limit) => limit
-            .saturating_sub(MAX_CONCURRENT_PROBES + RESERVED_FDS)
-            .clamp(1, MAX_OPEN_CONNECTIONS),
-        None => MAX_OPEN_CONNECTIONS,
-    }
+    connections_within_open_files(MAX_OPEN_CONNECTIONS, MAX_CONCURRENT_PROBES, open_files)
 }
 
 /// Bootstrap server of the p2p piece exchange.

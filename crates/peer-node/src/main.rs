@@ -14,7 +14,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use peer_node::datadir::{DataDir, default_path};
 use peer_node::node::{DEFAULT_MAX_CONNECTIONS, Node, NodeConfig};
 use piece_store::{DiskStore, DiskStoreConfig, FsyncPolicy};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// Descriptors the node may hold besides its peer connections: pieces being
+/// read for serving (the serving budget's 64), verified or streamed (40),
+/// group-committed (64), and API connections (24).
+const STORE_AND_API_FDS: usize = 192;
 
 /// A peer of the p2p piece exchange.
 #[derive(Debug, Parser)]
@@ -95,7 +100,24 @@ async fn run(args: Args) -> Result<(), String> {
     let mut config = NodeConfig::new(args.listen);
     config.bootstrap = args.bootstrap;
     config.peers_file = Some(dir.peers_path());
-    config.max_connections = args.max_connections;
+    // Under a low open-files limit, fewer connections: a node out of
+    // descriptors fails its accepts and its store's reads instead.
+    let open_files = peer_node::process::open_files_limit();
+    config.max_connections = peer_node::process::connections_within_open_files(
+        args.max_connections,
+        STORE_AND_API_FDS,
+        open_files,
+    );
+    if config.max_connections < args.max_connections {
+        warn!(
+            max_connections = config.max_connections,
+            "the open-files limit ({}) allows only {} connections of --max-connections {}; raise it (ulimit -n {})",
+            open_files.unwrap_or_default(),
+            config.max_connections,
+            args.max_connections,
+            args.max_connections + STORE_AND_API_FDS + peer_node::process::RESERVED_FDS
+        );
+    }
     config.allow_private = args.allow_private;
     config.legacy = args.legacy;
     config.max_upload_rate = args.max_upload_rate.0;
@@ -114,6 +136,7 @@ async fn run(args: Args) -> Result<(), String> {
             ));
         }
     }
+    let config_max_connections = config.max_connections;
     let node = Node::bind_with_store(config, Arc::new(store))
         .await
         .map_err(|e| e.to_string())?;
@@ -140,7 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
         data_dir = %dir.path().display(),
         node_id = %node.shared().node_id(),
         "peer-node started; worst-case memory = max_connections {} x (one frame {} + write queue {} x {}) + serving {} MiB + fetching {} MiB + verifying ({} + {} streamed) x 1 MiB = {} MiB; fds ≈ max_connections + {}",
-        args.max_connections,
+        config_max_connections,
         wire_format::limits::MAX_FRAME_BYTES,
         peer_node::node::WRITE_QUEUE_FRAMES,
         size_of::<wire_format::Message>(),
@@ -148,8 +171,8 @@ async fn run(args: Args) -> Result<(), String> {
         peer_node::node::FETCH_BUDGET_BYTES >> 20,
         peer_node::node::VERIFY_QUEUE_PIECES,
         peer_node::node::STREAMING_GIVES_MAX,
-        (args.max_connections * per_conn + node_wide) >> 20,
-        16,
+        (config_max_connections * per_conn + node_wide) >> 20,
+        STORE_AND_API_FDS + peer_node::process::RESERVED_FDS,
     );
     let shared = node.shared();
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -65,3 +65,28 @@ pub async fn wait_for_grace(mut all_closed: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(GRACE_POLL).await;
     }
 }
+
+/// Descriptors a program keeps free besides its connections: the listener,
+/// the data dir's lock and files, the API, the runtime's own.
+pub const RESERVED_FDS: usize = 64;
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux); `None`
+/// where it cannot be read or is unlimited.
+pub fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The connections a program may hold under the open-files limit: `wanted`,
+/// or fewer when the limit would run out first (accept would then fail in a
+/// loop instead of refusing cleanly), never less than 1. `other` is what
+/// else it keeps open besides [`RESERVED_FDS`].
+pub fn connections_within_open_files(wanted: usize, other: usize, limit: Option<usize>) -> usize {
+    match limit {
+        Some(limit) => limit
+            .saturating_sub(other + RESERVED_FDS)
+            .clamp(1, wanted.max(1)),
+        None => wanted,
+    }
+}

@@ -185,3 +185,74 @@ fn an_unusable_data_dir_path_is_one_clear_error() {
         "the message names the path: {stderr}"
     );
 }
+
+#[test]
+fn at_its_open_files_limit_the_node_says_what_to_raise_and_keeps_serving() {
+    use std::io::{Read, Write};
+
+    let dir = private_dir();
+    let data = dir.path().join("d");
+    let log = dir.path().join("node.log");
+    // The node started under `ulimit -n 64`.
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_file(&data.join("api-addr"), &mut child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("ulimit -n"), "no advice in the log: {text}");
+    let listen: std::net::SocketAddr = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A flood of connections, many more than it has descriptors for.
+    let flood: Vec<_> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(listen).ok())
+        .collect();
+    // It stays up and its API still answers.
+    let api: std::net::SocketAddr = std::fs::read_to_string(data.join("api-addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut answered = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answered && Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(api) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let request =
+                format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+            let mut reply = String::new();
+            if stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_to_string(&mut reply).is_ok()
+            {
+                answered = reply.starts_with("HTTP/1.1 200");
+            }
+        }
+        if !answered {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(flood);
+    assert!(child.try_wait().unwrap().is_none(), "the node died");
+    assert!(answered, "the API did not answer under the flood");
+    let _ = child.kill();
+    let _ = child.wait();
+}

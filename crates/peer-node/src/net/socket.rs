@@ -48,6 +48,10 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The warning that the process is out of file descriptors comes at most
+/// once per this interval (accept fails every [`ACCEPT_RETRY`] meanwhile).
+pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Pause after a failed accept (out of descriptors, say) before the next.
 pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
@@ -60,11 +64,24 @@ pub async fn accept_until(
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
 ) {
     let accept = async {
+        let mut warned = None;
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => on_accept(stream, remote),
                 Err(err) => {
-                    tracing::warn!(%err, "accept failed");
+                    let out_of_fds =
+                        matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    let due = warned
+                        .is_none_or(|at: std::time::Instant| at.elapsed() >= ACCEPT_WARN_INTERVAL);
+                    if out_of_fds && due {
+                        tracing::warn!(
+                            %err,
+                            "accept failed: out of file descriptors; raise the open-files limit (ulimit -n) or lower --max-connections"
+                        );
+                        warned = Some(std::time::Instant::now());
+                    } else if !out_of_fds {
+                        tracing::warn!(%err, "accept failed");
+                    }
                     tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             }
