@@ -170,6 +170,22 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the store is out of room: its capacity is pinned ([`Full`]),
+    /// or the disk (or the user's quota) has no space left. Both are the
+    /// user's to fix by freeing space; neither damaged what is stored.
+    ///
+    /// [`Full`]: StoreError::Full
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Self::Full { .. } => true,
+            Self::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull
+                    || source.kind() == io::ErrorKind::QuotaExceeded
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }

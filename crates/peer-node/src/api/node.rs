@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use piece_store::{Durability, Retention, StoreError};
+use piece_store::{Durability, Retention};
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::backend::{ApiBackend, BoxFuture, ExplainedPiece, FileAccess, Identity, PutError};
@@ -79,9 +79,12 @@ impl ApiBackend for NodeApi {
                 let id = piece.id();
                 store
                     .put(piece, Retention::Pinned, Durability::Wait)
-                    .map_err(|e| match e {
-                        StoreError::Full { .. } => PutError::Full(e.to_string()),
-                        other => PutError::Store(other.to_string()),
+                    .map_err(|e| {
+                        if e.is_out_of_space() {
+                            PutError::Full(e.to_string())
+                        } else {
+                            PutError::Store(e.to_string())
+                        }
                     })?;
                 Ok(id)
             })

@@ -255,9 +255,10 @@ fn fetch_error(err: FetchError) -> JobError {
 }
 
 fn store_error(err: StoreError) -> JobError {
-    match err {
-        StoreError::Full { .. } => JobError::new("store_full", err.to_string()),
-        other => JobError::new("io", other.to_string()),
+    if err.is_out_of_space() {
+        JobError::new("store_full", err.to_string())
+    } else {
+        JobError::new("io", err.to_string())
     }
 }
 
@@ -287,8 +288,8 @@ fn plan(store: &dyn PieceStore, root: PieceId, plans: &mpsc::Sender<Plan>) {
                 }
             }
             Some(Err(err)) => {
-                let class = match err {
-                    FileError::Store(StoreError::Full { .. }) => "store_full",
+                let class = match &err {
+                    FileError::Store(e) if e.is_out_of_space() => "store_full",
                     FileError::Store(_) | FileError::Io { .. } => "io",
                     _ => "bad_manifest",
                 };

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
+use piece_store::PieceStore;
 use piece_store::file::{FileError, FileSummary, add_file, pieces_of, reassemble};
 use piece_store::manifest::{Layout, Level, Manifest};
-use piece_store::{PieceStore, StoreError};
 use tokio::sync::mpsc;
 use wire_format::PieceId;
 
@@ -76,7 +76,7 @@ where
         FileError::Name(e) => AddError::Name(e.to_string()),
         FileError::Io { .. } => AddError::Interrupted(err.to_string()),
         FileError::TooLarge { .. } => AddError::TooLarge(err.to_string()),
-        FileError::Store(StoreError::Full { .. }) => AddError::Full(err.to_string()),
+        FileError::Store(ref e) if e.is_out_of_space() => AddError::Full(err.to_string()),
         other => AddError::Store(other.to_string()),
     })
 }

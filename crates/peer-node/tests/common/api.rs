@@ -8,6 +8,7 @@ use std::time::Duration;
 use peer_node::api::{self, ApiBackend, NodeApi, SHA256_HEADER};
 use peer_node::node::NodeConfig;
 use peer_node::testing::wait_for;
+use piece_store::PieceStore;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +37,16 @@ impl ApiNode {
 
     /// A node configured by `configure`, with its API served.
     pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let node = TestNode::start(configure).await;
+        Self::serve(TestNode::start(configure).await).await
+    }
+
+    /// A node that dials nobody, with pieces kept in `store`, and its API.
+    pub async fn start_with_store(store: Arc<dyn PieceStore>) -> Self {
+        Self::serve(TestNode::start_with_store(store, |_| {}).await).await
+    }
+
+    /// Serves `node`'s API on a port of its own.
+    async fn serve(node: TestNode) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
         let backend = Arc::new(NodeApi(Arc::clone(&node.shared))) as Arc<dyn ApiBackend>;
