@@ -67,11 +67,11 @@ fn no_files() -> Response {
     )
 }
 
-/// The manifest id in the path, or why it is not one (a 400's text).
-fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<PieceId, String> {
+/// The sha256 in the path, or why it is not one (a 400's text).
+pub(super) fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<PieceId, String> {
     let Path(text) = path.map_err(|e| e.body_text())?;
     text.parse()
-        .map_err(|e| format!("bad sha256 {text:?}: {e}; give the 64 hex digits of the manifest"))
+        .map_err(|e| format!("bad sha256 {text:?}: {e}; give the 64 hex digits"))
 }
 
 pub(super) async fn post_file(

@@ -11,9 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use wire_format::PieceId;
 
 use super::backend::ApiBackend;
+use super::files::parse_id;
 use super::json::error;
 use crate::files::{self, ManageError};
 
@@ -105,12 +105,6 @@ pub(super) async fn get_store(State(backend): State<Arc<dyn ApiBackend>>) -> Res
     }
 }
 
-fn parse(path: Result<Path<String>, PathRejection>) -> Result<PieceId, String> {
-    let Path(text) = path.map_err(|e| e.body_text())?;
-    text.parse()
-        .map_err(|e| format!("bad sha256 {text:?}: {e}; give the 64 hex digits"))
-}
-
 pub(super) async fn put_pin(
     State(backend): State<Arc<dyn ApiBackend>>,
     path: Result<Path<String>, PathRejection>,
@@ -134,7 +128,7 @@ async fn change_pin(
     let Some(access) = backend.files() else {
         return unsupported();
     };
-    let id = match parse(path) {
+    let id = match parse_id(path) {
         Ok(id) => id,
         Err(text) => return error(StatusCode::BAD_REQUEST, text),
     };
