@@ -156,6 +156,22 @@ pub(super) async fn get_file(
     response
 }
 
+/// The manifest and output path a `POST /api/v1/fetches` body names, or
+/// why it names none (a 400's text). Whether the path can be written is the
+/// job's check, not this one's.
+pub(super) fn parse_fetch_request(body: &[u8]) -> Result<(PieceId, Option<PathBuf>), String> {
+    let request: FetchRequest = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "bad request body: {e}; send {{\"manifest\": \"<64 hex>\", \"path\": \"/absolute/output\" or null}}"
+        )
+    })?;
+    let manifest: PieceId = request
+        .manifest
+        .parse()
+        .map_err(|e| format!("bad manifest {:?}: {e}", request.manifest))?;
+    Ok((manifest, request.path.map(PathBuf::from)))
+}
+
 /// The body is JSON whatever its `Content-Type` says (`curl -d` sends a
 /// form type by default).
 pub(super) async fn post_fetch(
@@ -165,23 +181,11 @@ pub(super) async fn post_fetch(
     let Some(files) = backend.files() else {
         return no_files();
     };
-    let request: FetchRequest = match serde_json::from_slice(&body) {
+    let (manifest, path) = match parse_fetch_request(&body) {
         Ok(request) => request,
-        Err(e) => {
-            let text = format!(
-                "bad request body: {e}; send {{\"manifest\": \"<64 hex>\", \"path\": \"/absolute/output\" or null}}"
-            );
-            return error(StatusCode::BAD_REQUEST, text);
-        }
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
     };
-    let manifest: PieceId = match request.manifest.parse() {
-        Ok(id) => id,
-        Err(e) => {
-            let text = format!("bad manifest {:?}: {e}", request.manifest);
-            return error(StatusCode::BAD_REQUEST, text);
-        }
-    };
-    match files.jobs.start(manifest, request.path.map(PathBuf::from)) {
+    match files.jobs.start(manifest, path) {
         Ok((id, attached)) => {
             (StatusCode::ACCEPTED, Json(FetchStarted { id, attached })).into_response()
         }
