@@ -193,7 +193,7 @@ async fn main() {
     // The bootstrap exchange, extended and legacy.
     let boot = frames(&[hello.clone(), announce.clone()]);
     let boot_answer = exchange(server_addr, &boot, Duration::from_millis(300)).await;
-    let boot_legacy = frames(&[announce.clone()]);
+    let boot_legacy = frames(std::slice::from_ref(&announce));
     let boot_legacy_answer = exchange(server_addr, &boot_legacy, Duration::from_millis(300)).await;
 
     for (name, bytes) in [

@@ -178,7 +178,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     while let Some(&[control]) = take(&mut rest, 1) {
         now += match (control >> 2) & 7 {
-            0 | 1 | 2 => Duration::ZERO,
+            0..=2 => Duration::ZERO,
             3 => Duration::from_secs(1),
             4 => Duration::from_secs(59),
             5 => Duration::from_secs(60),
