@@ -156,6 +156,22 @@ pub(super) async fn get_file(
     response
 }
 
+/// The manifest and output path a `POST /api/v1/fetches` body names, or
+/// why it names none (a 400's text). Whether the path can be written is the
+/// job's check, not this one's.
+pub(super) fn parse_fetch_request(body: &[u8]) -> Result<(PieceId, Option<PathBuf>), String> {
+    let request: FetchRequest = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "bad request body: {e}; send {{\"manifest\": \"<64 hex>\", \"path\": \"/absolute/output\" or null}}"
+        )
+    })?;
+    let manifest: PieceId = request
+        .manifest
+        .parse()
+        .map_err(|e| format!("bad manifest {:?}: {e}", request.manifest))?;
+    Ok((manifest, request.path.map(PathBuf::from)))
+}
+
 /// The body is JSON whatever its `Content-Type` says (`curl -d` sends a
 /// form type by default).
 pub(super) async fn post_fetch(
@@ -165,23 +181,11 @@ pub(super) async fn post_fetch(
     let Some(files) = backend.files() else {
         return no_files();
     };
-    let request: FetchRequest = match serde_json::from_slice(&body) {
+    let (manifest, path) = match parse_fetch_request(&body) {
         Ok(request) => request,
-        Err(e) => {
-            let text = format!(
-                "bad request body: {e}; send {{\"manifest\": \"<64 hex>\", \"path\": \"/absolute/output\" or null}}"
-            );
-            return error(StatusCode::BAD_REQUEST, text);
-        }
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
     };
-    let manifest: PieceId = match request.manifest.parse() {
-        Ok(id) => id,
-        Err(e) => {
-            let text = format!("bad manifest {:?}: {e}", request.manifest);
-            return error(StatusCode::BAD_REQUEST, text);
-        }
-    };
-    match files.jobs.start(manifest, request.path.map(PathBuf::from)) {
+    match files.jobs.start(manifest, path) {
         Ok((id, attached)) => {
             (StatusCode::ACCEPTED, Json(FetchStarted { id, attached })).into_response()
         }
@@ -217,5 +221,90 @@ pub(super) async fn delete_fetch(
     match backend.files() {
         Some(files) => job_response(files.jobs.cancel(&id), &id),
         None => no_files(),
+    }
+}
+
+/// Property tests of [`parse_fetch_request`], the proptest equivalent of the
+/// `api_input` fuzz target's body checks (fuzz/). A fixed seed keeps them
+/// deterministic; set `PROPTEST_RNG_SEED=<u64>` to explore other inputs.
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+
+    const SEED: u64 = 0x6665_7463_6862_6f64;
+
+    fn config() -> ProptestConfig {
+        let mut config = ProptestConfig::with_cases(512);
+        if matches!(config.rng_seed, RngSeed::Random) {
+            config.rng_seed = RngSeed::Fixed(SEED);
+        }
+        config
+    }
+
+    fn body() -> impl Strategy<Value = (PieceId, Option<String>, bool, String)> {
+        (
+            any::<[u8; 32]>().prop_map(PieceId::from_bytes),
+            prop::option::of(any::<String>()),
+            any::<bool>(),
+            "[ \t\n]{0,2}",
+        )
+            .prop_map(|(id, path, upper, space)| (id, path, upper, space))
+    }
+
+    fn encode(id: PieceId, path: &Option<String>, upper: bool, space: &str) -> String {
+        let hex = if upper {
+            id.to_hex().to_uppercase()
+        } else {
+            id.to_hex()
+        };
+        let path = serde_json::to_string(path).unwrap();
+        format!("{{{space}\"manifest\":{space}\"{hex}\",\"path\":{space}{path}}}")
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn a_valid_body_parses_to_what_it_names((id, path, upper, space) in body()) {
+            let json = encode(id, &path, upper, &space);
+            let parsed = parse_fetch_request(json.as_bytes());
+            prop_assert_eq!(parsed, Ok((id, path.map(PathBuf::from))));
+        }
+
+        #[test]
+        fn bodies_never_panic_and_only_valid_ids_pass(
+            (id, path, upper, space) in body(),
+            flips in prop::collection::vec((any::<Index>(), 0..8u8), 0..=3),
+            cut in any::<Index>(),
+            noise in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = encode(id, &path, upper, &space).into_bytes();
+            for (index, bit) in &flips {
+                let at = index.index(bytes.len());
+                bytes[at] ^= 1 << bit;
+            }
+            for candidate in [&bytes[..], &bytes[..cut.index(bytes.len())], &noise[..]] {
+                if let Ok((manifest, _)) = parse_fetch_request(candidate) {
+                    // Whatever passes names a real id, spelt in the body.
+                    let text = String::from_utf8_lossy(candidate).to_lowercase();
+                    prop_assert!(text.contains(&manifest.to_hex()));
+                }
+            }
+        }
+
+        #[test]
+        fn unknown_fields_are_refused(
+            (id, path, upper, space) in body(),
+            key in "[a-z_]{1,12}",
+        ) {
+            prop_assume!(key != "manifest" && key != "path");
+            let json = encode(id, &path, upper, &space);
+            let extended = json.replacen('{', &format!("{{\"{key}\":1,"), 1);
+            prop_assert!(parse_fetch_request(extended.as_bytes()).is_err());
+        }
     }
 }

@@ -29,6 +29,8 @@
 //! * `guard` — the Host and token guards, the API's listener.
 //! * `backend` — [`ApiBackend`] and the piece routes' constants.
 //! * [`json`] — response bodies and the error response.
+//! * `fuzzing` (feature `fuzzing`) — the router and the request parsers,
+//!   for the fuzz targets.
 //!
 //! # Pieces
 //! * `GET /api/v1/pieces/{sha256}?timeout=SECS` — the piece's bytes, 200
@@ -48,6 +50,8 @@
 
 mod backend;
 mod files;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod guard;
 pub mod json;
 mod node;

@@ -278,3 +278,75 @@ pub(super) async fn post_piece(
 pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
+
+/// Property tests of [`parse_timeout`], the proptest equivalent of the
+/// `api_input` fuzz target's checks (fuzz/). A fixed seed keeps them
+/// deterministic; set `PROPTEST_RNG_SEED=<u64>` to explore other inputs.
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+
+    const SEED: u64 = 0x7469_6d65_6f75_7431;
+
+    fn config() -> ProptestConfig {
+        let mut config = ProptestConfig::with_cases(512);
+        if matches!(config.rng_seed, RngSeed::Random) {
+            config.rng_seed = RngSeed::Fixed(SEED);
+        }
+        config
+    }
+
+    /// The value `text` reads as, in nanoseconds, computed independently of
+    /// the parser: `None` unless it is `DIGITS` or `DIGITS.DIGITS`.
+    fn reading(text: &str) -> Option<u128> {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(fraction) {
+            return None;
+        }
+        if text.contains('.') && fraction.is_empty() {
+            return None;
+        }
+        let whole: u128 = whole.parse().ok()?;
+        let fraction = format!("{fraction:0<9}");
+        let nanos: u128 = fraction.get(..9)?.parse().ok()?;
+        Some(whole * 1_000_000_000 + nanos)
+    }
+
+    /// Text made of the characters a timeout is written with, and the ones
+    /// it is most often written wrongly with.
+    fn timeout_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,4}(\\.[0-9]{0,11})?",
+            "[0-9.+eE_ -]{0,16}",
+            "(0|00|600|599|601|18446744073709551616)(\\.[0-9]{1,10})?",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn parse_timeout_accepts_exactly_the_positive_decimals_up_to_the_maximum(
+            text in timeout_text(),
+        ) {
+            let max = MAX_FETCH_TIMEOUT.as_nanos();
+            let decimals = text.split_once('.').map_or(0, |(_, f)| f.len());
+            let expected = reading(&text)
+                .filter(|&nanos| nanos > 0 && nanos <= max && decimals <= TIMEOUT_MAX_DECIMALS);
+            match parse_timeout(&text) {
+                Ok(timeout) => prop_assert_eq!(Some(timeout.as_nanos()), expected, "{:?}", text),
+                Err(message) => {
+                    prop_assert_eq!(expected, None, "{:?} refused: {}", text, message);
+                    prop_assert!(message.starts_with("bad timeout "));
+                    // The echo is bounded whatever the input's length.
+                    prop_assert!(message.len() < 200 + 4 * TIMEOUT_ECHO_CHARS);
+                }
+            }
+        }
+    }
+}

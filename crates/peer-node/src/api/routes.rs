@@ -60,7 +60,7 @@ pub async fn serve(
     .await
 }
 
-fn router(token: String, backend: Arc<dyn ApiBackend>, bound: SocketAddr) -> Router {
+pub(super) fn router(token: String, backend: Arc<dyn ApiBackend>, bound: SocketAddr) -> Router {
     let guard = Guard {
         token: Arc::from(token.into_bytes()),
         bound,
