@@ -17,6 +17,11 @@ use wire_format::{AddrClass, NodeId, PeerAddr};
 pub const DIAL_BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+/// Senders whose PEX quota window is kept at once. Past it, windows that
+/// have ended are forgotten (they would start again at zero anyway), then
+/// the oldest. Senders are peers connected within the window, which the
+/// connection limits keep far below this; worst case ≈ 4,096 × 48 bytes.
+pub const QUOTA_SENDERS_MAX: usize = 4096;
 
 pub use super::views::PeerSource as Source;
 
@@ -112,7 +117,8 @@ pub struct PeerTable {
     entries: HashMap<PeerAddr, Candidate>,
     /// Addresses that turned out to be this node: never dialled again.
     ours: HashSet<PeerAddr>,
-    /// New entries accepted per source IP in the current window.
+    /// New entries accepted per source IP in the current window, for at
+    /// most [`QUOTA_SENDERS_MAX`] senders.
     quota: HashMap<IpAddr, (Instant, usize)>,
     allow_private: bool,
     capacity: usize,
@@ -226,6 +232,9 @@ impl PeerTable {
         let mut accepted = 0;
         let mut dropped = Vec::new();
         let sender_loopback = AddrClass::of(sender) == AddrClass::Loopback;
+        if !self.quota.contains_key(&sender) {
+            self.make_quota_room(now);
+        }
         for entry in entries {
             if let Some(reason) = self.filter(sender, entry) {
                 dropped.push(reason);
@@ -265,6 +274,25 @@ impl PeerTable {
             accepted += 1;
         }
         (accepted, dropped)
+    }
+
+    /// Keeps the quota windows under [`QUOTA_SENDERS_MAX`] before a new
+    /// sender's window is added.
+    fn make_quota_room(&mut self, now: Instant) {
+        if self.quota.len() < QUOTA_SENDERS_MAX {
+            return;
+        }
+        self.quota
+            .retain(|_, (start, _)| now.duration_since(*start) < PEX_INTERVAL);
+        if self.quota.len() >= QUOTA_SENDERS_MAX
+            && let Some(oldest) = self
+                .quota
+                .iter()
+                .min_by_key(|(_, (start, _))| *start)
+                .map(|(ip, _)| *ip)
+        {
+            self.quota.remove(&oldest);
+        }
     }
 
     fn has_room(&self, sender: IpAddr, entry: &PeerAddr) -> bool {
@@ -379,6 +407,39 @@ mod tests {
 
     fn addr(s: &str) -> PeerAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn quota_windows_are_kept_for_at_most_quota_senders_max_senders() {
+        let mut table = PeerTable::new(false);
+        let t0 = Instant::now();
+        let octets = |n: usize| {
+            let [_, b, c, d] = u32::try_from(n).unwrap().to_be_bytes();
+            (b, c, d)
+        };
+        let sender = |n: usize| -> IpAddr {
+            let (b, c, d) = octets(n);
+            IpAddr::from([11, b, c, d])
+        };
+        // A new entry each time, so every offer opens its sender's window.
+        let entry = |n: usize| {
+            let (b, c, d) = octets(n);
+            [PeerAddr::new(IpAddr::from([12, d, c, b]), 7001)]
+        };
+        // One entry from each of QUOTA_SENDERS_MAX senders: all kept.
+        for n in 0..QUOTA_SENDERS_MAX {
+            table.offer(sender(n), &entry(n), Source::Pex, t0);
+        }
+        assert_eq!(table.quota.len(), QUOTA_SENDERS_MAX);
+        // One more, in the same window: the oldest window makes room.
+        let n = QUOTA_SENDERS_MAX;
+        table.offer(sender(n), &entry(n), Source::Pex, t0);
+        assert_eq!(table.quota.len(), QUOTA_SENDERS_MAX);
+        assert!(table.quota.contains_key(&sender(n)));
+        // A minute later every old window has ended: they all go at once.
+        let later = t0 + PEX_INTERVAL;
+        table.offer(sender(n + 1), &entry(n + 1), Source::Pex, later);
+        assert_eq!(table.quota.len(), 1);
     }
 
     #[test]
