@@ -13,31 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_server::{Server, ServerConfig};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use peer_node::node::{Node, NodeConfig};
 use piece_store::file::add_file;
 use piece_store::manifest::{Layout, Level, MANIFEST_MAX_DEPTH, Manifest};
 use piece_store::{Durability, MemStore, PieceStore, Retention};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wire_format::limits::LEGACY_PIECE_BYTES;
-use wire_format::{
-    Decoder, Hello, HelloFlags, Message, NodeId, PeerAddr, Peers, PieceId, VerifiedPiece,
-};
+use wire_format::{Decoder, Hello, HelloFlags, Message, NodeId, PeerAddr, Peers, PieceId};
+
+/// The fuzz targets' own helpers: the corpus starts from the pieces a node
+/// under test holds, so it is written against the same `held_pieces`.
+#[path = "../fuzz_targets/common/mod.rs"]
+mod common;
 
 type Corpus = BTreeMap<String, Vec<u8>>;
-
-/// The pieces the node holds: the demo piece 23 and a small piece; the same
-/// as the fuzz targets' `common::held_pieces`.
-fn held_pieces() -> Vec<VerifiedPiece> {
-    let mut demo = vec![0u8; LEGACY_PIECE_BYTES];
-    demo[..4].copy_from_slice(&23u32.to_le_bytes());
-    let small: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-    [demo, small]
-        .into_iter()
-        .map(|bytes| VerifiedPiece::new(Bytes::from(bytes)).expect("a valid piece"))
-        .collect()
-}
 
 fn unhex(spaced: &str) -> Vec<u8> {
     let compact: String = spaced.split_whitespace().collect();
@@ -131,7 +121,7 @@ fn hello_peers_input(flags: u8, first: &[u8], offers: &[(u8, Vec<u8>, Vec<PeerAd
 async fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let dir = Path::new(&dir);
-    let pieces = held_pieces();
+    let pieces = common::held_pieces();
     let (demo, small) = (pieces[0].id(), pieces[1].id());
     let unknown = PieceId::of(b"nobody holds this");
 
@@ -139,7 +129,7 @@ async fn main() {
     let mut config = NodeConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     config.target_outbound = 0;
     let store = Arc::new(MemStore::new(64 << 20));
-    for piece in held_pieces() {
+    for piece in common::held_pieces() {
         store
             .put(piece, Retention::Pinned, Durability::Wait)
             .expect("room");
