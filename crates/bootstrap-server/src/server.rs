@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use peer_node::net::{self, Frame, FrameReader, OpenSockets, PeerKind, SocketSlot, bind_listener};
+use peer_node::net::{
+    self, Frame, FrameReader, OpenSockets, PeerKind, RefusalWarnings, SocketSlot, bind_listener,
+};
 use peer_node::process::wait_for_grace;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,10 +86,6 @@ pub const MAX_CONCURRENT_PROBES: usize = 256;
 /// Loopback is exempt: the reference program lives there, and a legacy
 /// client keeps its connection.
 pub const MAX_CONNECTIONS_PER_IP: usize = 8;
-
-/// Least time between two warnings that connections are being refused (each
-/// refusal is logged at debug level and counted).
-const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -235,6 +233,22 @@ impl Limit {
             Self::PerIp => "max_connections_per_ip",
         }
     }
+
+    /// What an operator can do about it, for the log.
+    fn advice(self, max_connections: usize) -> &'static str {
+        match self {
+            // The start-up log already said by how much.
+            Self::Global if max_connections < MAX_OPEN_CONNECTIONS => {
+                "refusing connections: the connection limit is reached; it is below MAX_OPEN_CONNECTIONS for want of file descriptors: raise the open-files limit (ulimit -n)"
+            }
+            Self::Global => {
+                "refusing connections: MAX_OPEN_CONNECTIONS is reached; each announce holds a connection for one round trip, so this is a flood or more clients than one server should take: add bootstrap servers"
+            }
+            Self::PerIp => {
+                "refusing connections from one address over its fixed per-address limit (a flood, or many clients behind one NAT); nothing to raise"
+            }
+        }
+    }
 }
 
 /// One open connection's place in the counts, held by its task.
@@ -322,7 +336,9 @@ impl Server {
                 }
             })
         };
-        let mut warned_at: Option<Instant> = None;
+        // Each refusal is counted and logged at debug level; a warning at
+        // most once a while per limit.
+        let warnings = RefusalWarnings::default();
         net::accept_until(&listener, shutdown, |stream, remote| {
             match shared.admit(PeerAddr::from(remote)) {
                 Ok(slot) => {
@@ -334,14 +350,14 @@ impl Server {
                     drop(stream);
                     let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
                     debug!(peer = %remote, limit = limit.name(), "connection refused by limit");
-                    if warned_at.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
-                        warned_at = Some(Instant::now());
+                    if warnings.due(limit.name()) {
                         warn!(
                             refused,
                             limit = limit.name(),
                             max_connections = shared.config.max_connections,
                             max_per_ip = MAX_CONNECTIONS_PER_IP,
-                            "refusing connections: a connection limit is reached"
+                            "{}",
+                            limit.advice(shared.config.max_connections)
                         );
                     }
                 }

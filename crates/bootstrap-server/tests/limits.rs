@@ -236,3 +236,81 @@ async fn a_give_first_from_a_client_that_may_not_be_legacy_is_closed_at_its_head
     assert!(client.expect_closed().await.is_empty());
     assert!(sent.elapsed() < wire_format::limits::HELLO_TIMEOUT);
 }
+
+// ---------------------------------------------------------------------------
+// What the operator reads
+
+#[test]
+fn at_its_connection_limit_under_a_flood_the_server_says_what_to_raise_once_and_keeps_serving() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-server");
+    // 352 descriptors leave 32 connections after the probes' and the
+    // reserved share.
+    const OPEN_FILES: usize = 352;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -n {OPEN_FILES} && exec \"$0\" \"$@\""))
+        .arg(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for_log = |child: &mut std::process::Child, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "exited: {text}");
+            assert!(Instant::now() < deadline, "no {needle:?} in: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let text = wait_for_log(&mut child, "listen=");
+    let listen: std::net::SocketAddr = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let flood: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(listen).ok())
+        .collect();
+    let text = wait_for_log(&mut child, "refusing connections");
+    assert!(
+        text.contains("raise the open-files limit (ulimit -n)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("refusing connections").count(), 1, "{text}");
+    // Once the flood leaves, an announce is answered again.
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stream = std::net::TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let hello = Message::Hello(Hello::ours(None, true, NodeId([9; 8])));
+        std::io::Write::write_all(&mut stream, &hello.to_bytes()).unwrap();
+        let mut head = [0u8; 5];
+        if stream.read_exact(&mut head).is_ok() {
+            assert_eq!(head[4], wire_format::MessageType::Hello as u8);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server died");
+    let _ = child.kill();
+    let _ = child.wait();
+}

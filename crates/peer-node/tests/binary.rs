@@ -256,3 +256,79 @@ fn at_its_open_files_limit_the_node_says_what_to_raise_and_keeps_serving() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Polls `log` until it contains `needle`, within a deadline.
+fn wait_for_log(log: &Path, needle: &str, child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "peer-node exited: {text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn at_its_connection_limit_the_node_says_what_to_raise_once_and_keeps_serving() {
+    let dir = private_dir();
+    let data = dir.path().join("d");
+    let log = dir.path().join("node.log");
+    let mut child = node(&data, &["--max-connections", "8"])
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for_log(&log, "listen=", &mut child);
+    let listen: std::net::SocketAddr = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Loopback is exempt from the per-address limit, so this flood meets
+    // `--max-connections`.
+    let flood: Vec<_> = (0..64)
+        .filter_map(|_| std::net::TcpStream::connect(listen).ok())
+        .collect();
+    let text = wait_for_log(&log, "raise it", &mut child);
+    assert!(text.contains("--max-connections is reached"), "{text}");
+    // One warning for the whole flood, not a line per socket.
+    assert_eq!(text.matches("refusing connections").count(), 1, "{text}");
+    // Once the flood leaves, a connection is served again.
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        let mut stream = std::net::TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            &wire_format::Message::Hello(wire_format::Hello::ours(
+                None,
+                true,
+                peer_node::net::new_node_id(),
+            ))
+            .to_bytes(),
+        )
+        .unwrap();
+        let mut head = [0u8; 5];
+        if std::io::Read::read_exact(&mut stream, &mut head).is_ok() {
+            break head[4] == wire_format::MessageType::Hello as u8;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(served);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -992,6 +992,70 @@ async fn a_peer_sending_thousands_of_asks_without_reading_is_closed_at_the_cap()
     drop(peer);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_peer_flooding_want_haves_at_full_speed_without_reading_is_bounded_and_closed_while_others_are_served()
+ {
+    // Between bursts the flooder waits this long: on the paused clock the
+    // node has read and answered each burst before time moves, so the
+    // flood is as fast as the node can read, for as long as it lasts.
+    const PAUSE: Duration = Duration::from_millis(50);
+    const BURST: usize = 1_000;
+    let node = TestNode::start(|_| {}).await;
+    let held = piece(900, MIB);
+    node.hold(&held).unwrap();
+    let flooder = RawPeer::extended(&node, 1).await;
+    let burst: Bytes = (0..BURST as u64)
+        .flat_map(|i| Message::WantHave(PieceId::of(&i.to_le_bytes())).to_bytes())
+        .collect::<Vec<u8>>()
+        .into();
+    let RawPeer {
+        reader: unread,
+        mut writer,
+    } = flooder;
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u64;
+        // Never reads: `unread` is held until the node closes.
+        while writer.write_all(&burst).await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(PAUSE).await;
+        }
+        drop(unread);
+        sent
+    });
+    let started = Instant::now();
+
+    // While the flood runs, another peer is served.
+    let mut other = RawPeer::extended(&node, 2).await;
+    other.send(&Message::Ask(held.id())).await;
+    match other.recv_answer().await {
+        Message::Give(give) => assert_eq!(give.id(), held.id()),
+        m => panic!("expected the GIVE, got {m:?}"),
+    }
+    assert!(started.elapsed() < GIVE_WRITE_PROGRESS_TIMEOUT);
+
+    // Its answers stop fitting in the socket buffers and the write queue:
+    // the rest are ignored and counted, and its connection closes at the
+    // write-progress deadline.
+    assert!(
+        wait_for(GIVE_WRITE_PROGRESS_TIMEOUT * 4, || node
+            .closed("write_progress")
+            == 1)
+        .await,
+        "{:?}",
+        node.shared.metrics().to_json_map()
+    );
+    assert!(node.metric(Metric::IgnoredFramesTotal) > 0);
+    let bursts = flood.await.unwrap();
+    assert!(
+        bursts as u128 * PAUSE.as_millis() >= GIVE_WRITE_PROGRESS_TIMEOUT.as_millis(),
+        "the flood lasted {bursts} bursts"
+    );
+    // The other peer is still served.
+    other.send(&Message::Ask(held.id())).await;
+    assert!(matches!(other.recv_answer().await, Message::Give(_)));
+    assert_eq!(node.shared.connection_count(), 1);
+}
+
 // ---------------------------------------------------------------------------
 // Rate limits
 

@@ -12,6 +12,17 @@ use crate::net::SocketSlot;
 /// one IP: [`wire_format::host_key`]).
 pub const MAX_CONNECTIONS_PER_IP: usize = 4;
 
+/// Which limit refused a socket.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `--max-connections`, or the inbound share of it.
+    Connections { inbound: usize, outbound: usize },
+    /// [`MAX_CONNECTIONS_PER_IP`].
+    PerIp,
+    /// A banned host.
+    Banned,
+}
+
 impl Swarm {
     /// Admits a socket accepted from `remote` if the connection limits
     /// allow it; refused sockets are counted and should be closed at once.
@@ -31,7 +42,14 @@ impl Swarm {
                 let over_ip = !local && from_ip + outbound_to_ip >= MAX_CONNECTIONS_PER_IP;
                 if over_global || over_inbound || over_ip || banned {
                     tracing::debug!(peer = %remote, over_global, over_inbound, over_ip, banned, "connection refused by limit");
-                    return Err(());
+                    let limit = if over_global || over_inbound {
+                        Refusal::Connections { inbound, outbound }
+                    } else if over_ip {
+                        Refusal::PerIp
+                    } else {
+                        Refusal::Banned
+                    };
+                    return Err(limit);
                 }
                 Ok(())
             })
@@ -41,10 +59,41 @@ impl Swarm {
                 self.metrics.incr(Metric::ConnectionsInboundTotal);
                 Some(slot)
             }
-            Err(()) => {
+            Err(refusal) => {
                 self.metrics.incr(Metric::ConnectionsRejectedTotal);
+                self.warn_refusal(refusal);
                 None
             }
+        }
+    }
+
+    /// Tells the operator, at most once a while per limit, that a limit
+    /// refuses sockets and what to raise. Bans need no warning: they are
+    /// logged when made.
+    fn warn_refusal(&self, refusal: Refusal) {
+        match refusal {
+            Refusal::Connections { inbound, outbound } => {
+                if self.refusals.due("max_connections") {
+                    tracing::warn!(
+                        inbound,
+                        outbound,
+                        max_connections = self.config.max_connections,
+                        max_inbound = self.config.max_inbound(),
+                        refused = self.metrics.value(Metric::ConnectionsRejectedTotal),
+                        "refusing connections: --max-connections is reached; raise it (and the open-files limit with it) if these are real peers"
+                    );
+                }
+            }
+            Refusal::PerIp => {
+                if self.refusals.due("max_connections_per_ip") {
+                    tracing::warn!(
+                        max_per_ip = MAX_CONNECTIONS_PER_IP,
+                        refused = self.metrics.value(Metric::ConnectionsRejectedTotal),
+                        "refusing connections from one address over its fixed per-address limit (a flood, or many peers behind one NAT); nothing to raise"
+                    );
+                }
+            }
+            Refusal::Banned => {}
         }
     }
 }

@@ -20,7 +20,7 @@ use super::views::Direction;
 use crate::clock::now;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
-use crate::net::{Closer, OpenSockets};
+use crate::net::{Closer, OpenSockets, RefusalWarnings};
 
 /// One registered connection, as a peer.
 #[derive(Debug)]
@@ -79,6 +79,8 @@ pub struct Swarm {
     /// ends, so sockets still waiting for a HELLO and CLIENT connections
     /// (never registered) count against the limits too.
     pub(crate) inbound: OpenSockets,
+    /// When each connection limit last warned that it refuses sockets.
+    pub(super) refusals: RefusalWarnings,
     /// Set once at shutdown: every connection closes.
     pub(crate) closing: watch::Sender<bool>,
     /// Dials chosen and reserved in `dialing`, for the node to run.
@@ -119,6 +121,7 @@ impl Swarm {
             }),
             bans: Mutex::new(Bans::new()),
             inbound: OpenSockets::default(),
+            refusals: RefusalWarnings::default(),
             closing: watch::Sender::new(false),
             dials,
         };
