@@ -237,6 +237,47 @@ async fn a_give_first_from_a_client_that_may_not_be_legacy_is_closed_at_its_head
     assert!(sent.elapsed() < wire_format::limits::HELLO_TIMEOUT);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_at_full_speed_without_reading_leaves_others_served() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let server = start_server_with(|_| {}).await;
+    let frame = give_frame();
+    // Answered once, then it writes the largest frames as fast as the
+    // server reads them and never reads again.
+    let mut flooder = Client::probe(server.addr, 0x60).await;
+    // The flood is in full swing (64 MiB written) before others announce.
+    const FLOOD_FRAMES: u64 = 64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = tokio::spawn({
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                if flooder.send_bytes(&frame).await.is_err() {
+                    return None;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(flooder)
+        }
+    });
+    assert!(wait_for(SOON, || sent.load(Ordering::Relaxed) >= FLOOD_FRAMES).await);
+    for id in 0..10 {
+        let mut client = Client::try_announce(server.addr, id, closed_port()).await;
+        client.expect_answer().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flooder = flood.await.unwrap();
+    assert!(flooder.is_some(), "the flooder was closed");
+    assert!(
+        wait_for(SOON, || server.open() == 1).await,
+        "only the flooder stays connected: {} open",
+        server.open()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // What the operator reads
 
