@@ -38,6 +38,6 @@ pub use disk::{DiskStore, DiskStoreConfig, FsyncPolicy, ScrubReport};
 pub use lock::DirLock;
 pub use mem::MemStore;
 pub use store::{
-    Durability, GcReport, PieceStore, PinnedFile, PinnedPiece, ROOTS_MAX, Retention, Root,
-    StoreError, StoreListing, StoreStats,
+    Durability, Extent, GcReport, PieceStore, PinnedFile, PinnedPiece, ROOTS_MAX, Retention, Root,
+    StoreError, StoreListing, StoreStats, VerifyReport,
 };

@@ -150,6 +150,9 @@ impl PieceStore for MemStore {
             capacity: state.index.capacity(),
             evictions: state.index.evictions,
             corrupt: 0,
+            // A memory store keeps no extents (`add_extents` is unsupported).
+            extents: 0,
+            dropped_extents: 0,
         }
     }
 }

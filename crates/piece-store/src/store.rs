@@ -4,7 +4,7 @@
 //! Uses the manifest format (to name pinned files in [`PieceStore::listing`]).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
@@ -145,6 +145,25 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The store's extents index cannot be read: refusing to open rather
+    /// than guess.
+    #[error("extents index {path} is unreadable: {reason}; fix or remove it to open the store")]
+    BadExtentsIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Indexing more pieces as ranges of files would pass a bound of the
+    /// extents index (or the request was not one it can take).
+    #[error("cannot serve more pieces from files: {reason}")]
+    ExtentsFull {
+        /// Which bound, or what is wrong with the request.
+        reason: String,
+    },
+    /// This store keeps no extents.
+    #[error("this store cannot serve pieces from files")]
+    Unsupported,
     /// Another process holds the data directory's lock.
     #[error("data directory {path} is in use by another process (lock held on {lock})")]
     Locked {
@@ -192,6 +211,33 @@ impl StoreError {
     }
 }
 
+/// A piece that lives as `len` bytes at `offset` of a file outside the
+/// store ([`PieceStore::add_extents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// The piece.
+    pub id: PieceId,
+    /// Where it starts in the file.
+    pub offset: u64,
+    /// Its length.
+    pub len: u32,
+}
+
+/// What [`PieceStore::verify_all`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Pieces hashed (kept in the store and served from files).
+    pub checked: u64,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// Pieces kept in the store that did not match: deleted if cached,
+    /// quarantined if pinned.
+    pub corrupt: Vec<PieceId>,
+    /// Pieces served from files that no longer match (or whose file is
+    /// short or gone): dropped from the index, the file left alone.
+    pub dropped: Vec<PieceId>,
+}
+
 /// Counters and gauges of a store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -207,6 +253,12 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Pieces found corrupt since open.
     pub corrupt: u64,
+    /// Pieces served from ranges of files outside the store (not counted in
+    /// `pieces` or `bytes`).
+    pub extents: u64,
+    /// Pieces dropped from the extents index since open: their file
+    /// changed, shrank or went away.
+    pub dropped_extents: u64,
 }
 
 /// A content-addressed piece store.
@@ -287,6 +339,60 @@ pub trait PieceStore: Send + Sync {
 
     /// Counters and gauges.
     fn stats(&self) -> StoreStats;
+
+    /// Indexes pieces that live as byte ranges of `file` (an absolute
+    /// path), durably before returning, so the store serves them without a
+    /// copy of its own. The caller has made the ranges durable and hashed
+    /// them to their ids; the store still hashes each as it reads it, and
+    /// drops one that no longer matches without touching the file. Ids
+    /// already held keep their place. Extents cost no store capacity and
+    /// are never evicted; [`PieceStore::gc`] drops those nothing reaches.
+    fn add_extents(&self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
+        let _ = (file, extents);
+        Err(StoreError::Unsupported)
+    }
+
+    /// Records that the file holding extents at `from` was renamed to
+    /// `to`, durably. Returns false if no extent lives in `from`.
+    fn move_extent_file(&self, from: &Path, to: &Path) -> Result<bool, StoreError> {
+        let _ = (from, to);
+        Ok(false)
+    }
+
+    /// Forgets every extent in `file` (about to be removed), durably;
+    /// returns how many.
+    fn forget_extent_file(&self, file: &Path) -> Result<usize, StoreError> {
+        let _ = file;
+        Ok(0)
+    }
+
+    /// The files holding extents.
+    fn extent_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Re-hashes every piece held, in the store and in files: a piece of
+    /// the store that fails is handled as on any read (deleted if cached,
+    /// quarantined if pinned); one in a file that fails is dropped from the
+    /// index. Blocking, and as long as reading everything.
+    fn verify_all(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        for id in self.list() {
+            match self.get(&id) {
+                Ok(Some(bytes)) => {
+                    report.checked += 1;
+                    report.bytes += bytes.len() as u64;
+                    if VerifiedPiece::verify(id, bytes).is_err() {
+                        report.corrupt.push(id);
+                    }
+                }
+                Ok(None) => {}
+                Err(StoreError::Corrupt { id, .. }) => report.corrupt.push(id),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(report)
+    }
 
     /// The pinned files (named from their manifests when held), the pinned
     /// loose pieces, the bytes used and the capacity. Reads each pinned

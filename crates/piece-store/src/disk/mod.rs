@@ -4,6 +4,8 @@
 //! * `pieces/00` … `pieces/ff` — one file per piece, named by its id.
 //! * `roots.log` — the pinned roots (files by manifest, loose pieces), an
 //!   append-only log compacted atomically (format in `roots`).
+//! * `extents.log` — pieces that live as ranges of files outside the store,
+//!   such as a fetched file's output (format in `extents`).
 //! * `tmp/` — pieces being written; emptied at open.
 //! * `quarantine/` — pinned pieces found corrupt, kept for the user.
 //! * `lock` — held exclusively while the store is open.
@@ -39,6 +41,8 @@
 //! * `commit` — the group commit and its background thread.
 //! * `verify` — reading back with verification, quarantine, [`DiskStore::scrub`].
 //! * `roots` — the roots index on disk: format, appends, compaction.
+//! * `extents` — pieces served from ranges of files outside the store
+//!   (a fetched file's output), and their index on disk.
 //! * `pins` — root changes (disk, then memory), expanding pinned files'
 //!   manifests, migrating old pin markers.
 //! * `scan` — opening: layout, lock, stale temp files, the index, the roots.
@@ -46,6 +50,7 @@
 
 mod commit;
 mod config;
+mod extents;
 mod paths;
 mod pins;
 mod roots;
@@ -64,12 +69,18 @@ use wire_format::{PieceId, VerifiedPiece};
 
 use self::commit::{CommitResult, Committer, PendingWrite, commit_group, wait_done};
 pub use self::config::{BATCH_INTERVAL, BATCH_MAX_PENDING_BYTES, DiskStoreConfig, FsyncPolicy};
+pub use self::extents::{
+    EXTENT_FILES_MAX, EXTENT_PATH_MAX_BYTES, EXTENTS_APPEND_MAX, EXTENTS_FILE,
+    EXTENTS_LOG_MAX_BYTES, EXTENTS_MAX,
+};
 pub use self::paths::QUARANTINE_DIR;
 pub use self::roots::{COMPACT_MIN_LINES, ROOTS_FILE, ROOTS_LOG_MAX_BYTES};
 use self::shared::{Shared, State};
 pub use self::verify::ScrubReport;
 use crate::lock::DirLock;
-use crate::store::{Durability, GcReport, PieceStore, Retention, Root, StoreError, StoreStats};
+use crate::store::{
+    Durability, Extent, GcReport, PieceStore, Retention, Root, StoreError, StoreStats, VerifyReport,
+};
 
 #[derive(Debug)]
 struct Inner {
@@ -318,11 +329,19 @@ impl DiskStore {
 
 impl PieceStore for DiskStore {
     fn has(&self, id: &PieceId) -> bool {
-        self.shared().state().index.contains(id)
+        let state = self.shared().state();
+        state.index.contains(id) || state.extents.contains(id)
     }
 
     fn size(&self, id: &PieceId) -> Option<u64> {
-        self.shared().state().index.get(id).map(|e| e.size)
+        let state = self.shared().state();
+        match state.index.get(id) {
+            Some(entry) => Some(entry.size),
+            None => state
+                .extents
+                .find(id)
+                .map(|(_, place)| u64::from(place.len)),
+        }
     }
 
     fn get(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
@@ -376,17 +395,67 @@ impl PieceStore for DiskStore {
         // A file left behind by a failed removal is indexed again at the
         // next open and collected again.
         shared.delete_victims(&victims);
+        // Extents nothing reaches leave the index (their files stay: they
+        // are their users'). They free no store bytes, so the report does
+        // not count them.
+        let unreached: Vec<PieceId> = state
+            .extents
+            .ids()
+            .filter(|id| !state.index.is_reached(id))
+            .copied()
+            .collect();
+        for id in unreached {
+            state.extents.drop_piece(&id)?;
+        }
         Ok(report)
     }
 
     fn list(&self) -> Vec<PieceId> {
-        self.shared().state().index.ids()
+        let state = self.shared().state();
+        let mut ids = state.index.ids();
+        ids.extend(
+            state
+                .extents
+                .ids()
+                .filter(|id| !state.index.contains(id))
+                .copied(),
+        );
+        ids
+    }
+
+    fn add_extents(&self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
+        let mut state = self.shared().state();
+        // A piece the store keeps itself needs no second place.
+        let new: Vec<Extent> = extents
+            .iter()
+            .filter(|e| !state.index.contains(&e.id))
+            .copied()
+            .collect();
+        state.extents.add(file, &new)
+    }
+
+    fn move_extent_file(&self, from: &Path, to: &Path) -> Result<bool, StoreError> {
+        self.shared().state().extents.rename(from, to)
+    }
+
+    fn forget_extent_file(&self, file: &Path) -> Result<usize, StoreError> {
+        self.shared().state().extents.forget(file)
+    }
+
+    fn extent_files(&self) -> Vec<PathBuf> {
+        self.shared().state().extents.files()
+    }
+
+    fn verify_all(&self) -> Result<VerifyReport, StoreError> {
+        self.shared().verify_all()
     }
 
     fn stats(&self) -> StoreStats {
         let state = self.shared().state();
         StoreStats {
             pieces: state.index.len() as u64,
+            extents: state.extents.len() as u64,
+            dropped_extents: state.dropped_extents,
             bytes: state.index.bytes(),
             pinned_bytes: state.index.pinned_bytes(),
             capacity: state.index.capacity(),

@@ -15,6 +15,7 @@ use wire_format::PieceId;
 use wire_format::limits::PIECE_MAX;
 
 use super::config::{DiskStoreConfig, FsyncPolicy};
+use super::extents::{EXTENTS_FILE, Extents};
 use super::paths::{Paths, create_dir, remove_if_exists};
 use super::pins::legacy_pin_markers;
 use super::roots::RootsLog;
@@ -57,10 +58,11 @@ pub(super) fn open(root: &Path, config: DiskStoreConfig) -> Result<(Shared, DirL
     }
     let marked = legacy_pin_markers(&paths)?;
     let sync = config.fsync != FsyncPolicy::Never;
+    let extents = Extents::load(&paths.root().join(EXTENTS_FILE), sync)?;
     let shared = Shared {
         paths,
         config,
-        state: Mutex::new(State::new(index, RootsLog::new(&roots_path, sync))),
+        state: Mutex::new(State::new(index, RootsLog::new(&roots_path, sync), extents)),
     };
     shared.migrate_pin_markers(&marked)?;
     shared.settle();
@@ -70,6 +72,7 @@ pub(super) fn open(root: &Path, config: DiskStoreConfig) -> Result<(Shared, DirL
         // Written whole at every open: drops a torn last line, and records
         // migrated markers before they are removed.
         state.roots_log.compact(&state.index.roots())?;
+        state.extents.compact()?;
         let legacy = shared.paths.legacy_pins_dir();
         if legacy.exists() {
             fs::remove_dir_all(&legacy).map_err(StoreError::io("remove", &legacy))?;

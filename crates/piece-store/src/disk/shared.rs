@@ -15,6 +15,7 @@ use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::config::{DiskStoreConfig, FsyncPolicy};
+use super::extents::Extents;
 use super::paths::Paths;
 use super::roots::RootsLog;
 use crate::index::Index;
@@ -32,13 +33,20 @@ pub(super) struct State {
     pub(super) scrub_cursor: Option<PieceId>,
     /// The pinned roots on disk; changed before the index, under this lock.
     pub(super) roots_log: RootsLog,
+    /// Pieces served from ranges of files outside the store.
+    pub(super) extents: Extents,
+    /// Pieces dropped from the extents index since open: their file
+    /// changed.
+    pub(super) dropped_extents: u64,
 }
 
 impl State {
-    pub(super) fn new(index: Index, roots_log: RootsLog) -> Self {
+    pub(super) fn new(index: Index, roots_log: RootsLog, extents: Extents) -> Self {
         Self {
             index,
             roots_log,
+            extents,
+            dropped_extents: 0,
             pending: HashMap::new(),
             pending_background_bytes: 0,
             quarantined: Vec::new(),

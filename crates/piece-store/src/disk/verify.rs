@@ -11,7 +11,24 @@ use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::shared::Shared;
-use crate::store::StoreError;
+use crate::store::{StoreError, VerifyReport};
+
+/// Reads `len` bytes at `offset` of the file at `path`, refusing anything
+/// but a regular file (a FIFO put in its place must not block the reader)
+/// and a link.
+fn read_range(path: &std::path::Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut bytes = vec![0; len as usize];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(bytes)
+}
 
 /// What one scrub call checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,7 +78,8 @@ impl Shared {
                 return Ok(Some(bytes));
             }
             let Some(entry) = state.index.get(id).copied() else {
-                return Ok(None);
+                drop(state);
+                return self.read_extent(id);
             };
             state.index.touch(id);
             self.config.verify_on_read || !entry.verified
@@ -95,6 +113,69 @@ impl Shared {
             self.state().index.mark_verified(id);
         }
         Ok(Some(bytes))
+    }
+
+    /// Reads a piece served from a range of a file, always hashed: the file
+    /// is its user's, who may have changed it. One that no longer matches
+    /// (changed, short, gone, not a regular file) is dropped from the index
+    /// and reported missing; the file is left alone.
+    pub(super) fn read_extent(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
+        let Some((path, place)) = self.state().extents.find(id) else {
+            return Ok(None);
+        };
+        let verified = read_range(&path, place.offset, place.len)
+            .ok()
+            .and_then(|bytes| VerifiedPiece::verify(*id, Bytes::from(bytes)).ok());
+        if let Some(piece) = verified {
+            return Ok(Some(piece.bytes().clone()));
+        }
+        let mut state = self.state();
+        // Unless it moved meanwhile (a rename recorded, a new add).
+        if state.extents.find(id) == Some((path, place)) {
+            state.extents.drop_piece(id)?;
+            state.dropped_extents += 1;
+        }
+        Ok(None)
+    }
+
+    /// Re-hashes every piece held, in the store and in files.
+    pub(super) fn verify_all(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let (own, extents): (Vec<PieceId>, Vec<PieceId>) = {
+            let state = self.state();
+            (state.index.ids(), state.extents.ids().copied().collect())
+        };
+        for id in own {
+            if self.state().pending.contains_key(&id) {
+                continue; // just written from verified bytes
+            }
+            match self.read_committed(&id, true) {
+                Ok(Some(bytes)) => {
+                    report.checked += 1;
+                    report.bytes += bytes.len() as u64;
+                }
+                Ok(None) => {}
+                Err(StoreError::Corrupt { id, .. }) => report.corrupt.push(id),
+                Err(err) => return Err(err),
+            }
+        }
+        for id in extents {
+            if self.state().index.contains(&id) {
+                continue; // served from the store's own copy
+            }
+            match self.read_extent(&id)? {
+                Some(bytes) => {
+                    report.checked += 1;
+                    report.bytes += bytes.len() as u64;
+                }
+                None => {
+                    if !self.state().extents.contains(&id) {
+                        report.dropped.push(id);
+                    }
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Re-verifies up to `max_pieces` committed pieces, continuing where the
