@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use piece_store::file::{add_file, reassemble};
+use piece_store::file::{add_file, pieces_of, reassemble};
 use piece_store::manifest::Layout;
 use piece_store::{DiskStore, DiskStoreConfig, MemStore, PieceStore, Root};
 use wire_format::PieceId;
@@ -324,4 +324,17 @@ async fn a_node_killed_while_fetching_resumes_and_completes_the_file() {
         .unwrap();
     let store = assert_every_piece_verifies(dir.path());
     assert!(store.roots().contains(&Root::File(summary.manifest)));
+    // Written once: the file's data pieces are served from the output
+    // itself, and the temp files the killed runs left are gone.
+    let names: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("big")]);
+    assert_eq!(store.extent_files(), vec![out.clone()]);
+    let data: Vec<_> = pieces_of(&*store, &summary.manifest, &Layout::STANDARD)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(data.iter().all(|p| store.has(&p.id)));
+    assert_eq!(store.stats().extents, data.len() as u64);
 }

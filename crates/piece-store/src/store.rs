@@ -344,8 +344,11 @@ pub trait PieceStore: Send + Sync {
     /// path), durably before returning, so the store serves them without a
     /// copy of its own. The caller has made the ranges durable and hashed
     /// them to their ids; the store still hashes each as it reads it, and
-    /// drops one that no longer matches without touching the file. Ids
-    /// already held keep their place. Extents cost no store capacity and
+    /// drops one that no longer matches without touching the file. A piece
+    /// the store keeps itself is skipped; one indexed in another file moves
+    /// to its new place. With no extents it records `file` alone, so a
+    /// writer killed before its first add still leaves its file known
+    /// ([`PieceStore::extent_files`]). Extents cost no store capacity and
     /// are never evicted; [`PieceStore::gc`] drops those nothing reaches.
     fn add_extents(&self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
         let _ = (file, extents);

@@ -154,3 +154,22 @@ fn a_memory_store_refuses_extents() {
         Err(StoreError::Unsupported)
     ));
 }
+
+#[test]
+fn a_piece_added_again_from_another_file_moves_there_and_outlives_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let stale = dir.path().join(".out.p2p-1.part");
+    let fresh = dir.path().join(".out.p2p-2.part");
+    let pieces = file_of_pieces(&stale, 2, 7);
+    fs::copy(&stale, &fresh).unwrap();
+    let extents: Vec<Extent> = pieces.iter().map(|(e, _)| *e).collect();
+    store.add_extents(&stale, &extents).unwrap();
+    store.add_extents(&fresh, &extents[..1]).unwrap();
+    // The stale file goes: only the piece that did not move goes with it.
+    assert_eq!(store.forget_extent_file(&stale).unwrap(), 1);
+    fs::remove_file(&stale).unwrap();
+    assert_eq!(store.get(&extents[0].id).unwrap().unwrap(), pieces[0].1);
+    assert!(!store.has(&extents[1].id));
+    assert_eq!(store.extent_files(), vec![fresh]);
+}

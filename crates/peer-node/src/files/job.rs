@@ -95,6 +95,13 @@ pub struct Job {
     pub(crate) progress: Mutex<Progress>,
     /// Set to cancel the job.
     pub(crate) cancel: watch::Sender<bool>,
+    /// Set before `cancel` when the node is stopping: the job's temp file
+    /// and the pieces indexed in it are kept for a later run to resume
+    /// from, as when it fails. A user's cancel removes them.
+    pub(crate) keep_part: std::sync::atomic::AtomicBool,
+    /// Pieces the store indexed in the job's temp file so far: a temp file
+    /// with none is worth nothing to a later run.
+    pub(crate) registered: std::sync::atomic::AtomicU64,
 }
 
 impl Job {

@@ -85,7 +85,12 @@ impl Jobs {
             return Err(StartError::Busy { running });
         }
         forget_oldest_finished(&mut jobs);
-        let id = format!("{:016x}", rand::random::<u64>());
+        let id = format!(
+            "{:0width$x}",
+            rand::random::<u64>(),
+            width = run::JOB_ID_HEX
+        );
+
         let job = Arc::new(Job {
             id: id.clone(),
             manifest,
@@ -101,12 +106,15 @@ impl Jobs {
                 ended: None,
             }),
             cancel: watch::Sender::new(false),
+            keep_part: std::sync::atomic::AtomicBool::new(false),
+            registered: std::sync::atomic::AtomicU64::new(0),
         });
         jobs.insert(id.clone(), Arc::clone(&job));
         drop(jobs);
         let pieces = Arc::clone(&self.pieces);
+        let registry = Arc::downgrade(self);
         tokio::spawn(async move {
-            let outcome = run::run(&pieces, &job).await;
+            let outcome = run::run(&pieces, &job, &registry).await;
             job.finish(outcome);
         });
         Ok((id, false))
@@ -117,8 +125,9 @@ impl Jobs {
         self.jobs().get(id).map(|j| j.view())
     }
 
-    /// Cancels the job `id` (its temp file is removed; fetched pieces stay
-    /// in the store); `None` if there is no such job. A finished job is
+    /// Cancels the job `id` (its temp file is removed with the pieces
+    /// indexed in it; pieces cached in the store stay); `None` if there is
+    /// no such job. A finished job is
     /// left as it is.
     pub fn cancel(&self, id: &str) -> Option<JobView> {
         let job = self.jobs().get(id).map(Arc::clone)?;
@@ -147,12 +156,24 @@ impl Jobs {
         failed.into_iter().map(|(_, e)| e).collect()
     }
 
-    /// Cancels every running job (the node is stopping): each removes its
-    /// temp file and gives back the pin it took.
+    /// Cancels every running job (the node is stopping): each gives back
+    /// the pin it took and keeps its temp file, if it holds pieces, for a
+    /// later run to resume.
     pub fn cancel_all(&self) {
         for job in self.jobs().values() {
+            job.keep_part
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             job.cancel.send_replace(true);
         }
+    }
+
+    /// The temp files of the jobs running now.
+    pub(crate) fn running_parts(&self) -> Vec<PathBuf> {
+        self.jobs()
+            .values()
+            .filter(|j| j.is_running())
+            .filter_map(|j| Some(run::part_path(j.path.as_ref()?, &j.id)))
+            .collect()
     }
 
     /// Whether any job is still running.

@@ -17,26 +17,45 @@
 //! file fsynced, renamed over the output and its directory fsynced. The
 //! file's root is pinned when the job starts, so its pieces are kept as they
 //! arrive and the node goes on sharing the file; a job that fails or is
-//! cancelled gives the pin back (its pieces stay, cached).
+//! cancelled gives the pin back.
+//!
+//! **Each byte is written once.** A piece fetched for a job with an output
+//! is not cached in the store: once it is in the temp file and that is
+//! fsynced (every [`EXTENT_BATCH_PIECES`] pieces or
+//! [`EXTENT_BATCH_INTERVAL`], and at the end), the
+//! store indexes it as a range of the file ([`PieceStore::add_extents`]),
+//! so the node serves it from there while the job runs and after, the
+//! index following the rename. A job without an output, or on a store
+//! that keeps no extents, caches its pieces in the store.
+//!
+//! **Resuming.** A job that fails, or is stopped with its node (even
+//! killed), leaves its temp file with its pieces indexed: the next job for
+//! the same output reads them from it (hashing each, as every read of a
+//! range is), so a re-run resumes, and once its own output is in place it
+//! removes every temp file earlier runs left for that output. A user's
+//! cancel removes the job's temp file and drops its pieces from the index
+//! at once.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use piece_store::file::{FileError, WalkEvent, walk};
 use piece_store::manifest::Layout;
-use piece_store::{Durability, PieceStore, Retention, Root, StoreError};
+use piece_store::{Durability, Extent, PieceStore, Retention, Root, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::job::{Job, JobError};
-use crate::pieces::{FetchError, Fetched, Pieces};
+use super::jobs::Jobs;
+use crate::pieces::{FetchError, Fetched, Keep, Pieces};
 
 /// Piece fetches a job keeps running at once: enough to keep several peers
 /// busy (each holder takes up to 16 ASKs); the pieces waiting for their
@@ -44,9 +63,22 @@ use crate::pieces::{FetchError, Fetched, Pieces};
 pub const PIECES_IN_FLIGHT: usize = 32;
 /// Pieces queued for the writer thread.
 const WRITE_QUEUE_PIECES: usize = 4;
+/// Pieces written to the output between two registrations of their ranges
+/// in the store, at most: each registration costs an fsync of the output
+/// and one index append, and a piece is served from the output (and found
+/// by a re-run after a crash) only once registered.
+pub const EXTENT_BATCH_PIECES: usize = 64;
+/// Longest a written piece waits for its registration, so a slow fetch
+/// still shares (and can resume) what it has; the store's own group commit
+/// interval ([`piece_store::disk::BATCH_INTERVAL`]).
+pub const EXTENT_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// Times one piece is tried before the job gives up on it: a deadline is
 /// often one slow or vanished peer, and the next try asks the others.
 pub const PIECE_ATTEMPTS: usize = 3;
+
+/// A data piece being fetched: its id, its length from the manifest, and
+/// the fetch.
+type InFlight = (PieceId, usize, JoinHandle<Result<Fetched, FetchError>>);
 
 /// What the planner tells the job.
 #[derive(Debug)]
@@ -80,7 +112,11 @@ pub(crate) fn check_output_path(path: &Path) -> Result<(), String> {
 }
 
 /// Runs `job` to its end (or its cancellation).
-pub(crate) async fn run(pieces: &Arc<Pieces>, job: &Arc<Job>) -> Result<(), JobError> {
+pub(crate) async fn run(
+    pieces: &Arc<Pieces>,
+    job: &Arc<Job>,
+    registry: &Weak<Jobs>,
+) -> Result<(), JobError> {
     let mut cancel = job.cancel.subscribe();
     // The file's root is pinned first: every piece of its tree is kept the
     // moment it arrives, so a small store never evicts the file it fetches.
@@ -99,15 +135,46 @@ pub(crate) async fn run(pieces: &Arc<Pieces>, job: &Arc<Job>) -> Result<(), JobE
         None => None,
     };
     let tmp = output.as_ref().map(|o| o.tmp.clone());
-    let work = fetch_into(pieces, job, output);
-    let result = tokio::select! {
-        result = work => result,
+    let (write_tx, write_rx) = mpsc::channel::<ToWrite>(WRITE_QUEUE_PIECES);
+    let writer = {
+        let store = Arc::clone(&pieces.store);
+        let runtime = tokio::runtime::Handle::current();
+        let job = Arc::clone(job);
+        tokio::task::spawn_blocking(move || write(output, write_rx, &*store, &runtime, &job))
+    };
+    let work = fetch_into(pieces, job, write_tx);
+    let fed = tokio::select! {
+        fed = work => fed,
         _ = cancel.wait_for(|c| *c) => Err(JobError::new("cancelled", "the job was cancelled")),
     };
+    // The feeder is gone (and its end of the writer's queue with it): the
+    // writer finishes what it was handed, so the pieces it registered are
+    // known before anything is kept or removed.
+    let written = writer
+        .await
+        .map_err(|e| JobError::new("io", format!("the writer stopped: {e}")));
+    let result = match (fed, written) {
+        (Err(err), _) => Err(err),
+        (Ok(_), Err(err)) | (Ok(_), Ok(Err(err))) => Err(err),
+        (Ok(declared), Ok(Ok(written))) => finish(pieces, declared, written, registry).await,
+    };
     if result.is_err() {
-        if let Some(tmp) = tmp {
-            // The writer may still hold it open; removing the name is enough.
-            let _ = std::fs::remove_file(tmp);
+        // A failed job keeps its temp file and the pieces indexed in it, so
+        // the next run for the same output resumes (like a browser's
+        // partial download), unless it holds none or the manifest lied; a
+        // user's cancel removes them. The ranges leave the index before the
+        // file goes (the writer may still hold it open; removing the name
+        // is enough).
+        let cancelled = *job.cancel.borrow() && !job.keep_part.load(Ordering::Relaxed);
+        let resumable = result.as_ref().is_err_and(|e| e.class != "bad_manifest")
+            && job.registered.load(Ordering::Relaxed) > 0;
+        if let Some(tmp) = tmp.filter(|_| cancelled || !resumable) {
+            let store = Arc::clone(&pieces.store);
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = store.forget_extent_file(&tmp);
+                let _ = std::fs::remove_file(&tmp);
+            })
+            .await;
         }
         // Fetched pieces stay, cached; the pin was this job's to give back
         // (a file the user had pinned stays pinned).
@@ -119,75 +186,93 @@ pub(crate) async fn run(pieces: &Arc<Pieces>, job: &Arc<Job>) -> Result<(), JobE
     result
 }
 
+/// Plans the file and fetches its data pieces, handing them to the writer
+/// in file order; returns the size and hash the root manifest declares.
 async fn fetch_into(
     pieces: &Arc<Pieces>,
     job: &Arc<Job>,
-    output: Option<Output>,
-) -> Result<(), JobError> {
+    write_tx: mpsc::Sender<ToWrite>,
+) -> Result<(u64, PieceId), JobError> {
     let timeout = pieces.swarm.config.fetch_timeout;
     let (plan_tx, mut plans) = mpsc::channel(PIECES_IN_FLIGHT);
     let store = Arc::clone(&pieces.store);
     let root = job.manifest;
     let planner = tokio::task::spawn_blocking(move || plan(&*store, root, &plan_tx));
-    let (write_tx, write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_PIECES);
-    let writer = tokio::task::spawn_blocking(move || write(output, write_rx));
 
     let mut declared = None;
-    let mut window: VecDeque<(usize, JoinHandle<Result<Fetched, FetchError>>)> = VecDeque::new();
-    let mut planned_all = false;
-    loop {
-        while !planned_all && window.len() < PIECES_IN_FLIGHT {
-            match plans.recv().await {
-                Some(Plan::Root { size, sha256 }) => {
-                    job.set_total(size);
-                    declared = Some((size, sha256));
+    // The pieces in file order to the writer. On a failure the pieces
+    // already handed over are still written and kept (a re-run resumes
+    // from them).
+    let fed: Result<(), JobError> = async {
+        let mut window: VecDeque<InFlight> = VecDeque::new();
+        let mut planned_all = false;
+        loop {
+            while !planned_all && window.len() < PIECES_IN_FLIGHT {
+                match plans.recv().await {
+                    Some(Plan::Root { size, sha256 }) => {
+                        job.set_total(size);
+                        declared = Some((size, sha256));
+                    }
+                    Some(Plan::Piece(id, len)) => {
+                        let pieces = Arc::clone(pieces);
+                        let fetch = tokio::spawn(async move {
+                            fetch_piece(&pieces, id, timeout, Keep::Requester).await
+                        });
+                        window.push_back((id, len, fetch));
+                    }
+                    Some(Plan::Need(id, stored)) => {
+                        let ok = fetch_manifest(pieces, job, id, timeout).await?;
+                        let _ = stored.send(ok);
+                    }
+                    Some(Plan::Failed(err)) => return Err(err),
+                    None => planned_all = true,
                 }
-                Some(Plan::Piece(id, len)) => {
-                    let pieces = Arc::clone(pieces);
-                    let fetch =
-                        tokio::spawn(async move { fetch_piece(&pieces, id, timeout).await });
-                    window.push_back((len, fetch));
-                }
-                Some(Plan::Need(id, stored)) => {
-                    let ok = fetch_manifest(pieces, job, id, timeout).await?;
-                    let _ = stored.send(ok);
-                }
-                Some(Plan::Failed(err)) => return Err(err),
-                None => planned_all = true,
+            }
+            let Some((id, len, fetch)) = window.pop_front() else {
+                break;
+            };
+            let fetched = fetch
+                .await
+                .map_err(|e| JobError::new("io", format!("a piece fetch failed: {e}")))?
+                .map_err(fetch_error)?;
+            if fetched.bytes.len() != len {
+                return Err(JobError::new(
+                    "bad_manifest",
+                    format!(
+                        "a piece is {} bytes where its manifest implies {len}",
+                        fetched.bytes.len()
+                    ),
+                ));
+            }
+            job.add_piece(len as u64, fetched.from, &fetched.explain);
+            let piece = ToWrite {
+                id,
+                bytes: fetched.bytes,
+                unkept: fetched.unkept,
+            };
+            if write_tx.send(piece).await.is_err() {
+                break; // the writer failed: its error is reported below
             }
         }
-        let Some((len, fetch)) = window.pop_front() else {
-            break;
-        };
-        let fetched = fetch
-            .await
-            .map_err(|e| JobError::new("io", format!("a piece fetch failed: {e}")))?
-            .map_err(fetch_error)?;
-        if fetched.bytes.len() != len {
-            return Err(JobError::new(
-                "bad_manifest",
-                format!(
-                    "a piece is {} bytes where its manifest implies {len}",
-                    fetched.bytes.len()
-                ),
-            ));
-        }
-        job.add_piece(len as u64, fetched.from, &fetched.explain);
-        if write_tx.send(fetched.bytes).await.is_err() {
-            break; // the writer failed: its error is reported below
-        }
+        Ok(())
     }
+    .await;
     drop(write_tx);
+    // A planner still walking stops at its next send.
+    drop(plans);
     let _ = planner.await;
-    let written = writer
-        .await
-        .map_err(|e| JobError::new("io", format!("the writer stopped: {e}")))??;
-    let Some((size, sha256)) = declared else {
-        return Err(JobError::new(
-            "bad_manifest",
-            "the manifest tree named no file",
-        ));
-    };
+    fed?;
+    declared.ok_or_else(|| JobError::new("bad_manifest", "the manifest tree named no file"))
+}
+
+/// Checks what the writer wrote against what the manifest declares, then
+/// puts the output in place.
+async fn finish(
+    pieces: &Arc<Pieces>,
+    (size, sha256): (u64, PieceId),
+    written: Written,
+    registry: &Weak<Jobs>,
+) -> Result<(), JobError> {
     if written.size != size || written.sha256 != sha256 {
         return Err(JobError::new(
             "bad_manifest",
@@ -199,7 +284,12 @@ async fn fetch_into(
         ));
     }
     if let Some(output) = written.output {
-        tokio::task::spawn_blocking(move || output.commit())
+        let store = Arc::clone(&pieces.store);
+        let running = registry
+            .upgrade()
+            .map(|jobs| jobs.running_parts())
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || output.commit(&*store, &running))
             .await
             .map_err(|e| JobError::new("io", e.to_string()))??;
     }
@@ -211,10 +301,11 @@ async fn fetch_piece(
     pieces: &Arc<Pieces>,
     id: PieceId,
     timeout: Duration,
+    keep: Keep,
 ) -> Result<Fetched, FetchError> {
     let mut attempt = 1;
     loop {
-        match pieces.fetch_from(id, timeout).await {
+        match pieces.fetch_keeping(id, timeout, keep).await {
             Err(FetchError::Deadline) if attempt < PIECE_ATTEMPTS => attempt += 1,
             outcome => return outcome,
         }
@@ -228,7 +319,7 @@ async fn fetch_manifest(
     id: PieceId,
     timeout: Duration,
 ) -> Result<bool, JobError> {
-    let fetched = fetch_piece(pieces, id, timeout)
+    let fetched = fetch_piece(pieces, id, timeout, Keep::Store)
         .await
         .map_err(fetch_error)?;
     job.add_explain(&fetched.explain);
@@ -303,6 +394,14 @@ fn plan(store: &dyn PieceStore, root: PieceId, plans: &mpsc::Sender<Plan>) {
     }
 }
 
+/// A piece for the writer, in file order.
+struct ToWrite {
+    id: PieceId,
+    bytes: Bytes,
+    /// The piece when no store holds it yet ([`Fetched::unkept`]).
+    unkept: Option<VerifiedPiece>,
+}
+
 /// What the writer wrote.
 struct Written {
     size: u64,
@@ -310,34 +409,132 @@ struct Written {
     output: Option<Output>,
 }
 
+/// Where the writer keeps the pieces it is handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keeping {
+    /// As ranges of the output, indexed by the store once durable.
+    Extents,
+    /// As cached copies in the store.
+    Store,
+}
+
 /// The writer: appends the pieces it is handed to the output's temp file
-/// (if any) and hashes them. Runs on a blocking thread.
+/// (if any), hashes them as one stream, and has the store keep them: as
+/// ranges of the output where it can, else as cached copies. Runs on a
+/// blocking thread.
 fn write(
     mut output: Option<Output>,
-    mut pieces: mpsc::Receiver<Bytes>,
+    mut pieces: mpsc::Receiver<ToWrite>,
+    store: &dyn PieceStore,
+    runtime: &tokio::runtime::Handle,
+    job: &Job,
 ) -> Result<Written, JobError> {
+    // An empty add records the file (so a job killed before its first
+    // registration still leaves its temp file known) and tells whether the
+    // store keeps extents at all.
+    let mut keeping = match &output {
+        Some(o) if store.add_extents(&o.tmp, &[]).is_ok() => Keeping::Extents,
+        _ => Keeping::Store,
+    };
+    let mut batch: Vec<Extent> = Vec::with_capacity(EXTENT_BATCH_PIECES);
+    let mut batch_due = tokio::time::Instant::now();
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
-    while let Some(bytes) = pieces.blocking_recv() {
+    loop {
+        // A batch waits for its registration at most EXTENT_BATCH_INTERVAL,
+        // even when no further piece comes.
+        let next = if batch.is_empty() {
+            pieces.blocking_recv()
+        } else {
+            match runtime.block_on(tokio::time::timeout_at(batch_due, pieces.recv())) {
+                Ok(next) => next,
+                Err(_) => {
+                    if let Some(output) = output.as_ref() {
+                        keeping = register(store, output, &mut batch, job)?;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(piece) = next else { break };
         if let Some(output) = output.as_mut() {
             output
                 .file
-                .write_all(&bytes)
+                .write_all(&piece.bytes)
                 .map_err(|e| output.error("write", e))?;
         }
-        hasher.update(&bytes);
-        size += bytes.len() as u64;
+        hasher.update(&piece.bytes);
+        let len = piece.bytes.len();
+        match (keeping, output.as_ref()) {
+            (Keeping::Extents, Some(output)) => {
+                if batch.is_empty() {
+                    batch_due = tokio::time::Instant::now() + EXTENT_BATCH_INTERVAL;
+                }
+                batch.push(Extent {
+                    id: piece.id,
+                    offset: size,
+                    len: u32::try_from(len).unwrap_or(u32::MAX),
+                });
+                if batch.len() == EXTENT_BATCH_PIECES {
+                    keeping = register(store, output, &mut batch, job)?;
+                }
+            }
+            _ => {
+                if let Some(unkept) = piece.unkept {
+                    // A cache copy: the swarm has it again if this fails.
+                    let _ = store.put(unkept, Retention::Cached, Durability::Background);
+                }
+            }
+        }
+        size += len as u64;
     }
     if let Some(output) = output.as_mut() {
         output
             .file
             .sync_all()
             .map_err(|e| output.error("fsync", e))?;
+        if keeping == Keeping::Extents && !batch.is_empty() {
+            register(store, output, &mut batch, job)?;
+        }
     }
     Ok(Written {
         size,
         sha256: PieceId::from_bytes(hasher.finalize().into()),
         output,
+    })
+}
+
+/// Makes `batch` durable in the output (an error there fails the job),
+/// then has the store index it as ranges of the output. If the store
+/// cannot (its extents index is full, say), those pieces are only in the
+/// output, and the job caches the rest in the store instead.
+fn register(
+    store: &dyn PieceStore,
+    output: &Output,
+    batch: &mut Vec<Extent>,
+    job: &Job,
+) -> Result<Keeping, JobError> {
+    output
+        .file
+        .sync_data()
+        .map_err(|e| output.error("fsync", e))?;
+    // A user's cancel removes the file: nothing more is indexed in it.
+    if *job.cancel.borrow() && !job.keep_part.load(Ordering::Relaxed) {
+        batch.clear();
+        return Ok(Keeping::Extents);
+    }
+    let added = store.add_extents(&output.tmp, batch);
+    let count = batch.len() as u64;
+    batch.clear();
+    Ok(match added {
+        Ok(()) => {
+            job.registered.fetch_add(count, Ordering::Relaxed);
+            Keeping::Extents
+        }
+        Err(err) => {
+            tracing::warn!(file = %output.tmp.display(), %err, "cannot serve a fetched file's pieces from it; caching the rest in the store");
+            Keeping::Store
+        }
     })
 }
 
@@ -351,11 +548,7 @@ struct Output {
 impl Output {
     fn create(path: &Path, job: &str) -> Result<Self, JobError> {
         check_output_path(path).map_err(|e| JobError::new("io", e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.p2p-{job}.part"));
+        let tmp = part_path(path, job);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -372,14 +565,94 @@ impl Output {
         JobError::new("io", format!("{what} {}: {err}", self.tmp.display()))
     }
 
-    /// Renames the complete, fsynced temp file over the output and fsyncs
-    /// the directory.
-    fn commit(self) -> Result<(), JobError> {
+    /// Renames the complete, fsynced temp file over the output, has the
+    /// store's index follow, fsyncs the directory, then removes the temp
+    /// files earlier runs left for the same output (their pieces were read
+    /// from them), except those of the jobs `running`.
+    fn commit(self, store: &dyn PieceStore, running: &[PathBuf]) -> Result<(), JobError> {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| self.error("rename", e))?;
+        if let Err(err) = store.move_extent_file(&self.tmp, &self.path) {
+            // The file is whole; its pieces will not be served from it.
+            tracing::warn!(file = %self.path.display(), %err, "cannot record the rename in the store's index");
+            let _ = store.forget_extent_file(&self.tmp);
+        }
         if let Some(dir) = self.path.parent() {
             piece_store::state_file::sync_dir(dir)
                 .map_err(|e| JobError::new("io", format!("fsync {}: {e}", dir.display())))?;
         }
+        for part in self.stale_parts(running) {
+            let _ = store.forget_extent_file(&part);
+            let _ = std::fs::remove_file(&part);
+        }
         Ok(())
+    }
+
+    /// The temp files beside the output that earlier runs wrote for it.
+    fn stale_parts(&self, running: &[PathBuf]) -> Vec<PathBuf> {
+        let Some(dir) = self.path.parent() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|part| {
+                output_of_part(part).as_deref() == Some(&*self.path)
+                    && *part != self.tmp
+                    && !running.contains(part)
+            })
+            .collect()
+    }
+}
+
+/// The temp file a job `job` writes for `output`: hidden, beside it.
+pub(crate) fn part_path(output: &Path, job: &str) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(output.file_name().unwrap_or_default());
+    name.push(format!(".p2p-{job}.part"));
+    output.with_file_name(name)
+}
+
+/// The output a job's temp file `part` was written for, if `part` is
+/// named as [`part_path`] names them.
+pub(crate) fn output_of_part(part: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = part.file_name()?.as_bytes();
+    let inner = name.strip_prefix(b".")?.strip_suffix(b".part")?;
+    let (output, job) = inner.split_at(inner.len().checked_sub(JOB_ID_HEX + 5)?);
+    let job = job.strip_prefix(b".p2p-")?;
+    if output.is_empty() || !job.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    Some(part.with_file_name(std::ffi::OsStr::from_bytes(output)))
+}
+
+/// Hex digits of a job id.
+pub(crate) const JOB_ID_HEX: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_names_its_output_and_nothing_else_does() {
+        let output = Path::new("/data/my file.iso");
+        let part = part_path(output, "00112233aabbccdd");
+        assert_eq!(
+            part,
+            Path::new("/data/.my file.iso.p2p-00112233aabbccdd.part")
+        );
+        assert_eq!(output_of_part(&part).as_deref(), Some(output));
+        for other in [
+            "/data/my file.iso",
+            "/data/.my file.iso.p2p-0011.part",
+            "/data/.my file.iso.p2p-00112233aabbccdg.part",
+            "/data/..p2p-00112233aabbccdd.part",
+            "/data/.x.p2p-00112233aabbccdd.parts",
+        ] {
+            assert_eq!(output_of_part(Path::new(other)), None, "{other}");
+        }
     }
 }

@@ -63,7 +63,11 @@ pub(super) async fn run_dials(
 async fn dial(pieces: Arc<Pieces>, addr: PeerAddr) {
     let swarm = Arc::clone(&pieces.swarm);
     swarm.metrics.incr(Metric::DialAttemptsTotal);
-    let error = match net::connect(addr.socket_addr()).await {
+    let connected = {
+        let _attempt = swarm.attempt();
+        net::connect(addr.socket_addr()).await
+    };
+    let error = match connected {
         Ok(stream) => {
             swarm.metrics.incr(Metric::ConnectionsOutboundTotal);
             let span = info_span!("conn", peer = %addr, dir = "out", conn = next_conn_id());
@@ -92,7 +96,11 @@ pub(super) async fn run_announcer(pieces: Arc<Pieces>, mut stop: watch::Receiver
     let mut hungry_delay = HUNGRY_ANNOUNCE_FIRST;
     loop {
         for server in &config.bootstrap {
-            if let Err(err) = session::announce(&pieces, server).await {
+            let announced = {
+                let _attempt = pieces.swarm.attempt();
+                session::announce(&pieces, server).await
+            };
+            if let Err(err) = announced {
                 warn!(%server, %err, "bootstrap announce failed");
             }
         }

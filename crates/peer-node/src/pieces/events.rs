@@ -22,6 +22,10 @@ pub struct Fetched {
     pub from: Option<PeerAddr>,
     /// What each peer the fetch involved did (empty from the store).
     pub explain: Vec<PeerAccount>,
+    /// The piece, when it came from a peer through a fetch that left it to
+    /// its requester to keep ([`Keep::Requester`](super::Keep)): it is in
+    /// no store yet.
+    pub unkept: Option<VerifiedPiece>,
 }
 
 /// One peer's part in a fetch, for `--explain`: counts are per piece (0 or

@@ -142,10 +142,24 @@ impl Pieces {
         id: PieceId,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_keeping(id, timeout, Keep::Store).await
+    }
+
+    /// Like [`fetch_from`](Self::fetch_from), with who keeps a piece that
+    /// came from a peer: the store's cache, or the requester (a file job
+    /// that writes it into its output and indexes it there, so the piece is
+    /// written once).
+    pub async fn fetch_keeping(
+        self: &Arc<Self>,
+        id: PieceId,
+        timeout: Duration,
+        keep: Keep,
+    ) -> Result<Fetched, FetchError> {
         let local = |bytes| Fetched {
             bytes,
             from: None,
             explain: Vec::new(),
+            unkept: None,
         };
         // The in-memory index first: a miss costs no trip to the blocking pool.
         if self.store.has(&id)
@@ -166,7 +180,7 @@ impl Pieces {
                     // is stored: checked under the lock, the piece is either
                     // still registered (above) or already in the store.
                     None if from_store_once && self.store.has(&id) => None,
-                    None => Some(self.start_fetch(&mut fetches, id, timeout)),
+                    None => Some(self.start_fetch(&mut fetches, id, timeout, keep)),
                 }
             };
             match joined {
@@ -201,6 +215,7 @@ impl Pieces {
         fetches: &mut HashMap<PieceId, FetchHandle>,
         id: PieceId,
         timeout: Duration,
+        keep: Keep,
     ) -> watch::Receiver<Option<Result<Fetched, FetchError>>> {
         let (events_tx, events_rx) = mpsc::channel(FETCH_EVENTS);
         let (result_tx, result_rx) = watch::channel(None);
@@ -218,6 +233,16 @@ impl Pieces {
             async move {
                 let (outcome, explain) = run_fetch(&pieces, id, timeout, events_rx).await;
                 match outcome {
+                    Ok((piece, from)) if keep == Keep::Requester => {
+                        pieces.metrics.incr(Metric::FetchesSucceededTotal);
+                        pieces.fetches().remove(&id);
+                        let _ = result_tx.send(Some(Ok(Fetched {
+                            bytes: piece.bytes().clone(),
+                            from,
+                            explain,
+                            unkept: Some(piece),
+                        })));
+                    }
                     Ok((piece, from)) => {
                         pieces.metrics.incr(Metric::FetchesSucceededTotal);
                         // The requesters get the piece at once...
@@ -225,6 +250,7 @@ impl Pieces {
                             bytes: piece.bytes().clone(),
                             from,
                             explain,
+                            unkept: None,
                         };
                         let _ = result_tx.send(Some(Ok(fetched)));
                         // ...and the fetch stays registered (answering
@@ -259,6 +285,17 @@ impl Pieces {
         );
         result_rx
     }
+}
+
+/// Who keeps a piece a fetch brought from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The store, as a cached copy (it stays registered until the copy is
+    /// stored, so nobody fetches it again meanwhile).
+    Store,
+    /// The requester, from [`Fetched::unkept`]; requesters that join the
+    /// fetch get the bytes too, and nothing is cached.
+    Requester,
 }
 
 /// Reserves a piece's share of the fetch budget, if available now.
@@ -455,7 +492,10 @@ async fn ask_peers(
             match widened {
                 None => {
                     let dials = pieces.swarm.widen(WIDEN_DIALS);
-                    if dials == 0 && !unanswered {
+                    // Announces and dials still connecting may bring a
+                    // holder: wait for them as for a widening's dials.
+                    let connecting = pieces.swarm.attempts_in_progress();
+                    if dials == 0 && connecting == 0 && !unanswered {
                         return Err(FetchError::NotFound);
                     }
                     if dials > 0 {

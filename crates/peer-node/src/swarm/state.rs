@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,6 +81,10 @@ pub struct Swarm {
     pub(crate) inbound: OpenSockets,
     /// When each connection limit last warned that it refuses sockets.
     pub(super) refusals: RefusalWarnings,
+    /// Announces and dials still connecting: a fetch that finds nobody to
+    /// ask waits for them rather than concluding "not found" (a node asked
+    /// for a file the moment it starts is still meeting its peers).
+    attempts: AtomicUsize,
     /// Set once at shutdown: every connection closes.
     pub(crate) closing: watch::Sender<bool>,
     /// Dials chosen and reserved in `dialing`, for the node to run.
@@ -92,6 +96,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Swarm {
+    /// Counts a connection attempt (an announce, a dial) until the guard
+    /// drops.
+    pub(crate) fn attempt(&self) -> AttemptGuard<'_> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        AttemptGuard(&self.attempts)
+    }
+
+    /// Announces and dials still connecting: those under way, and dials
+    /// chosen whose connection is not registered yet (queued, connecting
+    /// or exchanging HELLOs).
+    pub(crate) fn attempts_in_progress(&self) -> usize {
+        let queued = {
+            let state = self.state();
+            state.dialing.len().saturating_sub(state.outbound(None))
+        };
+        self.attempts.load(Ordering::Relaxed) + queued
+    }
+
     /// A swarm for a node with `node_id` listening on `listen_port`, its
     /// table seeded with `saved` peers; the receiver gets every dial the
     /// swarm chooses, which the caller must run (and then report with
@@ -122,6 +144,7 @@ impl Swarm {
             bans: Mutex::new(Bans::new()),
             inbound: OpenSockets::default(),
             refusals: RefusalWarnings::default(),
+            attempts: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             dials,
         };
@@ -209,5 +232,14 @@ impl Swarm {
     pub(crate) fn is_hungry(&self) -> bool {
         let state = self.state();
         state.table.len() + state.conns.len() < self.config.target_outbound
+    }
+}
+
+/// One connection attempt in progress ([`Swarm::attempt`]).
+pub(crate) struct AttemptGuard<'a>(&'a AtomicUsize);
+
+impl Drop for AttemptGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -46,7 +46,7 @@ impl ApiNode {
     }
 
     /// Serves `node`'s API on a port of its own.
-    async fn serve(node: TestNode) -> Self {
+    pub async fn serve(node: TestNode) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
         let backend = Arc::new(NodeApi(Arc::clone(&node.shared))) as Arc<dyn ApiBackend>;

@@ -163,7 +163,8 @@ impl Extents {
     }
 
     /// Records that `extents` are ranges of `file`, durably, then indexes
-    /// them. Ids already indexed keep their place.
+    /// them. An id indexed elsewhere moves to its new place. With no
+    /// extents, records the file alone (its user means to add some).
     pub(super) fn add(&mut self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
         if extents.len() > EXTENTS_APPEND_MAX {
             return Err(StoreError::ExtentsFull {
@@ -185,25 +186,44 @@ impl Extents {
                 });
             }
         }
+        let known = self.numbers.get(file).copied();
+        // The latest place wins (a re-run of a fetch writes pieces it read
+        // from an earlier run's file into its own); a place already
+        // recorded costs nothing.
         let new: Vec<&Extent> = {
             let mut seen = std::collections::HashSet::new();
             extents
                 .iter()
-                .filter(|e| !self.pieces.contains_key(&e.id) && seen.insert(e.id))
+                .filter(|e| {
+                    let same = known.is_some_and(|n| {
+                        self.pieces.get(&e.id)
+                            == Some(&Place {
+                                file: n,
+                                offset: e.offset,
+                                len: e.len,
+                            })
+                    });
+                    !same && seen.insert(e.id)
+                })
                 .collect()
         };
-        if self.pieces.len() + new.len() > EXTENTS_MAX {
+        let added = new
+            .iter()
+            .filter(|e| !self.pieces.contains_key(&e.id))
+            .count();
+        if self.pieces.len() + added > EXTENTS_MAX {
             return Err(StoreError::ExtentsFull {
                 reason: format!("at most {EXTENTS_MAX} pieces may be served from files"),
             });
         }
-        let known = self.numbers.get(file).copied();
         if known.is_none() && self.files.len() >= EXTENT_FILES_MAX {
             return Err(StoreError::ExtentsFull {
                 reason: format!("at most {EXTENT_FILES_MAX} files may hold pieces"),
             });
         }
-        if new.is_empty() {
+        // Nothing new in a file already known: nothing to record. An empty
+        // add to a new file records the file alone.
+        if new.is_empty() && known.is_some() {
             return Ok(());
         }
         let number = known.unwrap_or(self.next_file);
