@@ -1,7 +1,9 @@
 //! Helpers for tests of programs built on the node: polling a condition
-//! with a deadline, and nodes running in-process on loopback.
+//! with a deadline, nodes running in-process on loopback, and [`link`], a
+//! proxy that puts a bad link (delay, loss, a rate cap, a cut) between two
+//! of them.
 //!
-//! Both go by tokio's clock, so they work the same on the real clock and on
+//! All go by tokio's clock, so they work the same on the real clock and on
 //! the paused clock of `#[tokio::test(start_paused = true)]`. Call them
 //! within a tokio runtime.
 
@@ -17,6 +19,10 @@ use wire_format::VerifiedPiece;
 
 use crate::net::{ConnError, FrameReader, read_one};
 use crate::node::{Node, NodeConfig, NodeError, Shared};
+
+pub mod link;
+
+pub use link::{Flow, ImpairedLink, Impairments, Traffic};
 
 /// How often [`wait_for`] checks its condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
