@@ -101,6 +101,18 @@ impl RunningNode {
             .put(piece.clone(), Retention::Pinned, Durability::Wait)
     }
 
+    /// Never dials `addr`, and drops it from every PEERS the node takes:
+    /// the test's firewall in front of a peer it reaches only through an
+    /// [`ImpairedLink`]. A peer names its own address in its first PEERS,
+    /// so without this the node could dial the peer there directly, around
+    /// the link (the dialler filling its outbound slots, or a fetch
+    /// widening, once the link's connection is gone). Call it before the
+    /// node connects. It reuses the rule for the node's own address: such
+    /// entries count as dropped with the reason `self`.
+    pub fn never_dial(&self, addr: SocketAddr) {
+        self.shared.swarm().state().table.mark_ours(addr.into());
+    }
+
     /// Like [`start`](Self::start), with pieces kept in `store`.
     pub async fn start_with_store(
         store: Arc<dyn PieceStore>,
