@@ -18,7 +18,8 @@
 //!   [`process`] — settings, the one clock, counters, token buckets, the data
 //!   directory's rules, logging and signals.
 //! * `testing` (feature `testing`) — helpers for tests of programs built
-//!   on the node.
+//!   on the node: nodes in-process, and `testing::link`, a proxy that is a
+//!   bad link (delay, loss, a rate cap, a cut) between them.
 
 pub mod api;
 mod clock;

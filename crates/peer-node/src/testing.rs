@@ -1,7 +1,9 @@
 //! Helpers for tests of programs built on the node: polling a condition
-//! with a deadline, and nodes running in-process on loopback.
+//! with a deadline, nodes running in-process on loopback, and [`link`], a
+//! proxy that puts a bad link (delay, loss, a rate cap, a cut) between two
+//! of them.
 //!
-//! Both go by tokio's clock, so they work the same on the real clock and on
+//! All go by tokio's clock, so they work the same on the real clock and on
 //! the paused clock of `#[tokio::test(start_paused = true)]`. Call them
 //! within a tokio runtime.
 
@@ -17,6 +19,10 @@ use wire_format::VerifiedPiece;
 
 use crate::net::{ConnError, FrameReader, read_one};
 use crate::node::{Node, NodeConfig, NodeError, Shared};
+
+pub mod link;
+
+pub use link::{Flow, ImpairedLink, Impairments, Traffic};
 
 /// How often [`wait_for`] checks its condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -93,6 +99,18 @@ impl RunningNode {
         self.shared
             .store()
             .put(piece.clone(), Retention::Pinned, Durability::Wait)
+    }
+
+    /// Never dials `addr`, and drops it from every PEERS the node takes:
+    /// the test's firewall in front of a peer it reaches only through an
+    /// [`ImpairedLink`]. A peer names its own address in its first PEERS,
+    /// so without this the node could dial the peer there directly, around
+    /// the link (the dialler filling its outbound slots, or a fetch
+    /// widening, once the link's connection is gone). Call it before the
+    /// node connects. It reuses the rule for the node's own address: such
+    /// entries count as dropped with the reason `self`.
+    pub fn never_dial(&self, addr: SocketAddr) {
+        self.shared.swarm().state().table.mark_ours(addr.into());
     }
 
     /// Like [`start`](Self::start), with pieces kept in `store`.

@@ -70,17 +70,6 @@ impl TestNode {
         node
     }
 
-    /// Connections closed, whatever the reason.
-    fn closed_total(&self) -> u64 {
-        self.shared
-            .metrics()
-            .to_json_map()
-            .iter()
-            .filter(|(name, _)| name.starts_with("connections_closed_total{"))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
     /// Whether `addr` is a peer this node shows (connected or a candidate).
     fn shows(&self, addr: SocketAddr, state: Option<PeerState>) -> bool {
         self.shared

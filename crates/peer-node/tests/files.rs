@@ -13,89 +13,17 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use peer_node::metrics::Metric;
 use peer_node::node::NodeConfig;
 use peer_node::testing::wait_for;
-use piece_store::file::add_file;
-use piece_store::manifest::Layout;
-use piece_store::{MemStore, PieceStore, Root};
-use serde_json::{Value, json};
-use tokio::time::Instant;
+use piece_store::Root;
 use wire_format::limits::PIECE_MAX;
 use wire_format::{PieceId, VerifiedPiece};
 
 use common::api::ApiNode;
+use common::files::{content, split};
 use common::{RawPeer, SOON};
-
-/// How long a test waits for a job to end.
-const JOB_DEADLINE: Duration = Duration::from_secs(60);
-
-/// `len` bytes that differ from piece to piece and from file to file.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
-
-impl ApiNode {
-    async fn post_file(&self, name: &str, body: &[u8]) -> Value {
-        let response = self
-            .request("POST", &format!("/api/v1/files?name={name}"), true, body)
-            .await;
-        assert_eq!(response.status, 201, "{response:?}");
-        response.json()
-    }
-
-    async fn start_fetch(&self, manifest: &str, path: &Path) -> Value {
-        let body = json!({"manifest": manifest, "path": path.to_str().unwrap()});
-        let response = self
-            .request("POST", "/api/v1/fetches", true, body.to_string().as_bytes())
-            .await;
-        assert_eq!(response.status, 202, "{response:?}");
-        response.json()
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        let response = self
-            .request("GET", &format!("/api/v1/fetches/{id}"), true, &[])
-            .await;
-        assert_eq!(response.status, 200, "{response:?}");
-        response.json()
-    }
-
-    /// Polls the job until it is no longer running; returns its last view.
-    async fn wait_job(&self, id: &str) -> Value {
-        let deadline = Instant::now() + JOB_DEADLINE;
-        loop {
-            let job = self.job(id).await;
-            if job["state"] != "running" {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job still running: {job}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// The pieces and manifests of a file with `content`, as `add_file` makes them.
-fn split(name: &str, bytes: &[u8]) -> (PieceId, Vec<VerifiedPiece>) {
-    let store = MemStore::new(1 << 30);
-    let summary = add_file(&store, bytes, name, &Layout::STANDARD).unwrap();
-    let pieces = store
-        .list()
-        .into_iter()
-        .map(|id| VerifiedPiece::new(store.get(&id).unwrap().unwrap()).unwrap())
-        .collect();
-    (summary.manifest, pieces)
-}
 
 fn temp_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

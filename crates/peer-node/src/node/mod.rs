@@ -123,6 +123,12 @@ impl Shared {
     pub fn peer_views(&self) -> Vec<PeerView> {
         self.swarm.peer_views()
     }
+
+    /// The swarm, for the test helpers' hooks ([`crate::testing`]).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn swarm(&self) -> &Arc<Swarm> {
+        &self.swarm
+    }
 }
 
 /// A bound, not yet running node.

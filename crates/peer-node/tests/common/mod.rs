@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod api;
+pub mod files;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -93,6 +94,17 @@ impl TestNode {
         self.shared
             .metrics()
             .labelled_value(Family::ConnectionsClosedTotal, reason)
+    }
+
+    /// Connections closed, whatever the reason.
+    pub fn closed_total(&self) -> u64 {
+        self.shared
+            .metrics()
+            .to_json_map()
+            .iter()
+            .filter(|(name, _)| name.starts_with("connections_closed_total{"))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// `PexEntriesDroppedByReasonTotal{reason}`.
