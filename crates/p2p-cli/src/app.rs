@@ -53,6 +53,7 @@ pub fn run(cli: &Cli) -> CliResult {
         Command::Pin(arg) => store::pin(global, arg.id, true),
         Command::Unpin(arg) => store::pin(global, arg.id, false),
         Command::Gc => store::gc(global),
+        Command::Verify => store::verify(global),
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(

@@ -111,6 +111,12 @@ Example:
 Example:
   p2p-cli gc")]
     Gc,
+    /// Re-hash every piece the node holds; report and drop what no longer
+    /// matches (exit 5 if the store's own pieces were damaged).
+    #[command(after_long_help = "\
+Example:
+  p2p-cli verify")]
+    Verify,
     /// Print the node's counters, one `name value` line each, sorted.
     #[command(after_long_help = "\
 Examples:

@@ -354,3 +354,60 @@ async fn ctrl_c_cancels_the_job_and_with_detach_leaves_it_for_the_next_get() {
     );
     run.assert_code(5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_rehashes_the_store_and_the_fetched_files_and_exits_5_only_for_store_damage() {
+    let bytes = content(30, 3 * PIECE_MAX + 11);
+    let (manifest, pieces) = split("checked", &bytes);
+    let seeder = ApiNode::start(0).await;
+    seeder.hold_all(&pieces);
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().join("data");
+    let node = ApiNode::start_on_disk(&data, |c| c.target_outbound = 1).await;
+    node.connect_to(&[&seeder]).await;
+    let out = tempfile::tempdir().unwrap();
+    let output = out.path().join("checked");
+    get_json(&node, &manifest.to_string(), &output)
+        .await
+        .assert_code(0);
+    // A file of its own in the store, too.
+    let own = out.path().join("own");
+    std::fs::write(&own, content(31, PIECE_MAX / 2)).unwrap();
+    node.cli(&["put", own.to_str().unwrap()])
+        .await
+        .assert_code(0);
+
+    let run = node.cli(&["--json", "verify"]).await;
+    run.assert_code(0);
+    let report = json_object(&run);
+    // The fetched file's 4 data pieces and its manifest, the own file's
+    // piece and manifest.
+    assert_eq!(report["checked"], 7, "{report}");
+    assert_eq!(report["corrupt"], serde_json::json!([]), "{report}");
+    assert_eq!(report["dropped"], serde_json::json!([]), "{report}");
+
+    // The user edits the fetched file: that piece is dropped, not a failure.
+    let mut edited = bytes.clone();
+    edited[PIECE_MAX + 1] ^= 1;
+    std::fs::write(&output, &edited).unwrap();
+    let second = PieceId::of(&bytes[PIECE_MAX..2 * PIECE_MAX]);
+    let run = node.cli(&["verify"]).await;
+    run.assert_code(0)
+        .assert_says("no longer matches the file it was served from");
+    assert!(
+        run.stdout_text().contains("6 pieces"),
+        "{}",
+        run.stdout_text()
+    );
+    assert!(!node.node.shared.store().has(&second));
+
+    // A piece file of the store itself rots: exit 5, and it is named.
+    let own_piece = PieceId::of(&content(31, PIECE_MAX / 2));
+    let hex = own_piece.to_hex();
+    let path = data.join("pieces").join(&hex[..2]).join(&hex);
+    let mut rotten = std::fs::read(&path).unwrap();
+    rotten[0] ^= 1;
+    std::fs::write(&path, rotten).unwrap();
+    let run = node.cli(&["verify"]).await;
+    run.assert_code(5).assert_says(&hex);
+}

@@ -1,5 +1,5 @@
-//! `ls`, `pin`, `unpin` and `gc`: what the node's store holds, and keeping
-//! or releasing it.
+//! `ls`, `pin`, `unpin`, `gc` and `verify`: what the node's store holds,
+//! keeping or releasing it, and checking it.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use wire_format::PieceId;
 
 use crate::cli::Global;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::http::{Api, Method};
 use crate::locate::locate;
 use crate::output::{human_bytes, json_line, print, table};
@@ -106,6 +106,58 @@ pub fn gc(global: &Global) -> CliResult {
         number("pieces"),
         human_bytes(number("bytes"))
     ))
+}
+
+/// How long `verify` waits for the node: it reads and hashes everything
+/// the store holds (about 2 GB/s on one core, so a day is tens of TB).
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// `verify`: the node re-hashes every piece it holds. Exit 0 when the
+/// store's own pieces all match (pieces dropped because a fetched file was
+/// edited are reported, not a failure: the file is its user's); exit 5
+/// when some did not (the disk is damaging data: cached ones were deleted,
+/// pinned ones quarantined).
+pub fn verify(global: &Global) -> CliResult {
+    let api = Api::new(locate(global)?, VERIFY_TIMEOUT);
+    let response = api.call(Method::Post, "/api/v1/verify", &[])?;
+    let body = api.json(api.check(response, "verify")?)?;
+    let ids = |key: &str| -> Vec<String> {
+        body.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (corrupt, dropped) = (ids("corrupt"), ids("dropped"));
+    if global.json {
+        json_line(&body)?;
+    } else {
+        let number = |key: &str| body.get(key).and_then(Value::as_u64).unwrap_or(0);
+        for id in &corrupt {
+            eprintln!("corrupt in the store (deleted if cached, quarantined if pinned): {id}");
+        }
+        for id in &dropped {
+            eprintln!("no longer matches the file it was served from (no longer shared): {id}");
+        }
+        print(&format!(
+            "verified {} pieces, {}: {} corrupt, {} dropped\n",
+            number("checked"),
+            human_bytes(number("bytes")),
+            corrupt.len(),
+            dropped.len()
+        ))?;
+    }
+    if corrupt.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::local(format!(
+            "{} stored pieces did not match their names: check the disk (pinned ones are in the data dir's quarantine/)",
+            corrupt.len()
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::guard::{Guard, LocalAddr, NoDelayListener, check_host, require_token}
 use super::json::{PeersResponse, error};
 use super::pieces::{get_piece, post_piece};
 use super::status;
-use super::store::{delete_pin, get_store, post_gc, put_pin};
+use super::store::{delete_pin, get_store, post_gc, post_verify, put_pin};
 
 /// Largest request body accepted: one piece plus room for framing. Handlers
 /// that stream larger bodies (whole files) set their own limit.
@@ -88,6 +88,7 @@ pub(super) fn router(token: String, backend: Arc<dyn ApiBackend>, bound: SocketA
         .route("/api/v1/store", get(get_store))
         .route("/api/v1/pins/{sha256}", put(put_pin).delete(delete_pin))
         .route("/api/v1/gc", post(post_gc))
+        .route("/api/v1/verify", post(post_verify))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)
@@ -135,8 +136,8 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "no such endpoint: {method} {}; this node serves /api/v1/peers, /api/v1/stats, \
-             /api/v1/pieces, /api/v1/files, /api/v1/fetches, /api/v1/store, /api/v1/pins \
-             and /api/v1/gc",
+             /api/v1/pieces, /api/v1/files, /api/v1/fetches, /api/v1/store, /api/v1/pins, \
+             /api/v1/gc and /api/v1/verify",
             uri.path()
         ),
     )

@@ -221,7 +221,7 @@ pub(super) fn render(backend: &dyn ApiBackend) -> String {
         "</ul><p>API (needs <code>Authorization: Bearer</code> with <code>DATA_DIR/api-token</code>): \
          <code>/api/v1/peers</code> <code>/api/v1/stats</code> <code>/api/v1/pieces</code> \
          <code>/api/v1/files</code> <code>/api/v1/fetches</code> <code>/api/v1/store</code> \
-         <code>/api/v1/pins</code> <code>/api/v1/gc</code>. \
+         <code>/api/v1/pins</code> <code>/api/v1/gc</code> <code>/api/v1/verify</code>. \
          Metrics (Prometheus): <a href=\"/metrics\"><code>/metrics</code></a>.</p></body></html>\n",
     );
     page

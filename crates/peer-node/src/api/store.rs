@@ -1,7 +1,8 @@
 //! The store routes: `GET /api/v1/store` (pinned files and loose pieces,
 //! bytes used and the capacity), `PUT`/`DELETE /api/v1/pins/{sha256}` (pin
 //! or unpin a file by its manifest, or a loose piece), `POST /api/v1/gc`
-//! (drop what no pinned root reaches).
+//! (drop what no pinned root reaches), `POST /api/v1/verify` (re-hash
+//! everything held).
 
 use std::sync::Arc;
 
@@ -57,6 +58,21 @@ pub struct GcDone {
     pub pieces: u64,
     /// Their bytes.
     pub bytes: u64,
+}
+
+/// Body of `POST /api/v1/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyDone {
+    /// Pieces hashed, in the store and in the files it serves from.
+    pub checked: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Pieces of the store that did not match: deleted if cached,
+    /// quarantined if pinned.
+    pub corrupt: Vec<String>,
+    /// Pieces served from files that no longer match (edited, truncated or
+    /// gone): dropped from the index, the files left alone.
+    pub dropped: Vec<String>,
 }
 
 fn failed(err: &ManageError) -> Response {
@@ -151,6 +167,23 @@ pub(super) async fn post_gc(State(backend): State<Arc<dyn ApiBackend>>) -> Respo
         Ok(report) => Json(GcDone {
             pieces: report.pieces,
             bytes: report.bytes,
+        })
+        .into_response(),
+        Err(err) => failed(&err),
+    }
+}
+
+pub(super) async fn post_verify(State(backend): State<Arc<dyn ApiBackend>>) -> Response {
+    let Some(access) = backend.files() else {
+        return unsupported();
+    };
+    let hex = |ids: Vec<wire_format::PieceId>| ids.iter().map(ToString::to_string).collect();
+    match files::verify(access.store).await {
+        Ok(report) => Json(VerifyDone {
+            checked: report.checked,
+            bytes: report.bytes,
+            corrupt: hex(report.corrupt),
+            dropped: hex(report.dropped),
         })
         .into_response(),
         Err(err) => failed(&err),

@@ -1,12 +1,12 @@
 //! Managing the store for its user: what is pinned (files by manifest,
 //! loose pieces), pinning and unpinning roots, and dropping what no pinned
-//! root reaches. The store is blocking: every call runs on the blocking
+//! root reaches, and re-hashing everything it holds. The store is blocking: every call runs on the blocking
 //! pool.
 
 use std::sync::Arc;
 
 use piece_store::manifest::{Layout, Level, Manifest};
-use piece_store::{GcReport, PieceStore, Root, StoreError, StoreListing};
+use piece_store::{GcReport, PieceStore, Root, StoreError, StoreListing, VerifyReport};
 use serde::Serialize;
 use wire_format::PieceId;
 
@@ -109,4 +109,10 @@ pub async fn unpin(store: Arc<dyn PieceStore>, id: PieceId) -> Result<PinChange,
 /// Drops every piece no pinned root reaches.
 pub async fn gc(store: Arc<dyn PieceStore>) -> Result<GcReport, ManageError> {
     blocking(move || Ok(store.gc()?)).await
+}
+
+/// Re-hashes everything the store holds, in its own files and in the files
+/// it serves pieces from ([`PieceStore::verify_all`]).
+pub async fn verify(store: Arc<dyn PieceStore>) -> Result<VerifyReport, ManageError> {
+    blocking(move || Ok(store.verify_all()?)).await
 }

@@ -1,5 +1,5 @@
 //! Whole files through the node: adding a file from a stream, reading a
-//! complete one back, pins, gc and the store listing (`manage`), and fetch jobs that bring a file from the swarm into
+//! complete one back, pins, gc, verification and the store listing (`manage`), and fetch jobs that bring a file from the swarm into
 //! the store and an output file, checked against its whole-file hash.
 //!
 //! Uses the piece exchange (fetching pieces), the store's file and manifest
@@ -14,8 +14,8 @@ mod transfer;
 
 pub use job::{JobError, JobState, JobView};
 pub use jobs::{Jobs, MAX_FINISHED_JOBS, MAX_RUNNING_JOBS, StartError};
-pub use manage::{ManageError, PinChange, RootKind, gc, listing, pin, unpin};
-pub use run::{PIECE_ATTEMPTS, PIECES_IN_FLIGHT};
+pub use manage::{ManageError, PinChange, RootKind, gc, listing, pin, unpin, verify};
+pub use run::{EXTENT_BATCH_INTERVAL, EXTENT_BATCH_PIECES, PIECE_ATTEMPTS, PIECES_IN_FLIGHT};
 pub use transfer::{
     AddError, DOWNLOAD_CHUNK_BYTES, DOWNLOAD_QUEUE_CHUNKS, FileStream, ReadError,
     UPLOAD_QUEUE_CHUNKS, add, read,
