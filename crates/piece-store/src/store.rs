@@ -355,6 +355,17 @@ pub trait PieceStore: Send + Sync {
         Err(StoreError::Unsupported)
     }
 
+    /// Indexes pieces of `file` (recorded by an earlier
+    /// [`add_extents`](PieceStore::add_extents)) in memory only: served at
+    /// once (every read is hashed), forgotten by a restart unless a later
+    /// `add_extents` records them. For pieces written but not yet durable,
+    /// so a file being fetched is shared as it arrives. Returns how many
+    /// were indexed.
+    fn offer_extents(&self, file: &Path, extents: &[Extent]) -> usize {
+        let _ = (file, extents);
+        0
+    }
+
     /// Records that the file holding extents at `from` was renamed to
     /// `to`, durably. Returns false if no extent lives in `from`.
     fn move_extent_file(&self, from: &Path, to: &Path) -> Result<bool, StoreError> {

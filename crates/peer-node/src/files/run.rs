@@ -25,7 +25,10 @@
 //! [`EXTENT_BATCH_INTERVAL`], and at the end), the
 //! store indexes it as a range of the file ([`PieceStore::add_extents`]),
 //! so the node serves it from there while the job runs and after, the
-//! index following the rename. A job without an output, or on a store
+//! index following the rename. It is served from the file (every read is
+//! hashed) the moment it is written ([`PieceStore::offer_extents`]), so
+//! leechers of the same file share it at once; only the index on disk
+//! waits for the fsync. A job without an output, or on a store
 //! that keeps no extents, caches its pieces in the store.
 //!
 //! **Resuming.** A job that fails, or is stopped with its node (even
@@ -129,8 +132,21 @@ pub(crate) async fn run(
     let output = match job.path.clone() {
         Some(path) => {
             let id = job.id.clone();
-            let created = tokio::task::spawn_blocking(move || Output::create(&path, &id)).await;
-            Some(created.map_err(|e| JobError::new("io", e.to_string()))??)
+            let created = tokio::task::spawn_blocking(move || Output::create(&path, &id))
+                .await
+                .map_err(|e| JobError::new("io", e.to_string()))
+                .and_then(|created| created);
+            match created {
+                Ok(output) => Some(output),
+                Err(err) => {
+                    // Nothing was fetched: the pin goes back as it came.
+                    if pinned_here {
+                        let store = Arc::clone(&pieces.store);
+                        let _ = tokio::task::spawn_blocking(move || store.unpin_root(root)).await;
+                    }
+                    return Err(err);
+                }
+            }
         }
         None => None,
     };
@@ -470,11 +486,15 @@ fn write(
                 if batch.is_empty() {
                     batch_due = tokio::time::Instant::now() + EXTENT_BATCH_INTERVAL;
                 }
-                batch.push(Extent {
+                let extent = Extent {
                     id: piece.id,
                     offset: size,
                     len: u32::try_from(len).unwrap_or(u32::MAX),
-                });
+                };
+                // Served from the file at once (other leechers of the same
+                // file ask for it now); recorded durably with its batch.
+                store.offer_extents(&output.tmp, &[extent]);
+                batch.push(extent);
                 if batch.len() == EXTENT_BATCH_PIECES {
                     keeping = register(store, output, &mut batch, job)?;
                 }

@@ -44,7 +44,7 @@
 //!
 //! Uses the store's errors and [`state_file`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -102,6 +102,9 @@ pub(super) struct Extents {
     pieces: HashMap<PieceId, Place>,
     /// Pieces per file, so a `forget` needs no scan.
     counts: HashMap<u32, usize>,
+    /// Pieces indexed in memory only ([`Self::offer`]): served now, not in
+    /// the log until an [`Self::add`] records them.
+    provisional: HashSet<PieceId>,
     next_file: u32,
     log: ExtentsLog,
 }
@@ -115,6 +118,7 @@ impl Extents {
             numbers: HashMap::new(),
             pieces: HashMap::new(),
             counts: HashMap::new(),
+            provisional: HashSet::new(),
             next_file: 0,
             log: ExtentsLog {
                 path: path.to_path_buf(),
@@ -191,7 +195,7 @@ impl Extents {
         // from an earlier run's file into its own); a place already
         // recorded costs nothing.
         let new: Vec<&Extent> = {
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::new();
             extents
                 .iter()
                 .filter(|e| {
@@ -202,7 +206,7 @@ impl Extents {
                                 offset: e.offset,
                                 len: e.len,
                             })
-                    });
+                    }) && !self.provisional.contains(&e.id);
                     !same && seen.insert(e.id)
                 })
                 .collect()
@@ -244,6 +248,41 @@ impl Extents {
         Ok(())
     }
 
+    /// Indexes `extents` of `file` (a file already recorded) in memory
+    /// only: served at once, forgotten by a restart unless an
+    /// [`add`](Self::add) records them first. For pieces written but not
+    /// yet fsynced: every read is hashed, so serving them early is safe;
+    /// only the index on disk must wait for the data to be durable. Returns
+    /// how many were indexed (none if `file` is not recorded, or a bound
+    /// would be passed).
+    pub(super) fn offer(&mut self, file: &Path, extents: &[Extent]) -> usize {
+        let Some(number) = self.numbers.get(file).copied() else {
+            return 0;
+        };
+        let mut offered = 0;
+        for extent in extents {
+            let place = Place {
+                file: number,
+                offset: extent.offset,
+                len: extent.len,
+            };
+            let fits = self.pieces.contains_key(&extent.id) || self.pieces.len() < EXTENTS_MAX;
+            let valid = extent.len > 0 && extent.len as usize <= PIECE_MAX;
+            if !fits || !valid || self.pieces.get(&extent.id) == Some(&place) {
+                continue;
+            }
+            // A durable place elsewhere is not given up for a provisional
+            // one.
+            if self.pieces.contains_key(&extent.id) && !self.provisional.contains(&extent.id) {
+                continue;
+            }
+            self.insert(number, extent);
+            self.provisional.insert(extent.id);
+            offered += 1;
+        }
+        offered
+    }
+
     /// Records that the file at `from` is now at `to`, durably. Returns
     /// false if no extent lives in `from`.
     pub(super) fn rename(&mut self, from: &Path, to: &Path) -> Result<bool, StoreError> {
@@ -281,6 +320,8 @@ impl Extents {
         let count = self.counts.remove(&number).unwrap_or(0);
         if count > 0 {
             self.pieces.retain(|_, place| place.file != number);
+            let pieces = &self.pieces;
+            self.provisional.retain(|id| pieces.contains_key(id));
         }
         Ok(count)
     }
@@ -291,7 +332,9 @@ impl Extents {
         if !self.pieces.contains_key(id) {
             return Ok(());
         }
-        self.append(&[format!("drop {}\n", id.to_hex())])?;
+        if !self.provisional.contains(id) {
+            self.append(&[format!("drop {}\n", id.to_hex())])?;
+        }
         self.remove(id);
         Ok(())
     }
@@ -305,7 +348,11 @@ impl Extents {
         for (number, path) in &numbers {
             text.push_str(&file_line("file", **number, path));
         }
-        let mut pieces: Vec<(&PieceId, &Place)> = self.pieces.iter().collect();
+        let mut pieces: Vec<(&PieceId, &Place)> = self
+            .pieces
+            .iter()
+            .filter(|(id, _)| !self.provisional.contains(*id))
+            .collect();
         pieces.sort_by_key(|(id, place)| (place.file, place.offset, **id));
         for (id, place) in &pieces {
             text.push_str(&piece_line(
@@ -358,6 +405,7 @@ impl Extents {
     }
 
     fn insert(&mut self, number: u32, extent: &Extent) {
+        self.provisional.remove(&extent.id);
         let place = Place {
             file: number,
             offset: extent.offset,
@@ -370,6 +418,7 @@ impl Extents {
     }
 
     fn remove(&mut self, id: &PieceId) {
+        self.provisional.remove(id);
         if let Some(old) = self.pieces.remove(id) {
             self.uncount(old.file);
         }
@@ -668,6 +717,33 @@ mod tests {
         let reopened = open(dir.path());
         assert_eq!(reopened.len(), EXTENTS_APPEND_MAX + EXTENT_FILES_MAX - 1);
         assert_eq!(reopened.files().len(), EXTENT_FILES_MAX);
+    }
+
+    #[test]
+    fn offered_extents_are_indexed_at_once_but_logged_only_when_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".f.part");
+        let mut extents = open(dir.path());
+        // Not recorded yet: nothing to offer into.
+        assert_eq!(extents.offer(&file, &[extent(1, 0)]), 0);
+        extents.add(&file, &[]).unwrap();
+        assert_eq!(extents.offer(&file, &[extent(1, 0), extent(2, 1 << 20)]), 2);
+        assert!(extents.contains(&id(1)) && extents.contains(&id(2)));
+        // Neither a reopen nor a compaction keeps what was only offered.
+        extents.compact().unwrap();
+        assert_eq!(open(dir.path()).len(), 0);
+        // Added: now durable; the other one is still only offered.
+        extents.add(&file, &[extent(1, 0)]).unwrap();
+        let reopened = open(dir.path());
+        assert!(reopened.contains(&id(1)) && !reopened.contains(&id(2)));
+        // A durable place is not given up for an offered one.
+        let other = dir.path().join("other");
+        extents.add(&other, &[]).unwrap();
+        assert_eq!(extents.offer(&other, &[extent(1, 5)]), 0);
+        assert_eq!(extents.find(&id(1)).unwrap().0, file);
+        // Dropping an offered piece needs no line.
+        extents.drop_piece(&id(2)).unwrap();
+        assert!(!extents.contains(&id(2)));
     }
 
     #[test]

@@ -434,6 +434,16 @@ impl PieceStore for DiskStore {
         state.extents.add(file, &new)
     }
 
+    fn offer_extents(&self, file: &Path, extents: &[Extent]) -> usize {
+        let mut state = self.shared().state();
+        let new: Vec<Extent> = extents
+            .iter()
+            .filter(|e| !state.index.contains(&e.id))
+            .copied()
+            .collect();
+        state.extents.offer(file, &new)
+    }
+
     fn move_extent_file(&self, from: &Path, to: &Path) -> Result<bool, StoreError> {
         self.shared().state().extents.rename(from, to)
     }
