@@ -66,6 +66,9 @@ use crate::pieces::{FetchError, Fetched, Keep, Pieces};
 pub const PIECES_IN_FLIGHT: usize = 32;
 /// Pieces queued for the writer thread.
 const WRITE_QUEUE_PIECES: usize = 4;
+/// Pieces queued for the whole-file hashing thread (memory: this many
+/// pieces at most, shared with what the writer holds).
+const HASH_QUEUE_PIECES: usize = 4;
 /// Pieces written to the output between two registrations of their ranges
 /// in the store, at most: each registration costs an fsync of the output
 /// and one index append, and a piece is served from the output (and found
@@ -454,7 +457,19 @@ fn write(
     };
     let mut batch: Vec<Extent> = Vec::with_capacity(EXTENT_BATCH_PIECES);
     let mut batch_due = tokio::time::Instant::now();
-    let mut hasher = Sha256::new();
+    // The whole-file hash runs on a thread of its own, beside the writes:
+    // on two cores it would otherwise add its time to the writer's.
+    let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Bytes>(HASH_QUEUE_PIECES);
+    let hasher = std::thread::Builder::new()
+        .name("file-hash".into())
+        .spawn(move || {
+            let mut hasher = Sha256::new();
+            for bytes in hash_rx {
+                hasher.update(&bytes);
+            }
+            PieceId::from_bytes(hasher.finalize().into())
+        })
+        .map_err(|e| JobError::new("io", format!("cannot start a hashing thread: {e}")))?;
     let mut size: u64 = 0;
     loop {
         // A batch waits for its registration at most EXTENT_BATCH_INTERVAL,
@@ -479,7 +494,9 @@ fn write(
                 .write_all(&piece.bytes)
                 .map_err(|e| output.error("write", e))?;
         }
-        hasher.update(&piece.bytes);
+        if hash_tx.send(piece.bytes.clone()).is_err() {
+            return Err(JobError::new("io", "the hashing thread stopped"));
+        }
         let len = piece.bytes.len();
         match (keeping, output.as_ref()) {
             (Keeping::Extents, Some(output)) => {
@@ -519,7 +536,12 @@ fn write(
     }
     Ok(Written {
         size,
-        sha256: PieceId::from_bytes(hasher.finalize().into()),
+        sha256: {
+            drop(hash_tx);
+            hasher
+                .join()
+                .map_err(|_| JobError::new("io", "the hashing thread failed"))?
+        },
         output,
     })
 }
