@@ -1,7 +1,7 @@
 //! Helpers for tests of programs built on the node: polling a condition
-//! with a deadline, nodes running in-process on loopback, and [`link`], a
-//! proxy that puts a bad link (delay, loss, a rate cap, a cut) between two
-//! of them.
+//! with a deadline, nodes running in-process on loopback, files to share
+//! ([`content`], [`split_file`]), and [`link`], a proxy that puts a bad
+//! link (delay, loss, a rate cap, a cut) between two of them.
 //!
 //! All go by tokio's clock, so they work the same on the real clock and on
 //! the paused clock of `#[tokio::test(start_paused = true)]`. Call them
@@ -23,6 +23,44 @@ use crate::node::{Node, NodeConfig, NodeError, Shared};
 pub mod link;
 
 pub use link::{Flow, ImpairedLink, Impairments, Traffic};
+
+/// `len` bytes that differ from piece to piece and from file to file
+/// (`seed`), cheaply: test files of many MiB.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// The manifest and every piece (manifests included) of a file named
+/// `name` with `bytes`, as `add_file` makes them, for a test to hand to the
+/// nodes that should hold it.
+pub fn split_file(
+    name: &str,
+    bytes: &[u8],
+) -> Result<(wire_format::PieceId, Vec<VerifiedPiece>), piece_store::file::FileError> {
+    let store = piece_store::MemStore::new(u64::MAX);
+    let summary = piece_store::file::add_file(
+        &store,
+        bytes,
+        name,
+        &piece_store::manifest::Layout::STANDARD,
+    )?;
+    let mut pieces = Vec::new();
+    for id in store.list() {
+        // What the store holds was verified as it went in.
+        if let Some(piece) = store.get(&id)?.and_then(|b| VerifiedPiece::new(b).ok()) {
+            pieces.push(piece);
+        }
+    }
+    Ok((summary.manifest, pieces))
+}
 
 /// How often [`wait_for`] checks its condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);

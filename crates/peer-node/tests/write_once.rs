@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peer_node::metrics::Metric;
-use peer_node::testing::wait_for;
-use piece_store::file::{add_file, pieces_of};
-use piece_store::manifest::Layout;
+use peer_node::testing::{content, split_file, wait_for};
 use piece_store::{DiskStore, DiskStoreConfig, FsyncPolicy, MemStore, PieceStore};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -27,33 +25,12 @@ use common::{RawPeer, SOON, TestNode};
 
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
 
-/// `len` bytes that differ from piece to piece and from file to file.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
-
 /// The file's manifest, its manifests and data pieces, and its data pieces'
 /// ids in file order.
 fn split(name: &str, bytes: &[u8]) -> (PieceId, Vec<VerifiedPiece>, Vec<PieceId>) {
-    let store = MemStore::new(1 << 30);
-    let summary = add_file(&store, bytes, name, &Layout::STANDARD).unwrap();
-    let pieces = store
-        .list()
-        .into_iter()
-        .map(|id| VerifiedPiece::new(store.get(&id).unwrap().unwrap()).unwrap())
-        .collect();
-    let data = pieces_of(&store, &summary.manifest, &Layout::STANDARD)
-        .map(|p| p.unwrap().id)
-        .collect();
-    (summary.manifest, pieces, data)
+    let (manifest, pieces) = split_file(name, bytes).unwrap();
+    let data = bytes.chunks(PIECE_MAX).map(PieceId::of).collect();
+    (manifest, pieces, data)
 }
 
 fn disk_store(dir: &Path) -> Arc<DiskStore> {

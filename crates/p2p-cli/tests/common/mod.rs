@@ -17,8 +17,6 @@ use peer_node::datadir::DataDir;
 use peer_node::files::{JobState, JobView};
 use peer_node::node::{DEFAULT_MEMORY_STORE_BYTES, NodeConfig};
 use peer_node::testing::{POLL_INTERVAL, RunningNode, wait_for};
-use piece_store::file::add_file;
-use piece_store::manifest::Layout;
 use piece_store::{DirLock, DiskStore, DiskStoreConfig, MemStore, PieceStore};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
@@ -368,30 +366,14 @@ impl Drop for SilentPeer {
     }
 }
 
-/// `len` bytes that differ from piece to piece and from file to file.
-pub fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
+// Not every test binary uses it.
+#[allow(unused_imports)]
+pub use peer_node::testing::content;
 
 /// The manifest and every piece (manifests included) of a file named
 /// `name` with `bytes`, as `add_file` makes them.
 pub fn split(name: &str, bytes: &[u8]) -> (PieceId, Vec<VerifiedPiece>) {
-    let store = MemStore::new(1 << 30);
-    let summary = add_file(&store, bytes, name, &Layout::STANDARD).unwrap();
-    let pieces = store
-        .list()
-        .into_iter()
-        .map(|id| VerifiedPiece::new(store.get(&id).unwrap().unwrap()).unwrap())
-        .collect();
-    (summary.manifest, pieces)
+    peer_node::testing::split_file(name, bytes).unwrap()
 }
 
 /// The names of a fetch job's temp files in `dir`.

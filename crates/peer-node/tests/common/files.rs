@@ -4,9 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use piece_store::file::add_file;
-use piece_store::manifest::Layout;
-use piece_store::{MemStore, PieceStore};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use wire_format::{PieceId, VerifiedPiece};
@@ -16,29 +13,13 @@ use super::api::ApiNode;
 /// How long a test waits for a job to end.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(60);
 
-/// `len` bytes that differ from piece to piece and from file to file.
-pub fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
+// Not every test binary uses it.
+#[allow(unused_imports)]
+pub use peer_node::testing::content;
 
 /// The pieces and manifests of a file with `content`, as `add_file` makes them.
 pub fn split(name: &str, bytes: &[u8]) -> (PieceId, Vec<VerifiedPiece>) {
-    let store = MemStore::new(1 << 30);
-    let summary = add_file(&store, bytes, name, &Layout::STANDARD).unwrap();
-    let pieces = store
-        .list()
-        .into_iter()
-        .map(|id| VerifiedPiece::new(store.get(&id).unwrap().unwrap()).unwrap())
-        .collect();
-    (summary.manifest, pieces)
+    peer_node::testing::split_file(name, bytes).unwrap()
 }
 
 impl ApiNode {
