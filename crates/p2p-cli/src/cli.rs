@@ -186,7 +186,8 @@ pub struct PutArgs {
     /// The name the store lists the file under (default: the file's name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Share the file where it is, without copying it into the store.
+    /// Share the file where it is, without copying it into the store (the
+    /// node reads it; pieces that change afterwards are no longer shared).
     #[arg(long)]
     pub in_place: bool,
 }

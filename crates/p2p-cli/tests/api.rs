@@ -107,10 +107,15 @@ async fn usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f");
     std::fs::write(&file, b"data").unwrap();
+    // An in-memory store cannot serve from files.
     node.cli(&["put", file.to_str().unwrap(), "--in-place"])
         .await
         .assert_code(2)
-        .assert_says("not available yet");
+        .assert_says("cannot share in place");
+    node.cli(&["put", "-", "--in-place", "--name", "x"])
+        .await
+        .assert_code(2)
+        .assert_says("give its path");
     node.cli(&["put", "-"])
         .await
         .assert_code(2)

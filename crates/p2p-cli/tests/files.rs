@@ -411,3 +411,43 @@ async fn verify_rehashes_the_store_and_the_fetched_files_and_exits_5_only_for_st
     let run = node.cli(&["verify"]).await;
     run.assert_code(5).assert_says(&hex);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_in_place_shares_a_file_without_copying_it_and_stops_sharing_what_changes() {
+    let bytes = content(40, 3 * PIECE_MAX + 5);
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().join("data");
+    let sharer = ApiNode::start_on_disk(&data, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let put = sharer
+        .cli(&["put", "--in-place", file.to_str().unwrap()])
+        .await;
+    put.assert_code(0).assert_says("shared in place");
+    let manifest = put.stdout_text().trim().to_owned();
+    assert_eq!(manifest, split("shared.bin", &bytes).0.to_string());
+    // Only the manifest was copied into the store.
+    let stats = sharer.node.shared.store().stats();
+    assert_eq!((stats.pieces, stats.extents), (1, 4));
+
+    let fetcher = ApiNode::start(1).await;
+    fetcher.connect_to(&[&sharer]).await;
+    let output = dir.path().join("fetched.bin");
+    get_json(&fetcher, &manifest, &output).await.assert_code(0);
+    assert!(std::fs::read(&output).unwrap() == bytes);
+
+    // The user changes the last piece: it is no longer shared, and a fetch
+    // of the file ends "not found" rather than with wrong bytes (the first
+    // fetcher, which holds the file too, is gone).
+    fetcher.stop().await;
+    let mut edited = bytes.clone();
+    *edited.last_mut().unwrap() ^= 1;
+    std::fs::write(&file, &edited).unwrap();
+    let late = ApiNode::start(1).await;
+    late.connect_to(&[&sharer]).await;
+    let run = get_json(&late, &manifest, &dir.path().join("late.bin")).await;
+    run.assert_code(1);
+    assert!(!dir.path().join("late.bin").exists());
+    assert_eq!(sharer.node.shared.store().stats().dropped_extents, 1);
+}

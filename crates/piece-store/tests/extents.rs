@@ -173,3 +173,43 @@ fn a_piece_added_again_from_another_file_moves_there_and_outlives_the_first() {
     assert!(!store.has(&extents[1].id));
     assert_eq!(store.extent_files(), vec![fresh]);
 }
+
+#[test]
+fn a_file_shared_in_place_puts_only_its_manifests_in_the_store() {
+    use piece_store::file::{add_file, add_file_in_place, reassemble};
+    use piece_store::manifest::Layout;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes: Vec<u8> = (0..(3 << 20) + 4321).map(|i| (i % 251) as u8).collect();
+    let real = dir.path().join("big.iso");
+    fs::write(&real, &bytes).unwrap();
+    // Named through a link: the store keeps the real path.
+    let link = dir.path().join("link.iso");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let summary = add_file_in_place(&store, &link, "big.iso", &Layout::STANDARD).unwrap();
+    assert_eq!(summary.pieces, 4);
+    assert_eq!(store.extent_files(), vec![fs::canonicalize(&real).unwrap()]);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.pieces, stats.extents),
+        (1, 4),
+        "only the manifest is copied"
+    );
+    assert!(store.roots().contains(&Root::File(summary.manifest)));
+    // The same manifest as a copying put makes, and the same bytes back.
+    let copied = MemStore::new(1 << 30);
+    let same = add_file(&copied, &bytes[..], "big.iso", &Layout::STANDARD).unwrap();
+    assert_eq!(same.manifest, summary.manifest);
+    let mut out = Vec::new();
+    reassemble(&store, &summary.manifest, &Layout::STANDARD, &mut out).unwrap();
+    assert!(out == bytes);
+
+    // Not a regular file, or a store without extents: refused.
+    assert!(add_file_in_place(&store, dir.path(), "d", &Layout::STANDARD).is_err());
+    let err = add_file_in_place(&copied, &real, "big.iso", &Layout::STANDARD).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot serve pieces from files"),
+        "{err}"
+    );
+}

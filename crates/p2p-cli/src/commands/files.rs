@@ -31,12 +31,12 @@ const MAX_JOB_ID_CHARS: usize = 128;
 
 /// `put`.
 pub fn put(global: &Global, args: &PutArgs) -> CliResult {
-    if args.in_place {
+    let from_stdin = args.file.as_os_str() == "-";
+    if args.in_place && from_stdin {
         return Err(CliError::usage(
-            "put --in-place is not available yet: the node cannot share a file without copying it into its store; run `p2p-cli put FILE` without --in-place",
+            "put --in-place shares a file where it is: give its path, not `-`",
         ));
     }
-    let from_stdin = args.file.as_os_str() == "-";
     let name = match (&args.name, from_stdin) {
         (Some(name), _) => name.clone(),
         (None, true) => {
@@ -56,7 +56,29 @@ pub fn put(global: &Global, args: &PutArgs) -> CliResult {
     };
     let api = Api::new(locate(global)?, Duration::ZERO);
     let query = [("name", name.as_str())];
-    let response = if from_stdin {
+    let response = if args.in_place {
+        // The node reads the file itself: it needs the whole path.
+        let path = std::path::absolute(&args.file)
+            .ok()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "{} is not a regular file: --in-place shares a file where it is",
+                    args.file.display()
+                ))
+            })?;
+        let path = path.to_str().ok_or_else(|| {
+            CliError::usage(format!(
+                "{} is not UTF-8: --in-place needs a path the node's API can carry; put it without --in-place",
+                path.display()
+            ))
+        })?;
+        api.post_stream(
+            "/api/v1/files",
+            &[("name", name.as_str()), ("in_place", path)],
+            &[][..],
+        )?
+    } else if from_stdin {
         api.post_stream("/api/v1/files", &query, std::io::stdin())?
     } else {
         let file = File::open(&args.file).map_err(|err| {
@@ -84,8 +106,13 @@ pub fn put(global: &Global, args: &PutArgs) -> CliResult {
         print(&format!("{manifest}\n"))?;
     }
     let number = |key: &str| body.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let how = if args.in_place {
+        "shared in place (not copied; keep the file where it is, unchanged)"
+    } else {
+        "stored"
+    };
     eprintln!(
-        "stored {name}: {} in {} pieces; fetch it elsewhere with `p2p-cli get {manifest} -o FILE`",
+        "{how} {name}: {} in {} pieces; fetch it elsewhere with `p2p-cli get {manifest} -o FILE`",
         human_bytes(number("size")),
         number("pieces"),
     );

@@ -57,6 +57,9 @@ pub struct FetchStarted {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileQuery {
     name: String,
+    /// Share this file (absolute path) where it is instead of reading the
+    /// body; the body must then be empty.
+    in_place: Option<PathBuf>,
 }
 
 /// The 404 of a backend that serves pieces only.
@@ -82,15 +85,33 @@ pub(super) async fn post_file(
     let Some(files) = backend.files() else {
         return no_files();
     };
-    let Query(FileQuery { name }) = match query {
+    let Query(FileQuery { name, in_place }) = match query {
         Ok(query) => query,
         Err(e) => {
-            let text = format!("{}; name the file: ?name=NAME", e.body_text());
+            let text = format!(
+                "{}; name the file: ?name=NAME (and ?in_place=/ABS/PATH to share a file where it is)",
+                e.body_text()
+            );
             return error(StatusCode::BAD_REQUEST, text);
         }
     };
-    let body = req.into_body().into_data_stream();
-    match files::add(files.store, name, body).await {
+    let added = match in_place {
+        Some(path) => {
+            // Nothing may come with it: a body would be a second file.
+            let mut body = req.into_body().into_data_stream();
+            if let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await
+                && !chunk.is_empty()
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "a file shared in place is read by the node: send no body with ?in_place",
+                );
+            }
+            files::add_in_place(files.store, name, path).await
+        }
+        None => files::add(files.store, name, req.into_body().into_data_stream()).await,
+    };
+    match added {
         Ok(summary) => (
             StatusCode::CREATED,
             Json(FileStored {
@@ -103,7 +124,9 @@ pub(super) async fn post_file(
             .into_response(),
         Err(err) => {
             let status = match err {
-                AddError::Name(_) | AddError::Interrupted(_) => StatusCode::BAD_REQUEST,
+                AddError::Name(_) | AddError::Interrupted(_) | AddError::InPlace(_) => {
+                    StatusCode::BAD_REQUEST
+                }
                 AddError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 AddError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
                 AddError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,5 +18,5 @@ pub use manage::{ManageError, PinChange, RootKind, gc, listing, pin, unpin, veri
 pub use run::{EXTENT_BATCH_INTERVAL, EXTENT_BATCH_PIECES, PIECE_ATTEMPTS, PIECES_IN_FLIGHT};
 pub use transfer::{
     AddError, DOWNLOAD_CHUNK_BYTES, DOWNLOAD_QUEUE_CHUNKS, FileStream, ReadError,
-    UPLOAD_QUEUE_CHUNKS, add, read,
+    UPLOAD_QUEUE_CHUNKS, add, add_in_place, read,
 };

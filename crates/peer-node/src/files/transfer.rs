@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
-use piece_store::PieceStore;
-use piece_store::file::{FileError, FileSummary, add_file, pieces_of, reassemble};
+use piece_store::file::{
+    FileError, FileSummary, add_file, add_file_in_place, pieces_of, reassemble,
+};
 use piece_store::manifest::{Layout, Level, Manifest};
+use piece_store::{PieceStore, StoreError};
 use tokio::sync::mpsc;
 use wire_format::PieceId;
 
@@ -39,6 +41,11 @@ pub enum AddError {
     /// Pinned data leaves no room.
     #[error("{0}")]
     Full(String),
+    /// The file to share in place cannot be (the client's): not an
+    /// absolute path, not a readable regular file, or a store that cannot
+    /// serve from files.
+    #[error("cannot share in place: {0}")]
+    InPlace(String),
     /// The store failed.
     #[error("local store failed: {0}; check the data directory and its disk")]
     Store(String),
@@ -75,6 +82,37 @@ where
     added.map_err(|err| match err {
         FileError::Name(e) => AddError::Name(e.to_string()),
         FileError::Io { .. } => AddError::Interrupted(err.to_string()),
+        FileError::TooLarge { .. } => AddError::TooLarge(err.to_string()),
+        FileError::Store(ref e) if e.is_out_of_space() => AddError::Full(err.to_string()),
+        other => AddError::Store(other.to_string()),
+    })
+}
+
+/// Shares the file at `path` (absolute) where it is, under `name`, pinned:
+/// only its manifests are stored; its data pieces are served from the file
+/// (`piece_store::file::add_file_in_place`).
+pub async fn add_in_place(
+    store: Arc<dyn PieceStore>,
+    name: String,
+    path: std::path::PathBuf,
+) -> Result<FileSummary, AddError> {
+    if !path.is_absolute() {
+        return Err(AddError::InPlace(format!(
+            "{} is not an absolute path",
+            path.display()
+        )));
+    }
+    let added = tokio::task::spawn_blocking(move || {
+        add_file_in_place(&*store, &path, &name, &Layout::STANDARD)
+    })
+    .await
+    .map_err(|e| AddError::Store(e.to_string()))?;
+    added.map_err(|err| match err {
+        FileError::Name(e) => AddError::Name(e.to_string()),
+        FileError::Io { .. } | FileError::Store(StoreError::Unsupported) => {
+            AddError::InPlace(err.to_string())
+        }
+        FileError::Store(StoreError::ExtentsFull { .. }) => AddError::Full(err.to_string()),
         FileError::TooLarge { .. } => AddError::TooLarge(err.to_string()),
         FileError::Store(ref e) if e.is_out_of_space() => AddError::Full(err.to_string()),
         other => AddError::Store(other.to_string()),

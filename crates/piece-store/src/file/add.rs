@@ -14,7 +14,7 @@ use wire_format::{PieceId, VerifiedPiece};
 
 use super::error::{FileError, digest};
 use crate::manifest::{Entries, Layout, Level, MANIFEST_MAX_DEPTH, Manifest, Part, check_name};
-use crate::store::{Durability, PieceStore, Retention, Root};
+use crate::store::{Durability, Extent, PieceStore, Retention, Root};
 
 /// Pieces [`add_file`] hands to [`PieceStore::put_many`] as one group (one
 /// group commit under the `batch` fsync policy). Worst case this many pieces
@@ -56,13 +56,61 @@ pub struct FileSummary {
 /// pinned.
 pub fn add_file<S: PieceStore + ?Sized, R: Read>(
     store: &S,
-    mut reader: R,
+    reader: R,
     name: &str,
     layout: &Layout,
 ) -> Result<FileSummary, FileError> {
     check_name(name).map_err(FileError::Name)?;
-    let max_pieces = layout.max_pieces(Level::ROOT);
+    split_into(TreeBuilder::new(store, *layout), reader, name)
+}
+
+/// Like [`add_file`], for the file at `path` shared where it is: only its
+/// manifests go into the store; each data piece is hashed as it is read
+/// and indexed as a range of the file ([`PieceStore::add_extents`]), so
+/// the file is never copied. `path` is made canonical first (the store
+/// reads extents without following links), and must be a regular file.
+///
+/// The file stays its user's: a piece that no longer matches when it is
+/// read to be served is dropped from the index, never sent, and the file
+/// never touched. Fails with [`crate::StoreError::Unsupported`] on a store
+/// without extents.
+pub fn add_file_in_place<S: PieceStore + ?Sized>(
+    store: &S,
+    path: &std::path::Path,
+    name: &str,
+    layout: &Layout,
+) -> Result<FileSummary, FileError> {
+    check_name(name).map_err(FileError::Name)?;
+    let open = |op| move |e| FileError::io(op)(e);
+    let path = std::fs::canonicalize(path).map_err(open("find the file to share"))?;
+    let file = std::fs::File::open(&path).map_err(open("open the file to share"))?;
+    if !file
+        .metadata()
+        .map_err(open("inspect the file to share"))?
+        .is_file()
+    {
+        return Err(FileError::Io {
+            op: "share in place",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    // Its bytes are the user's to make durable; what is cached but not yet
+    // written goes to disk now, before any range of it is indexed.
+    file.sync_data().map_err(open("fsync the file to share"))?;
     let mut tree = TreeBuilder::new(store, *layout);
+    tree.in_place = Some(path);
+    split_into(tree, file, name)
+}
+
+/// Reads `reader` to its end in pieces of [`PIECE_MAX`] bytes into `tree`,
+/// then names the file `name`.
+fn split_into<S: PieceStore + ?Sized, R: Read>(
+    mut tree: TreeBuilder<'_, S>,
+    mut reader: R,
+    name: &str,
+) -> Result<FileSummary, FileError> {
+    let layout = tree.layout;
+    let max_pieces = layout.max_pieces(Level::ROOT);
     loop {
         let mut buf = vec![0u8; PIECE_MAX];
         let len = fill(&mut reader, &mut buf)?;
@@ -179,6 +227,11 @@ struct TreeBuilder<'s, S: PieceStore + ?Sized> {
     upper: Vec<OpenNode<Part>>,
     /// Pieces not yet handed to the store, at most [`PUT_BATCH_PIECES`].
     batch: Vec<VerifiedPiece>,
+    /// Where the data pieces go: `None` into the store, `Some(file)` as
+    /// ranges of that file ([`add_file_in_place`]).
+    in_place: Option<std::path::PathBuf>,
+    /// Offset in the file of the first piece of `batch`.
+    batch_offset: u64,
     size: u64,
     pieces: u64,
 }
@@ -196,6 +249,8 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
             leaf: OpenNode::top(Vec::with_capacity(layout.fan_out()), 0),
             upper: Vec::with_capacity(MANIFEST_MAX_DEPTH - 1),
             batch: Vec::with_capacity(PUT_BATCH_PIECES),
+            in_place: None,
+            batch_offset: 0,
             size: 0,
             pieces: 0,
         }
@@ -320,12 +375,33 @@ impl<'s, S: PieceStore + ?Sized> TreeBuilder<'s, S> {
         })
     }
 
-    /// Hands the pending pieces to the store as one group.
+    /// Hands the pending pieces to the store as one group: their bytes, or
+    /// where they are in the file shared in place.
     fn flush(&mut self) -> Result<(), FileError> {
-        if !self.batch.is_empty() {
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(PUT_BATCH_PIECES));
-            self.store.put_many(batch, Retention::Cached)?;
+        if self.batch.is_empty() {
+            return Ok(());
         }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(PUT_BATCH_PIECES));
+        match &self.in_place {
+            None => self.store.put_many(batch, Retention::Cached)?,
+            Some(file) => {
+                let mut offset = self.batch_offset;
+                let extents: Vec<Extent> = batch
+                    .iter()
+                    .map(|piece| {
+                        let extent = Extent {
+                            id: piece.id(),
+                            offset,
+                            len: u32::try_from(piece.len()).unwrap_or(u32::MAX),
+                        };
+                        offset += piece.len() as u64;
+                        extent
+                    })
+                    .collect();
+                self.store.add_extents(file, &extents)?;
+            }
+        }
+        self.batch_offset = self.size;
         Ok(())
     }
 

@@ -11,7 +11,8 @@
 //! blocking (store I/O, hashing): call them off async I/O tasks.
 //!
 //! # Modules, one job each
-//! * `add` — [`add_file`]: split a stream into pieces and a manifest tree.
+//! * `add` — [`add_file`]: split a stream into pieces and a manifest tree;
+//!   [`add_file_in_place`]: the same for a file shared where it is.
 //! * `walk` — [`walk`], [`pieces_of`]: a tree in file order, manifests only.
 //! * `reassemble` — [`reassemble`]: stream a file back out, checking hashes.
 //! * `error` — [`FileError`], [`HashScope`]: what can go wrong, and who is to blame.
@@ -21,7 +22,7 @@ mod error;
 mod reassemble;
 mod walk;
 
-pub use self::add::{FileSummary, PUT_BATCH_PIECES, add_file};
+pub use self::add::{FileSummary, PUT_BATCH_PIECES, add_file, add_file_in_place};
 pub use self::error::{FileError, HashScope};
 pub use self::reassemble::{ReassembleSummary, reassemble};
 pub use self::walk::{NodeRef, PieceRef, Walk, WalkEvent, pieces_of, walk};
