@@ -216,12 +216,7 @@ fn at_its_open_files_limit_the_node_says_what_to_raise_and_keeps_serving() {
     wait_for_file(&data.join("api-addr"), &mut child);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("ulimit -n"), "no advice in the log: {text}");
-    let listen: std::net::SocketAddr = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let listen = listen_addr_in(&text);
     // A flood of connections, many more than it has descriptors for.
     let flood: Vec<_> = (0..200)
         .filter_map(|_| std::net::TcpStream::connect(listen).ok())
@@ -257,6 +252,15 @@ fn at_its_open_files_limit_the_node_says_what_to_raise_and_keeps_serving() {
     let _ = child.wait();
 }
 
+/// The listen address the node's start-up line names.
+fn listen_addr_in(log: &str) -> std::net::SocketAddr {
+    log.split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Polls `log` until it contains `needle`, within a deadline.
 fn wait_for_log(log: &Path, needle: &str, child: &mut Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -288,12 +292,7 @@ fn at_its_connection_limit_the_node_says_what_to_raise_once_and_keeps_serving() 
         .spawn()
         .unwrap();
     let text = wait_for_log(&log, "listen=", &mut child);
-    let listen: std::net::SocketAddr = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let listen = listen_addr_in(&text);
     // Loopback is exempt from the per-address limit, so this flood meets
     // `--max-connections`.
     let flood: Vec<_> = (0..64)

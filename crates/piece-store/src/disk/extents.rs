@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use wire_format::PieceId;
 use wire_format::limits::PIECE_MAX;
 
-use super::roots::COMPACT_MIN_LINES;
+use super::roots::{COMPACT_MIN_LINES, index_file_error};
 use crate::state_file::{self, StateFileError};
 use crate::store::{Extent, StoreError};
 
@@ -585,22 +585,10 @@ fn decode_path(text: &str) -> Result<PathBuf, String> {
 }
 
 fn state_file_error(path: &Path, err: StateFileError) -> StoreError {
-    match err {
-        StateFileError::Io { step, path, source } => StoreError::Io {
-            op: match step {
-                state_file::Step::Open | state_file::Step::Inspect | state_file::Step::Read => {
-                    "read"
-                }
-                _ => "write",
-            },
-            path,
-            source,
-        },
-        other => StoreError::BadExtentsIndex {
-            path: path.to_path_buf(),
-            reason: other.to_string(),
-        },
-    }
+    index_file_error(err, |reason| StoreError::BadExtentsIndex {
+        path: path.to_path_buf(),
+        reason,
+    })
 }
 
 #[cfg(test)]

@@ -425,22 +425,13 @@ impl PieceStore for DiskStore {
 
     fn add_extents(&self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
         let mut state = self.shared().state();
-        // A piece the store keeps itself needs no second place.
-        let new: Vec<Extent> = extents
-            .iter()
-            .filter(|e| !state.index.contains(&e.id))
-            .copied()
-            .collect();
+        let new = not_kept(&state, extents);
         state.extents.add(file, &new)
     }
 
     fn offer_extents(&self, file: &Path, extents: &[Extent]) -> usize {
         let mut state = self.shared().state();
-        let new: Vec<Extent> = extents
-            .iter()
-            .filter(|e| !state.index.contains(&e.id))
-            .copied()
-            .collect();
+        let new = not_kept(&state, extents);
         state.extents.offer(file, &new)
     }
 
@@ -473,6 +464,16 @@ impl PieceStore for DiskStore {
             corrupt: state.corrupt,
         }
     }
+}
+
+/// The extents whose pieces the store does not keep itself: a piece with
+/// a file of its own needs no second place.
+fn not_kept(state: &State, extents: &[Extent]) -> Vec<Extent> {
+    extents
+        .iter()
+        .filter(|e| !state.index.contains(&e.id))
+        .copied()
+        .collect()
 }
 
 impl Drop for DiskStore {

@@ -219,6 +219,18 @@ fn replay(bytes: &[u8]) -> Result<BTreeSet<Root>, String> {
 }
 
 fn state_file_error(path: &Path, err: StateFileError) -> StoreError {
+    index_file_error(err, |reason| StoreError::BadRootsIndex {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// A state-file failure of one of the store's indexes: I/O as I/O (read or
+/// write), anything else (too large, not a regular file) as `bad(reason)`.
+pub(super) fn index_file_error(
+    err: StateFileError,
+    bad: impl FnOnce(String) -> StoreError,
+) -> StoreError {
     match err {
         StateFileError::Io { step, path, source } => StoreError::Io {
             op: match step {
@@ -230,10 +242,7 @@ fn state_file_error(path: &Path, err: StateFileError) -> StoreError {
             path,
             source,
         },
-        other => StoreError::BadRootsIndex {
-            path: path.to_path_buf(),
-            reason: other.to_string(),
-        },
+        other => bad(other.to_string()),
     }
 }
 
