@@ -46,15 +46,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use wire_format::PieceId;
 use wire_format::limits::PIECE_MAX;
 
-use super::roots::{COMPACT_MIN_LINES, index_file_error};
+use super::roots::{COMPACT_MIN_LINES, append_text, index_file_error};
 use crate::state_file::{self, StateFileError};
 use crate::store::{Extent, StoreError};
 
@@ -377,25 +375,7 @@ impl Extents {
         if log.dirty || log.appended_lines >= log.compacted_lines.max(COMPACT_MIN_LINES) {
             self.compact()?;
         }
-        let text: String = lines.concat();
-        let mut options = OpenOptions::new();
-        options.append(true);
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(libc::O_NOFOLLOW);
-        }
-        let path = &self.log.path;
-        let written = options
-            .open(path)
-            .map_err(StoreError::io("open", path))
-            .and_then(|mut file| {
-                file.write_all(text.as_bytes())
-                    .map_err(StoreError::io("append to", path))?;
-                if self.log.sync {
-                    file.sync_data().map_err(StoreError::io("fsync", path))?;
-                }
-                Ok(())
-            });
+        let written = append_text(&self.log.path, &lines.concat(), self.log.sync);
         if written.is_err() {
             self.log.dirty = true;
         }
@@ -593,6 +573,9 @@ fn state_file_error(path: &Path, err: StateFileError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
     use super::*;
 
     fn id(n: u8) -> PieceId {

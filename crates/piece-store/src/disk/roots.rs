@@ -123,25 +123,7 @@ impl RootsLog {
             };
             text.push_str(&line(verb, root));
         }
-        let mut options = OpenOptions::new();
-        options.append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(libc::O_NOFOLLOW);
-        }
-        let path = &self.path;
-        let written = options
-            .open(path)
-            .map_err(StoreError::io("open", path))
-            .and_then(|mut file| {
-                file.write_all(text.as_bytes())
-                    .map_err(StoreError::io("append to", path))?;
-                if self.sync {
-                    file.sync_data().map_err(StoreError::io("fsync", path))?;
-                }
-                Ok(())
-            });
+        let written = append_text(&self.path, &text, self.sync);
         if written.is_err() {
             self.dirty = true;
         }
@@ -164,6 +146,25 @@ impl RootsLog {
         self.dirty = false;
         Ok(())
     }
+}
+
+/// Appends `text` to the index at `path` (never through a link), fsynced
+/// if `sync`. A failure may leave part of it: the caller compacts next.
+pub(super) fn append_text(path: &Path, text: &str, sync: bool) -> Result<(), StoreError> {
+    let mut options = OpenOptions::new();
+    options.append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path).map_err(StoreError::io("open", path))?;
+    file.write_all(text.as_bytes())
+        .map_err(StoreError::io("append to", path))?;
+    if sync {
+        file.sync_data().map_err(StoreError::io("fsync", path))?;
+    }
+    Ok(())
 }
 
 fn line(verb: &str, root: &Root) -> String {
