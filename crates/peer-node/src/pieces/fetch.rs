@@ -233,37 +233,29 @@ impl Pieces {
             async move {
                 let (outcome, explain) = run_fetch(&pieces, id, timeout, events_rx).await;
                 match outcome {
-                    Ok((piece, from)) if keep == Keep::Requester => {
+                    Ok((piece, from)) => {
                         pieces.metrics.incr(Metric::FetchesSucceededTotal);
-                        pieces.fetches().remove(&id);
+                        // The requesters get the piece at once...
                         let _ = result_tx.send(Some(Ok(Fetched {
                             bytes: piece.bytes().clone(),
                             from,
                             explain,
-                            unkept: Some(piece),
+                            unkept: (keep == Keep::Requester).then(|| piece.clone()),
                         })));
-                    }
-                    Ok((piece, from)) => {
-                        pieces.metrics.incr(Metric::FetchesSucceededTotal);
-                        // The requesters get the piece at once...
-                        let fetched = Fetched {
-                            bytes: piece.bytes().clone(),
-                            from,
-                            explain,
-                            unkept: None,
-                        };
-                        let _ = result_tx.send(Some(Ok(fetched)));
-                        // ...and the fetch stays registered (answering
-                        // newcomers from its result) until the cache
-                        // copy is in the store, so nobody fetches the
-                        // piece again in between.
-                        let store = Arc::clone(&pieces.store);
-                        let _ = tokio::task::spawn_blocking(move || {
-                            if !store.has(&piece.id()) {
-                                let _ = store.put(piece, Retention::Cached, Durability::Background);
-                            }
-                        })
-                        .await;
+                        // ...and, kept by the store, the fetch stays
+                        // registered (answering newcomers from its result)
+                        // until the cache copy is in the store, so nobody
+                        // fetches the piece again in between.
+                        if keep == Keep::Store {
+                            let store = Arc::clone(&pieces.store);
+                            let _ = tokio::task::spawn_blocking(move || {
+                                if !store.has(&piece.id()) {
+                                    let _ =
+                                        store.put(piece, Retention::Cached, Durability::Background);
+                                }
+                            })
+                            .await;
+                        }
                         pieces.fetches().remove(&id);
                     }
                     Err(err) => {
