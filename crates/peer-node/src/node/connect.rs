@@ -63,11 +63,7 @@ pub(super) async fn run_dials(
 async fn dial(pieces: Arc<Pieces>, addr: PeerAddr) {
     let swarm = Arc::clone(&pieces.swarm);
     swarm.metrics.incr(Metric::DialAttemptsTotal);
-    let connected = {
-        let _attempt = swarm.attempt();
-        net::connect(addr.socket_addr()).await
-    };
-    let error = match connected {
+    let error = match net::connect(addr.socket_addr()).await {
         Ok(stream) => {
             swarm.metrics.incr(Metric::ConnectionsOutboundTotal);
             let span = info_span!("conn", peer = %addr, dir = "out", conn = next_conn_id());
@@ -97,7 +93,7 @@ pub(super) async fn run_announcer(pieces: Arc<Pieces>, mut stop: watch::Receiver
     loop {
         for server in &config.bootstrap {
             let announced = {
-                let _attempt = pieces.swarm.attempt();
+                let _announcing = pieces.swarm.announcing();
                 session::announce(&pieces, server).await
             };
             if let Err(err) = announced {

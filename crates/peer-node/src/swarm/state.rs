@@ -81,10 +81,11 @@ pub struct Swarm {
     pub(crate) inbound: OpenSockets,
     /// When each connection limit last warned that it refuses sockets.
     pub(super) refusals: RefusalWarnings,
-    /// Announces and dials still connecting: a fetch that finds nobody to
-    /// ask waits for them rather than concluding "not found" (a node asked
-    /// for a file the moment it starts is still meeting its peers).
-    attempts: AtomicUsize,
+    /// Announces under way (dials are known from `dialing`): a fetch that
+    /// finds nobody to ask waits for them rather than concluding "not
+    /// found" (a node asked for a file the moment it starts is still
+    /// meeting its peers).
+    announces: AtomicUsize,
     /// Set once at shutdown: every connection closes.
     pub(crate) closing: watch::Sender<bool>,
     /// Dials chosen and reserved in `dialing`, for the node to run.
@@ -96,22 +97,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Swarm {
-    /// Counts a connection attempt (an announce, a dial) until the guard
-    /// drops.
-    pub(crate) fn attempt(&self) -> AttemptGuard<'_> {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        AttemptGuard(&self.attempts)
+    /// Counts an announce under way until the guard drops.
+    pub(crate) fn announcing(&self) -> AnnounceGuard<'_> {
+        self.announces.fetch_add(1, Ordering::Relaxed);
+        AnnounceGuard(&self.announces)
     }
 
-    /// Announces and dials still connecting: those under way, and dials
-    /// chosen whose connection is not registered yet (queued, connecting
-    /// or exchanging HELLOs).
+    /// Announces and dials still connecting: announces under way, and dials
+    /// chosen whose connection is not registered yet (queued, connecting or
+    /// exchanging HELLOs: an address stays in `dialing` until its
+    /// connection ends).
     pub(crate) fn attempts_in_progress(&self) -> usize {
-        let queued = {
+        let dials = {
             let state = self.state();
             state.dialing.len().saturating_sub(state.outbound(None))
         };
-        self.attempts.load(Ordering::Relaxed) + queued
+        self.announces.load(Ordering::Relaxed) + dials
     }
 
     /// A swarm for a node with `node_id` listening on `listen_port`, its
@@ -144,7 +145,7 @@ impl Swarm {
             bans: Mutex::new(Bans::new()),
             inbound: OpenSockets::default(),
             refusals: RefusalWarnings::default(),
-            attempts: AtomicUsize::new(0),
+            announces: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             dials,
         };
@@ -235,10 +236,10 @@ impl Swarm {
     }
 }
 
-/// One connection attempt in progress ([`Swarm::attempt`]).
-pub(crate) struct AttemptGuard<'a>(&'a AtomicUsize);
+/// One announce under way ([`Swarm::announcing`]).
+pub(crate) struct AnnounceGuard<'a>(&'a AtomicUsize);
 
-impl Drop for AttemptGuard<'_> {
+impl Drop for AnnounceGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
