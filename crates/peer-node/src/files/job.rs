@@ -93,18 +93,29 @@ pub struct Job {
     pub(crate) path: Option<PathBuf>,
     pub(crate) started: Instant,
     pub(crate) progress: Mutex<Progress>,
-    /// Set to cancel the job.
-    pub(crate) cancel: watch::Sender<bool>,
-    /// Set before `cancel` when the node is stopping: the job's temp file
-    /// and the pieces indexed in it are kept for a later run to resume
-    /// from, as when it fails. A user's cancel removes them.
-    pub(crate) keep_part: std::sync::atomic::AtomicBool,
+    /// Set to stop the job, saying who stops it.
+    pub(crate) cancel: watch::Sender<Option<Stop>>,
     /// Pieces the store indexed in the job's temp file so far: a temp file
     /// with none is worth nothing to a later run.
     pub(crate) registered: std::sync::atomic::AtomicU64,
 }
 
+/// Who stopped a job before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Its user cancelled it: its temp file and the pieces indexed in it go.
+    User,
+    /// The node is stopping: they stay for a later run to resume from, as
+    /// when a job fails.
+    Node,
+}
+
 impl Job {
+    /// Whether its user cancelled it.
+    pub(crate) fn cancelled_by_user(&self) -> bool {
+        *self.cancel.borrow() == Some(Stop::User)
+    }
+
     pub(crate) fn progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }

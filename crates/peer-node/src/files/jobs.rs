@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use wire_format::PieceId;
 
-use super::job::{Job, JobState, JobView, Progress};
+use super::job::{Job, JobState, JobView, Progress, Stop};
 use super::run;
 use crate::pieces::Pieces;
 
@@ -105,8 +105,7 @@ impl Jobs {
                 explain: HashMap::new(),
                 ended: None,
             }),
-            cancel: watch::Sender::new(false),
-            keep_part: std::sync::atomic::AtomicBool::new(false),
+            cancel: watch::Sender::new(None),
             registered: std::sync::atomic::AtomicU64::new(0),
         });
         jobs.insert(id.clone(), Arc::clone(&job));
@@ -131,7 +130,7 @@ impl Jobs {
     /// left as it is.
     pub fn cancel(&self, id: &str) -> Option<JobView> {
         let job = self.jobs().get(id).map(Arc::clone)?;
-        job.cancel.send_replace(true);
+        job.cancel.send_replace(Some(Stop::User));
         Some(job.view())
     }
 
@@ -161,9 +160,7 @@ impl Jobs {
     /// later run to resume.
     pub fn cancel_all(&self) {
         for job in self.jobs().values() {
-            job.keep_part
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            job.cancel.send_replace(true);
+            job.cancel.send_replace(Some(Stop::Node));
         }
     }
 

@@ -164,7 +164,7 @@ pub(crate) async fn run(
     let work = fetch_into(pieces, job, write_tx);
     let fed = tokio::select! {
         fed = work => fed,
-        _ = cancel.wait_for(|c| *c) => Err(JobError::new("cancelled", "the job was cancelled")),
+        _ = cancel.wait_for(Option::is_some) => Err(JobError::new("cancelled", "the job was cancelled")),
     };
     // The feeder is gone (and its end of the writer's queue with it): the
     // writer finishes what it was handed, so the pieces it registered are
@@ -184,7 +184,7 @@ pub(crate) async fn run(
         // user's cancel removes them. The ranges leave the index before the
         // file goes (the writer may still hold it open; removing the name
         // is enough).
-        let cancelled = *job.cancel.borrow() && !job.keep_part.load(Ordering::Relaxed);
+        let cancelled = job.cancelled_by_user();
         let resumable = result.as_ref().is_err_and(|e| e.class != "bad_manifest")
             && job.registered.load(Ordering::Relaxed) > 0;
         if let Some(tmp) = tmp.filter(|_| cancelled || !resumable) {
@@ -561,7 +561,7 @@ fn register(
         .sync_data()
         .map_err(|e| output.error("fsync", e))?;
     // A user's cancel removes the file: nothing more is indexed in it.
-    if *job.cancel.borrow() && !job.keep_part.load(Ordering::Relaxed) {
+    if job.cancelled_by_user() {
         batch.clear();
         return Ok(Keeping::Extents);
     }
