@@ -155,10 +155,17 @@ pub enum StoreError {
         reason: String,
     },
     /// Indexing more pieces as ranges of files would pass a bound of the
-    /// extents index (or the request was not one it can take).
+    /// extents index.
     #[error("cannot serve more pieces from files: {reason}")]
     ExtentsFull {
         /// Which bound, or what is wrong with the request.
+        reason: String,
+    },
+    /// An extent the index cannot take: a relative or too long path, a
+    /// length no piece has, too many in one call.
+    #[error("extent refused: {reason}")]
+    BadExtent {
+        /// What is wrong with it.
         reason: String,
     },
     /// This store keeps no extents.

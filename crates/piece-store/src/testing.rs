@@ -1,6 +1,8 @@
 //! A fault-injecting [`PieceStore`] for tests: [`FaultyStore`] wraps any
 //! store and, per operation, can stall calls behind a [`Gate`] the test
-//! opens, fail them with an error the test chooses, and record them.
+//! opens, fail them with an error the test chooses, and record them. It
+//! forwards every method, the provided ones too: a wrapper that left one to
+//! its default would hide what the inner store can do.
 //!
 //! Compiled only with the `testing` feature. Uses only the store contract.
 
@@ -10,7 +12,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
-use crate::store::{Durability, GcReport, PieceStore, Retention, Root, StoreError, StoreStats};
+use std::path::{Path, PathBuf};
+
+use crate::store::{
+    Durability, Extent, GcReport, PieceStore, Retention, Root, StoreError, StoreStats, VerifyReport,
+};
 
 /// Calls kept by [`FaultyStore::calls`]; later ones are only counted
 /// ([`FaultyStore::count`]). Worst case memory: this many [`Call`]s, a
@@ -48,6 +54,18 @@ pub enum Op {
     List,
     /// [`PieceStore::stats`].
     Stats,
+    /// [`PieceStore::add_extents`].
+    AddExtents,
+    /// [`PieceStore::offer_extents`].
+    OfferExtents,
+    /// [`PieceStore::move_extent_file`].
+    MoveExtentFile,
+    /// [`PieceStore::forget_extent_file`].
+    ForgetExtentFile,
+    /// [`PieceStore::extent_files`].
+    ExtentFiles,
+    /// [`PieceStore::verify_all`].
+    VerifyAll,
 }
 
 /// One call as the wrapper saw it, before any stall or injected error.
@@ -93,6 +111,18 @@ pub enum Call {
     List,
     /// `stats()`.
     Stats,
+    /// `add_extents(file, extents)`: the extents' ids, in order.
+    AddExtents(PathBuf, Vec<PieceId>),
+    /// `offer_extents(file, extents)`: the extents' ids, in order.
+    OfferExtents(PathBuf, Vec<PieceId>),
+    /// `move_extent_file(from, to)`.
+    MoveExtentFile(PathBuf, PathBuf),
+    /// `forget_extent_file(file)`.
+    ForgetExtentFile(PathBuf),
+    /// `extent_files()`.
+    ExtentFiles,
+    /// `verify_all()`.
+    VerifyAll,
 }
 
 impl Call {
@@ -113,6 +143,12 @@ impl Call {
             Self::Gc => Op::Gc,
             Self::List => Op::List,
             Self::Stats => Op::Stats,
+            Self::AddExtents(..) => Op::AddExtents,
+            Self::OfferExtents(..) => Op::OfferExtents,
+            Self::MoveExtentFile(..) => Op::MoveExtentFile,
+            Self::ForgetExtentFile(_) => Op::ForgetExtentFile,
+            Self::ExtentFiles => Op::ExtentFiles,
+            Self::VerifyAll => Op::VerifyAll,
         }
     }
 }
@@ -388,5 +424,46 @@ impl PieceStore for FaultyStore {
     fn stats(&self) -> StoreStats {
         self.enter_infallible(Call::Stats);
         self.inner.stats()
+    }
+
+    fn add_extents(&self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
+        let ids = extents.iter().map(|e| e.id).collect();
+        match self.enter(Call::AddExtents(file.to_path_buf(), ids)) {
+            Some(err) => Err(err),
+            None => self.inner.add_extents(file, extents),
+        }
+    }
+
+    fn offer_extents(&self, file: &Path, extents: &[Extent]) -> usize {
+        let ids = extents.iter().map(|e| e.id).collect();
+        self.enter_infallible(Call::OfferExtents(file.to_path_buf(), ids));
+        self.inner.offer_extents(file, extents)
+    }
+
+    fn move_extent_file(&self, from: &Path, to: &Path) -> Result<bool, StoreError> {
+        let call = Call::MoveExtentFile(from.to_path_buf(), to.to_path_buf());
+        match self.enter(call) {
+            Some(err) => Err(err),
+            None => self.inner.move_extent_file(from, to),
+        }
+    }
+
+    fn forget_extent_file(&self, file: &Path) -> Result<usize, StoreError> {
+        match self.enter(Call::ForgetExtentFile(file.to_path_buf())) {
+            Some(err) => Err(err),
+            None => self.inner.forget_extent_file(file),
+        }
+    }
+
+    fn extent_files(&self) -> Vec<PathBuf> {
+        self.enter_infallible(Call::ExtentFiles);
+        self.inner.extent_files()
+    }
+
+    fn verify_all(&self) -> Result<VerifyReport, StoreError> {
+        match self.enter(Call::VerifyAll) {
+            Some(err) => Err(err),
+            None => self.inner.verify_all(),
+        }
     }
 }

@@ -109,7 +109,8 @@ pub async fn add_in_place(
     .map_err(|e| AddError::Store(e.to_string()))?;
     added.map_err(|err| match err {
         FileError::Name(e) => AddError::Name(e.to_string()),
-        FileError::Io { .. } | FileError::Store(StoreError::Unsupported) => {
+        FileError::Io { .. }
+        | FileError::Store(StoreError::Unsupported | StoreError::BadExtent { .. }) => {
             AddError::InPlace(err.to_string())
         }
         FileError::Store(StoreError::ExtentsFull { .. }) => AddError::Full(err.to_string()),

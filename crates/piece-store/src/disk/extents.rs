@@ -169,24 +169,15 @@ impl Extents {
     /// extents, records the file alone (its user means to add some).
     pub(super) fn add(&mut self, file: &Path, extents: &[Extent]) -> Result<(), StoreError> {
         if extents.len() > EXTENTS_APPEND_MAX {
-            return Err(StoreError::ExtentsFull {
+            return Err(StoreError::BadExtent {
                 reason: format!("at most {EXTENTS_APPEND_MAX} extents per call"),
             });
         }
-        if file.as_os_str().len() > EXTENT_PATH_MAX_BYTES || !file.is_absolute() {
-            return Err(StoreError::ExtentsFull {
-                reason: format!(
-                    "{} is not an absolute path of at most {EXTENT_PATH_MAX_BYTES} bytes",
-                    file.display()
-                ),
+        check_path(file)?;
+        if let Some(bad) = extents.iter().find(|e| !is_piece_len(e.len)) {
+            return Err(StoreError::BadExtent {
+                reason: format!("an extent of {} bytes is no piece", bad.len),
             });
-        }
-        for extent in extents {
-            if extent.len == 0 || extent.len as usize > PIECE_MAX {
-                return Err(StoreError::ExtentsFull {
-                    reason: format!("an extent of {} bytes is no piece", extent.len),
-                });
-            }
         }
         let known = self.numbers.get(file).copied();
         // The latest place wins (a re-run of a fetch writes pieces it read
@@ -265,7 +256,7 @@ impl Extents {
                 len: extent.len,
             };
             let fits = self.pieces.contains_key(&extent.id) || self.pieces.len() < EXTENTS_MAX;
-            let valid = extent.len > 0 && extent.len as usize <= PIECE_MAX;
+            let valid = is_piece_len(extent.len);
             if !fits || !valid || self.pieces.get(&extent.id) == Some(&place) {
                 continue;
             }
@@ -287,14 +278,7 @@ impl Extents {
         let Some(number) = self.numbers.get(from).copied() else {
             return Ok(false);
         };
-        if to.as_os_str().len() > EXTENT_PATH_MAX_BYTES || !to.is_absolute() {
-            return Err(StoreError::ExtentsFull {
-                reason: format!(
-                    "{} is not an absolute path of at most {EXTENT_PATH_MAX_BYTES} bytes",
-                    to.display()
-                ),
-            });
-        }
+        check_path(to)?;
         // A file already at `to` is replaced, as the rename replaced it.
         if self.numbers.contains_key(to) {
             self.forget(to)?;
@@ -324,16 +308,24 @@ impl Extents {
         Ok(count)
     }
 
-    /// Drops one piece (it no longer matches, or nothing reaches it),
-    /// durably.
-    pub(super) fn drop_piece(&mut self, id: &PieceId) -> Result<(), StoreError> {
-        if !self.pieces.contains_key(id) {
-            return Ok(());
+    /// Drops pieces (they no longer match, or nothing reaches them), one
+    /// append per [`EXTENTS_APPEND_MAX`] of them (a line each is shorter
+    /// than a `piece` line, so the log's bound holds); those only offered
+    /// need no line.
+    pub(super) fn drop_pieces(&mut self, ids: &[PieceId]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(EXTENTS_APPEND_MAX) {
+            let lines: Vec<String> = chunk
+                .iter()
+                .filter(|id| self.pieces.contains_key(id) && !self.provisional.contains(id))
+                .map(|id| format!("drop {}\n", id.to_hex()))
+                .collect();
+            if !lines.is_empty() {
+                self.append(&lines)?;
+            }
+            for id in chunk {
+                self.remove(id);
+            }
         }
-        if !self.provisional.contains(id) {
-            self.append(&[format!("drop {}\n", id.to_hex())])?;
-        }
-        self.remove(id);
         Ok(())
     }
 
@@ -464,7 +456,7 @@ impl Extents {
                 }
                 let offset: u64 = offset.parse().map_err(|_| "bad offset".to_owned())?;
                 let len: u32 = len.parse().map_err(|_| "bad length".to_owned())?;
-                if len == 0 || len as usize > PIECE_MAX {
+                if !is_piece_len(len) {
                     return Err(format!("a piece of {len} bytes"));
                 }
                 let id: PieceId = hex.parse().map_err(|_| "bad piece id".to_owned())?;
@@ -514,6 +506,25 @@ struct ExtentsLog {
     /// Not written whole since open, or an append failed part-way: compact
     /// before the next append.
     dirty: bool,
+}
+
+/// Refuses a path the index cannot hold: relative, or longer than
+/// [`EXTENT_PATH_MAX_BYTES`].
+fn check_path(path: &Path) -> Result<(), StoreError> {
+    if path.as_os_str().len() > EXTENT_PATH_MAX_BYTES || !path.is_absolute() {
+        return Err(StoreError::BadExtent {
+            reason: format!(
+                "{} is not an absolute path of at most {EXTENT_PATH_MAX_BYTES} bytes",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a piece can be `len` bytes long.
+fn is_piece_len(len: u32) -> bool {
+    len > 0 && len as usize <= PIECE_MAX
 }
 
 fn file_line(verb: &str, number: u32, path: &Path) -> String {
@@ -608,7 +619,7 @@ mod tests {
             .unwrap();
         extents.add(&c, &[extent(3, 0)]).unwrap();
         assert!(extents.rename(&a, &b).unwrap());
-        extents.drop_piece(&id(2)).unwrap();
+        extents.drop_pieces(&[id(2)]).unwrap();
         assert_eq!(extents.forget(&c).unwrap(), 1);
 
         let check = |extents: &Extents| {
@@ -656,19 +667,27 @@ mod tests {
             })
             .collect();
         let err = extents.add(&file, &too_many).unwrap_err();
-        assert!(matches!(err, StoreError::ExtentsFull { .. }), "{err}");
+        assert!(matches!(err, StoreError::BadExtent { .. }), "{err}");
         extents.add(&file, &too_many[..EXTENTS_APPEND_MAX]).unwrap();
         assert_eq!(extents.len(), EXTENTS_APPEND_MAX);
 
+        let bad = |err: StoreError| matches!(err, StoreError::BadExtent { .. });
+        // A path of the longest length is taken; one byte more is refused.
+        let longest = PathBuf::from(format!("/{}", "a".repeat(EXTENT_PATH_MAX_BYTES - 1)));
+        extents.add(&longest, &[extent(8, 0)]).unwrap();
         let long = PathBuf::from(format!("/{}", "a".repeat(EXTENT_PATH_MAX_BYTES)));
-        assert!(extents.add(&long, &[extent(9, 0)]).is_err());
-        assert!(extents.add(Path::new("relative"), &[extent(9, 0)]).is_err());
+        assert!(bad(extents.add(&long, &[extent(9, 0)]).unwrap_err()));
+        assert!(bad(extents.rename(&longest, &long).unwrap_err()));
+        assert!(bad(extents
+            .add(Path::new("relative"), &[extent(9, 0)])
+            .unwrap_err()));
         let oversized = Extent {
             len: u32::try_from(PIECE_MAX).unwrap() + 1,
             ..extent(9, 0)
         };
-        assert!(extents.add(&file, &[oversized]).is_err());
+        assert!(bad(extents.add(&file, &[oversized]).unwrap_err()));
         assert!(!extents.contains(&id(9)));
+        assert_eq!(extents.forget(&longest).unwrap(), 1);
 
         // The file bound: the next new file is refused.
         for n in 1..EXTENT_FILES_MAX {
@@ -713,8 +732,33 @@ mod tests {
         assert_eq!(extents.offer(&other, &[extent(1, 5)]), 0);
         assert_eq!(extents.find(&id(1)).unwrap().0, file);
         // Dropping an offered piece needs no line.
-        extents.drop_piece(&id(2)).unwrap();
+        extents.drop_pieces(&[id(2)]).unwrap();
         assert!(!extents.contains(&id(2)));
+    }
+
+    #[test]
+    fn the_index_takes_extents_max_pieces_and_refuses_one_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        let mut extents = Extents::load(&dir.path().join(EXTENTS_FILE), false).unwrap();
+        extents.add(&file, &[]).unwrap();
+        let nth = |n: u64| Extent {
+            id: PieceId::of(&n.to_le_bytes()),
+            offset: n,
+            len: 1,
+        };
+        // Offered (in memory, no log) up to one short of the bound...
+        let offered: Vec<Extent> = (0..EXTENTS_MAX as u64 - 1).map(nth).collect();
+        assert_eq!(extents.offer(&file, &offered), EXTENTS_MAX - 1);
+        // ...the last one fits, durably...
+        extents.add(&file, &[nth(u64::MAX)]).unwrap();
+        assert_eq!(extents.len(), EXTENTS_MAX);
+        // ...and one more is refused, either way.
+        let over = nth(u64::MAX - 1);
+        let err = extents.add(&file, &[over]).unwrap_err();
+        assert!(matches!(err, StoreError::ExtentsFull { .. }), "{err}");
+        assert_eq!(extents.offer(&file, &[over]), 0);
+        assert_eq!(extents.len(), EXTENTS_MAX);
     }
 
     #[test]

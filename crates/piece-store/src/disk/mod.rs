@@ -404,9 +404,7 @@ impl PieceStore for DiskStore {
             .filter(|id| !state.index.is_reached(id))
             .copied()
             .collect();
-        for id in unreached {
-            state.extents.drop_piece(&id)?;
-        }
+        state.extents.drop_pieces(&unreached)?;
         Ok(report)
     }
 

@@ -132,7 +132,7 @@ impl Shared {
         let mut state = self.state();
         // Unless it moved meanwhile (a rename recorded, a new add).
         if state.extents.find(id) == Some((path, place)) {
-            state.extents.drop_piece(id)?;
+            state.extents.drop_pieces(&[*id])?;
             state.dropped_extents += 1;
         }
         Ok(None)
