@@ -8,35 +8,92 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use peer_node::metrics::Metric;
-use peer_node::testing::{content, split_file, wait_for};
-use piece_store::{DiskStore, DiskStoreConfig, FsyncPolicy, MemStore, PieceStore};
-use serde_json::{Value, json};
-use tokio::time::Instant;
+use peer_node::testing::{content, wait_for};
+use piece_store::testing::{FaultyStore, Op};
+use piece_store::{DiskStore, DiskStoreConfig, FsyncPolicy, MemStore, PieceStore, StoreError};
+use tempfile::TempDir;
 use wire_format::limits::PIECE_MAX;
 use wire_format::{Message, PieceId, VerifiedPiece};
 
 use common::api::ApiNode;
+use common::files::split;
 use common::{RawPeer, SOON, TestNode};
 
-const JOB_DEADLINE: Duration = Duration::from_secs(60);
-
-/// The file's manifest, its manifests and data pieces, and its data pieces'
-/// ids in file order.
-fn split(name: &str, bytes: &[u8]) -> (PieceId, Vec<VerifiedPiece>, Vec<PieceId>) {
-    let (manifest, pieces) = split_file(name, bytes).unwrap();
-    let data = bytes.chunks(PIECE_MAX).map(PieceId::of).collect();
-    (manifest, pieces, data)
+/// A file to share: its manifest, every piece (manifests included), and
+/// its data pieces' ids in file order.
+struct File {
+    bytes: Vec<u8>,
+    manifest: PieceId,
+    pieces: Vec<VerifiedPiece>,
+    data: Vec<PieceId>,
 }
 
-fn disk_store(dir: &Path) -> Arc<DiskStore> {
-    let mut config = DiskStoreConfig::new(1 << 30);
-    config.fsync = FsyncPolicy::Batch;
-    Arc::new(DiskStore::open(dir, config).unwrap())
+impl File {
+    fn new(name: &str, seed: u64, len: usize) -> Self {
+        let bytes = content(seed, len);
+        let (manifest, pieces) = split(name, &bytes);
+        let data = bytes.chunks(PIECE_MAX).map(PieceId::of).collect();
+        Self {
+            bytes,
+            manifest,
+            pieces,
+            data,
+        }
+    }
+
+    /// A node holding the manifest and the data pieces `held` keeps.
+    async fn seeder(&self, held: impl Fn(&PieceId) -> bool) -> ApiNode {
+        let seeder = ApiNode::start(0).await;
+        for piece in &self.pieces {
+            if piece.id() == self.manifest || held(&piece.id()) {
+                seeder.node.hold(piece).unwrap();
+            }
+        }
+        seeder
+    }
+}
+
+/// A node on a disk store, connected to a seeder, and the directory its
+/// fetches write into.
+struct Leecher {
+    node: ApiNode,
+    store: Arc<DiskStore>,
+    out_dir: TempDir,
+    _data: TempDir,
+}
+
+impl Leecher {
+    async fn of(seeder: &ApiNode) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = DiskStoreConfig::new(1 << 30);
+        config.fsync = FsyncPolicy::Batch;
+        let store = Arc::new(DiskStore::open(&data.path().join("store"), config).unwrap());
+        Self {
+            node: node_on(store.clone(), &[seeder]).await,
+            store,
+            out_dir: tempfile::tempdir().unwrap(),
+            _data: data,
+        }
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.out_dir.path().join(name)
+    }
+
+    async fn fetch(&self, file: &File, path: &Path) -> serde_json::Value {
+        self.node.fetch_file(&file.manifest.to_string(), path).await
+    }
+}
+
+/// A disk store behind a fault-injecting wrapper, and its directory.
+fn faulty_disk_store() -> (Arc<FaultyStore>, TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(&data.path().join("store"), DiskStoreConfig::new(1 << 30)).unwrap();
+    (Arc::new(FaultyStore::new(Arc::new(store))), data)
 }
 
 /// A node on `store` that dials `peers` (and nobody else), with its API.
@@ -59,27 +116,6 @@ async fn node_on(store: Arc<dyn PieceStore>, peers: &[&ApiNode]) -> ApiNode {
     node
 }
 
-async fn fetch(node: &ApiNode, manifest: PieceId, path: &Path) -> Value {
-    let body = json!({"manifest": manifest.to_string(), "path": path.to_str().unwrap()});
-    let response = node
-        .request("POST", "/api/v1/fetches", true, body.to_string().as_bytes())
-        .await;
-    assert_eq!(response.status, 202, "{response:?}");
-    let id = response.json()["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + JOB_DEADLINE;
-    loop {
-        let job = node
-            .request("GET", &format!("/api/v1/fetches/{id}"), true, &[])
-            .await
-            .json();
-        if job["state"] != "running" {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job still running: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -91,65 +127,51 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetched_file_is_written_once_and_its_pieces_served_from_the_output() {
-    let bytes = content(1, 12 * PIECE_MAX + 777);
-    let (manifest, pieces, data) = split("once", &bytes);
-    let seeder = ApiNode::start(0).await;
-    for piece in &pieces {
-        seeder.node.hold(piece).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("once");
-    let store = disk_store(&dir.path().join("store"));
-    let leecher = node_on(store.clone(), &[&seeder]).await;
-    let job = fetch(&leecher, manifest, &out).await;
+    let file = File::new("once", 1, 12 * PIECE_MAX + 777);
+    let seeder = file.seeder(|_| true).await;
+    let leecher = Leecher::of(&seeder).await;
+    let (store, out) = (&leecher.store, leecher.out("once"));
+    let job = leecher.fetch(&file, &out).await;
     assert_eq!(job["state"], "done", "{job}");
-    assert!(std::fs::read(&out).unwrap() == bytes);
-    assert_eq!(names_in(out_dir.path()), vec!["once".to_owned()]);
+    assert!(std::fs::read(&out).unwrap() == file.bytes);
+    assert_eq!(names_in(leecher.out_dir.path()), vec!["once".to_owned()]);
 
     // The store holds the manifest itself and serves the data pieces from
     // the output: none of them has a copy in the store.
     let stats = store.stats();
-    assert_eq!(stats.extents, data.len() as u64);
+    assert_eq!(stats.extents, file.data.len() as u64);
     assert_eq!(stats.pieces, 1, "only the manifest is a piece file");
     assert_eq!(store.extent_files(), vec![out.clone()]);
-    assert!(data.iter().all(|id| store.has(id)));
+    assert!(file.data.iter().all(|id| store.has(id)));
 
     // With the seeder gone, a third node gets the whole file from the
     // leecher's output.
     seeder.node.0.stop().await.unwrap();
-    let third = node_on(Arc::new(MemStore::new(1 << 30)), &[&leecher]).await;
-    let other = out_dir.path().join("again");
-    let job = fetch(&third, manifest, &other).await;
+    let third = node_on(Arc::new(MemStore::new(1 << 30)), &[&leecher.node]).await;
+    let other = leecher.out("again");
+    let job = third.fetch_file(&file.manifest.to_string(), &other).await;
     assert_eq!(job["state"], "done", "{job}");
-    assert!(std::fs::read(&other).unwrap() == bytes);
-    assert!(leecher.node.metric(Metric::PiecesServedTotal) >= data.len() as u64);
+    assert!(std::fs::read(&other).unwrap() == file.bytes);
+    assert!(leecher.node.node.metric(Metric::PiecesServedTotal) >= file.data.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_piece_whose_output_changed_is_never_sent_and_the_file_is_left_alone() {
-    let bytes = content(2, 4 * PIECE_MAX);
-    let (manifest, pieces, data) = split("changed", &bytes);
-    let seeder = ApiNode::start(0).await;
-    for piece in &pieces {
-        seeder.node.hold(piece).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("changed");
-    let store = disk_store(&dir.path().join("store"));
-    let leecher = node_on(store.clone(), &[&seeder]).await;
-    assert_eq!(fetch(&leecher, manifest, &out).await["state"], "done");
+    let file = File::new("changed", 2, 4 * PIECE_MAX);
+    let seeder = file.seeder(|_| true).await;
+    let leecher = Leecher::of(&seeder).await;
+    let (store, out, data) = (&leecher.store, leecher.out("changed"), &file.data);
+    assert_eq!(leecher.fetch(&file, &out).await["state"], "done");
     seeder.node.0.stop().await.unwrap();
 
     // The user edits one byte of the third piece.
-    let mut edited = bytes.clone();
+    let mut edited = file.bytes.clone();
     edited[2 * PIECE_MAX + 10] ^= 0xff;
     std::fs::write(&out, &edited).unwrap();
 
     // A peer asking for it hears DONT_HAVE, never wrong bytes; the other
     // pieces are still served.
-    let mut peer = RawPeer::extended(&leecher.node, 7).await;
+    let mut peer = RawPeer::extended(&leecher.node.node, 7).await;
     peer.send(&Message::Ask(data[2])).await;
     assert_eq!(peer.recv_answer().await, Message::DontHave(data[2]));
     peer.send(&Message::Ask(data[1])).await;
@@ -167,29 +189,19 @@ async fn a_piece_whose_output_changed_is_never_sent_and_the_file_is_left_alone()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_fails_keeps_what_it_fetched_and_the_rerun_resumes_and_cleans_up() {
-    let bytes = content(3, 10 * PIECE_MAX);
-    let (manifest, pieces, data) = split("resumed", &bytes);
-    let seeder = ApiNode::start(0).await;
+    let file = File::new("resumed", 3, 10 * PIECE_MAX);
     // The seeder holds the manifest and only the first six data pieces.
-    let held: Vec<_> = data[..6].to_vec();
-    for piece in &pieces {
-        if piece.id() == manifest || held.contains(&piece.id()) {
-            seeder.node.hold(piece).unwrap();
-        }
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("resumed");
-    let store = disk_store(&dir.path().join("store"));
-    let leecher = node_on(store.clone(), &[&seeder]).await;
-    let job = fetch(&leecher, manifest, &out).await;
+    let seeder = file.seeder(|id| file.data[..6].contains(id)).await;
+    let leecher = Leecher::of(&seeder).await;
+    let (store, out, data) = (&leecher.store, leecher.out("resumed"), &file.data);
+    let job = leecher.fetch(&file, &out).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert!(
         job["error"].as_str().unwrap().starts_with("not_found"),
         "{job}"
     );
     // Its temp file stays, the pieces it wrote still indexed in it.
-    let left = names_in(out_dir.path());
+    let left = names_in(leecher.out_dir.path());
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].ends_with(".part"), "{left:?}");
     assert!(!out.exists());
@@ -197,18 +209,48 @@ async fn a_job_that_fails_keeps_what_it_fetched_and_the_rerun_resumes_and_cleans
     assert!(written > 0, "nothing was kept");
 
     // The seeder gets the rest; the re-run fetches only what was missing.
-    for piece in &pieces {
+    for piece in &file.pieces {
         seeder.node.hold(piece).unwrap();
     }
-    let before = leecher.node.metric(Metric::PiecesFetchedTotal);
-    let job = fetch(&leecher, manifest, &out).await;
+    let before = leecher.node.node.metric(Metric::PiecesFetchedTotal);
+    let job = leecher.fetch(&file, &out).await;
     assert_eq!(job["state"], "done", "{job}");
-    assert!(std::fs::read(&out).unwrap() == bytes);
-    let fetched = leecher.node.metric(Metric::PiecesFetchedTotal) - before;
+    assert!(std::fs::read(&out).unwrap() == file.bytes);
+    let fetched = leecher.node.node.metric(Metric::PiecesFetchedTotal) - before;
     assert_eq!(fetched, (data.len() - written) as u64);
     // The earlier run's temp file is gone, and everything is served from
     // the output.
-    assert_eq!(names_in(out_dir.path()), vec!["resumed".to_owned()]);
+    assert_eq!(names_in(leecher.out_dir.path()), vec!["resumed".to_owned()]);
     assert_eq!(store.extent_files(), vec![out.clone()]);
     assert!(data.iter().all(|id| store.has(id)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_taking_extents_mid_file_gets_the_rest_as_cached_pieces() {
+    let file = File::new("fallback", 4, 12 * PIECE_MAX);
+    // Slow enough that the job is still early when the store stops.
+    let seeder = ApiNode::start_with(|c| c.max_upload_rate = Some(4 << 20)).await;
+    for piece in &file.pieces {
+        seeder.node.hold(piece).unwrap();
+    }
+    let (store, _data) = faulty_disk_store();
+    let node = node_on(store.clone(), &[&seeder]).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("fallback");
+    let started = node.start_fetch(&file.manifest.to_string(), &out).await;
+    // The writer's first (empty) add says the store keeps extents; from
+    // then on every add fails, as a full extents index would.
+    assert!(wait_for(SOON, || store.count(Op::AddExtents) >= 1).await);
+    store.fail(Op::AddExtents, || StoreError::ExtentsFull {
+        reason: "injected".into(),
+    });
+    let job = node.wait_job(started["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(std::fs::read(&out).unwrap() == file.bytes);
+    // Every data piece is still held: those not indexed in the output were
+    // cached in the store instead.
+    assert!(file.data.iter().all(|id| store.has(id)));
+    let stats = store.stats();
+    assert!(stats.pieces > 1, "nothing was cached: {stats:?}");
+    assert_eq!(stats.pieces - 1 + stats.extents, file.data.len() as u64);
 }

@@ -48,6 +48,13 @@ impl ApiNode {
         response.json()
     }
 
+    /// Fetches `manifest` into `path` with a job and waits for its end;
+    /// returns its last view.
+    pub async fn fetch_file(&self, manifest: &str, path: &Path) -> Value {
+        let started = self.start_fetch(manifest, path).await;
+        self.wait_job(started["id"].as_str().unwrap()).await
+    }
+
     /// Polls the job until it is no longer running; returns its last view.
     pub async fn wait_job(&self, id: &str) -> Value {
         let deadline = Instant::now() + JOB_DEADLINE;
