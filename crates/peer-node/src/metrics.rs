@@ -170,6 +170,10 @@ metric_list! {
         "WANT_HAVE frames received.";
     HaveReceivedTotal => "have_received_total", Counter,
         "HAVE frames received in answer to our WANT_HAVE.";
+    HaveAnnouncementsReceivedTotal => "have_announcements_received_total", Counter,
+        "HAVE frames received unasked: a peer announcing a piece it fetched.";
+    HaveAnnouncedTotal => "have_announced_total", Counter,
+        "HAVE frames sent unasked, announcing a piece of a file this node fetched.";
     DontHaveReceivedTotal => "dont_have_received_total", Counter,
         "DONT_HAVE frames received in answer to our WANT_HAVE or ASK.";
     BansTotal => "bans_total", Counter,

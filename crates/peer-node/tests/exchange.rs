@@ -1357,3 +1357,81 @@ async fn a_give_streams_from_stream_gives_from_bytes_and_one_byte_less_is_read_w
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Announced pieces (an unasked HAVE)
+
+#[tokio::test]
+async fn a_fetch_asks_the_peer_that_announced_the_piece_at_once_and_sends_no_want_have() {
+    let node = TestNode::start(|_| {}).await;
+    let p = piece(21, 64 << 10);
+    let mut announcer = RawPeer::extended(&node, 1).await;
+    let _other = RawPeer::extended(&node, 2).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    announcer.send(&Message::Have(p.id())).await;
+    assert!(
+        wait_for(SOON, || node.metric(Metric::HaveAnnouncementsReceivedTotal)
+            == 1)
+        .await
+    );
+    assert_eq!(node.metric(Metric::IgnoredFramesTotal), 0);
+
+    let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    assert_eq!(announcer.recv_answer().await, Message::Ask(p.id()));
+    announcer
+        .send(&Message::Give(
+            Give::new(p.id(), p.bytes().clone()).unwrap(),
+        ))
+        .await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+    assert_eq!(
+        node.metric(Metric::WantHaveSentTotal),
+        0,
+        "a peer that had not announced the piece was asked about it"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_announced_a_piece_and_then_denies_it_is_believed_and_the_others_are_asked() {
+    let node = TestNode::start(|_| {}).await;
+    let p = piece(22, 64 << 10);
+    let mut announcer = RawPeer::extended(&node, 1).await;
+    let mut holder = RawPeer::extended(&node, 2).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    announcer.send(&Message::Have(p.id())).await;
+    assert!(
+        wait_for(SOON, || node.metric(Metric::HaveAnnouncementsReceivedTotal)
+            == 1)
+        .await
+    );
+
+    let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    assert_eq!(announcer.recv_answer().await, Message::Ask(p.id()));
+    announcer.send(&Message::DontHave(p.id())).await;
+    // Only now is anyone else asked about it.
+    assert_eq!(holder.recv_answer().await, Message::WantHave(p.id()));
+    holder.send(&Message::Have(p.id())).await;
+    assert_eq!(holder.recv_answer().await, Message::Ask(p.id()));
+    holder
+        .send(&Message::Give(
+            Give::new(p.id(), p.bytes().clone()).unwrap(),
+        ))
+        .await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
+
+    // What each said is remembered: the next fetch of it asks the peer
+    // that said HAVE at once, and nobody asks the one that denied it.
+    assert!(wait_for(SOON, || node.shared.fetches_in_progress() == 0).await);
+    node.shared.store().gc().unwrap();
+    assert!(!node.shared.store().has(&p.id()));
+    let wants = node.metric(Metric::WantHaveSentTotal);
+    let again = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    assert_eq!(holder.recv_answer().await, Message::Ask(p.id()));
+    holder
+        .send(&Message::Give(
+            Give::new(p.id(), p.bytes().clone()).unwrap(),
+        ))
+        .await;
+    assert_eq!(node.metric(Metric::WantHaveSentTotal), wants);
+    assert_piece(&again.await.unwrap().unwrap(), &p);
+}

@@ -254,3 +254,38 @@ async fn a_store_that_stops_taking_extents_mid_file_gets_the_rest_as_cached_piec
     assert!(stats.pieces > 1, "nothing was cached: {stats:?}");
     assert_eq!(stats.pieces - 1 + stats.extents, file.data.len() as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leecher_announces_every_piece_it_fetches_to_its_connected_peers() {
+    let file = File::new("told", 5, 6 * PIECE_MAX + 5);
+    let seeder = file.seeder(|_| true).await;
+    let leecher = Leecher::of(&seeder).await;
+    let mut watcher = RawPeer::extended(&leecher.node.node, 9).await;
+    let watching = wait_for(SOON, || leecher.node.node.shared.connection_count() == 2).await;
+    assert!(watching, "the watcher did not connect");
+
+    let job = leecher
+        .node
+        .start_fetch(&file.manifest.to_string(), &leecher.out("told"))
+        .await;
+    // The leecher also asks the watcher, which holds nothing; it hears a
+    // HAVE for each data piece as that piece is written.
+    let mut announced = std::collections::HashSet::new();
+    while announced.len() < file.data.len() {
+        match watcher.recv_answer().await {
+            Message::WantHave(id) => watcher.send(&Message::DontHave(id)).await,
+            Message::Have(id) => {
+                assert!(file.data.contains(&id), "announced {id}, not a data piece");
+                announced.insert(id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let done = leecher.node.wait_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        leecher.node.node.metric(Metric::HaveAnnouncedTotal),
+        2 * file.data.len() as u64,
+        "one HAVE per data piece to each of its two peers"
+    );
+}

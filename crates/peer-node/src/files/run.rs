@@ -6,12 +6,15 @@
 //!   swarm, stored, and the walk resumes, so memory never grows with the
 //!   file;
 //! * the job's task keeps up to [`PIECES_IN_FLIGHT`] piece fetches running
-//!   (each a normal fetch: the store first, so a job re-run resumes, else
-//!   WANT_HAVE to every peer and ASK the least busy holder, which spreads a
-//!   file over every peer that holds it) and hands the pieces on in file
-//!   order;
-//! * a **writer** on a blocking thread writes them to a temp file beside the
-//!   output and hashes them as one stream.
+//!   (each a normal fetch: the store first, so a job re-run resumes, else a
+//!   peer that announced the piece, else WANT_HAVE to every peer and ASK
+//!   the least busy holder, which spreads a file over every peer that
+//!   holds it), rarest first within blocks of [`FETCH_BLOCK_PIECES`], and
+//!   hands each piece on as it arrives;
+//! * a **writer** on a blocking thread writes them at their offsets in a
+//!   temp file beside the output, announces each to the connected peers,
+//!   and has a thread beside it hash the file's completed prefix as it
+//!   grows.
 //!
 //! Only when the whole file hashes to its manifest's `sha256` is the temp
 //! file fsynced, renamed over the output and its directory fsynced. The
@@ -39,9 +42,7 @@
 //! cancel removes the job's temp file and drops its pieces from the index
 //! at once.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -51,19 +52,30 @@ use bytes::Bytes;
 use piece_store::file::{FileError, WalkEvent, walk};
 use piece_store::manifest::Layout;
 use piece_store::{Durability, Extent, PieceStore, Retention, Root, StoreError};
+use rand::{RngExt, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::job::{Job, JobError};
 use super::jobs::Jobs;
-use crate::pieces::{FetchError, Fetched, Keep, Pieces};
+use crate::pieces::{FetchError, Fetched, Keep, Link, Pieces};
 
 /// Piece fetches a job keeps running at once: enough to keep several peers
 /// busy (each holder takes up to 16 ASKs); the pieces waiting for their
 /// turn to be written are bounded by it too (worst case this many × 1 MiB).
 pub const PIECES_IN_FLIGHT: usize = 32;
+/// Pieces planned at once, and fetched in a random, rarest-first order
+/// among themselves (see [`fetch_into`]): 256 MiB of 1 MiB pieces. The
+/// whole-file hash can only follow the completed prefix, so at the end up
+/// to this many pieces are hashed after the last one arrives.
+pub const FETCH_BLOCK_PIECES: usize = 256;
+/// Pieces of the block compared for rarity at each pick.
+pub const RAREST_SAMPLE: usize = 8;
+/// How long a job whose piece failed still takes the pieces its other
+/// fetches bring, so a re-run finds them: they are usually a moment away.
+pub const FAILED_JOB_DRAIN: Duration = Duration::from_secs(2);
 /// Pieces queued for the writer thread.
 const WRITE_QUEUE_PIECES: usize = 4;
 /// Pieces queued for the whole-file hashing thread (memory: this many
@@ -81,10 +93,6 @@ pub const EXTENT_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// Times one piece is tried before the job gives up on it: a deadline is
 /// often one slow or vanished peer, and the next try asks the others.
 pub const PIECE_ATTEMPTS: usize = 3;
-
-/// A data piece being fetched: its id, its length from the manifest, and
-/// the fetch.
-type InFlight = (PieceId, usize, JoinHandle<Result<Fetched, FetchError>>);
 
 /// What the planner tells the job.
 #[derive(Debug)]
@@ -156,10 +164,10 @@ pub(crate) async fn run(
     let tmp = output.as_ref().map(|o| o.tmp.clone());
     let (write_tx, write_rx) = mpsc::channel::<ToWrite>(WRITE_QUEUE_PIECES);
     let writer = {
-        let store = Arc::clone(&pieces.store);
+        let pieces = Arc::clone(pieces);
         let runtime = tokio::runtime::Handle::current();
         let job = Arc::clone(job);
-        tokio::task::spawn_blocking(move || write(output, write_rx, &*store, &runtime, &job))
+        tokio::task::spawn_blocking(move || write(output, write_rx, &pieces, &runtime, &job))
     };
     let work = fetch_into(pieces, job, write_tx);
     let fed = tokio::select! {
@@ -205,8 +213,15 @@ pub(crate) async fn run(
     result
 }
 
-/// Plans the file and fetches its data pieces, handing them to the writer
-/// in file order; returns the size and hash the root manifest declares.
+/// Plans the file and fetches its data pieces, handing each to the writer
+/// as it arrives; returns the size and hash the root manifest declares.
+///
+/// **Order.** The planner's pieces are taken in blocks of
+/// [`FETCH_BLOCK_PIECES`]; within a block the next piece fetched is the
+/// rarest of [`RAREST_SAMPLE`] drawn at random (rarity: how many connected
+/// peers announced it), so the leechers of one file fetch different pieces
+/// at first and then each other's, as in a BitTorrent swarm, while the
+/// whole-file hash never trails the arrivals by much more than a block.
 async fn fetch_into(
     pieces: &Arc<Pieces>,
     job: &Arc<Job>,
@@ -219,59 +234,92 @@ async fn fetch_into(
     let planner = tokio::task::spawn_blocking(move || plan(&*store, root, &plan_tx));
 
     let mut declared = None;
-    // The pieces in file order to the writer. On a failure the pieces
-    // already handed over are still written and kept (a re-run resumes
-    // from them).
+    // On a failure the pieces already handed over are still written and
+    // kept (a re-run resumes from them).
     let fed: Result<(), JobError> = async {
-        let mut window: VecDeque<InFlight> = VecDeque::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        let mut block: Vec<Planned> = Vec::with_capacity(FETCH_BLOCK_PIECES);
+        let mut in_flight: JoinSet<(Planned, Result<Fetched, FetchError>)> = JoinSet::new();
+        let mut offset: u64 = 0;
         let mut planned_all = false;
+        // The first failure, and until when the fetches still running may
+        // bring their pieces in (to be written and kept for a re-run).
+        let mut failed: Option<(JobError, tokio::time::Instant)> = None;
         loop {
-            while !planned_all && window.len() < PIECES_IN_FLIGHT {
-                match plans.recv().await {
-                    Some(Plan::Root { size, sha256 }) => {
-                        job.set_total(size);
-                        declared = Some((size, sha256));
+            while failed.is_none() && block.is_empty() && !planned_all {
+                // The next block, whole: the planner waits for us meanwhile.
+                while !planned_all && block.len() < FETCH_BLOCK_PIECES {
+                    match plans.recv().await {
+                        Some(Plan::Root { size, sha256 }) => {
+                            job.set_total(size);
+                            declared = Some((size, sha256));
+                        }
+                        Some(Plan::Piece(id, len)) => {
+                            block.push(Planned { id, len, offset });
+                            offset += len as u64;
+                        }
+                        Some(Plan::Need(id, stored)) => {
+                            let ok = fetch_manifest(pieces, job, id, timeout).await?;
+                            let _ = stored.send(ok);
+                        }
+                        Some(Plan::Failed(err)) => return Err(err),
+                        None => planned_all = true,
                     }
-                    Some(Plan::Piece(id, len)) => {
-                        let pieces = Arc::clone(pieces);
-                        let fetch = tokio::spawn(async move {
-                            fetch_piece(&pieces, id, timeout, Keep::Requester).await
-                        });
-                        window.push_back((id, len, fetch));
-                    }
-                    Some(Plan::Need(id, stored)) => {
-                        let ok = fetch_manifest(pieces, job, id, timeout).await?;
-                        let _ = stored.send(ok);
-                    }
-                    Some(Plan::Failed(err)) => return Err(err),
-                    None => planned_all = true,
                 }
             }
-            let Some((id, len, fetch)) = window.pop_front() else {
+            while failed.is_none() && in_flight.len() < PIECES_IN_FLIGHT && !block.is_empty() {
+                let next = rarest(&mut block, &pieces.links(), &mut rng);
+                let pieces = Arc::clone(pieces);
+                in_flight.spawn(async move {
+                    let fetched = fetch_piece(&pieces, next.id, timeout, Keep::Requester).await;
+                    (next, fetched)
+                });
+            }
+            let done = match &failed {
+                None => in_flight.join_next().await,
+                Some((_, until)) => tokio::time::timeout_at(*until, in_flight.join_next())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            let Some(done) = done else {
                 break;
             };
-            let fetched = fetch
-                .await
-                .map_err(|e| JobError::new("io", format!("a piece fetch failed: {e}")))?
-                .map_err(fetch_error)?;
-            if fetched.bytes.len() != len {
-                return Err(JobError::new(
-                    "bad_manifest",
-                    format!(
-                        "a piece is {} bytes where its manifest implies {len}",
-                        fetched.bytes.len()
-                    ),
-                ));
-            }
-            job.add_piece(len as u64, fetched.from, &fetched.explain);
+            let (planned, fetched) =
+                done.map_err(|e| JobError::new("io", format!("a piece fetch failed: {e}")))?;
+            let fetched = match fetched {
+                Ok(fetched) if fetched.bytes.len() == planned.len => fetched,
+                Ok(fetched) => {
+                    return Err(JobError::new(
+                        "bad_manifest",
+                        format!(
+                            "a piece is {} bytes where its manifest implies {}",
+                            fetched.bytes.len(),
+                            planned.len
+                        ),
+                    ));
+                }
+                Err(err) => {
+                    if failed.is_none() {
+                        let until = tokio::time::Instant::now() + FAILED_JOB_DRAIN;
+                        failed = Some((fetch_error(err), until));
+                    }
+                    continue;
+                }
+            };
+            job.add_piece(planned.len as u64, fetched.from, &fetched.explain);
             let piece = ToWrite {
-                id,
+                id: planned.id,
+                offset: planned.offset,
                 bytes: fetched.bytes,
                 unkept: fetched.unkept,
             };
             if write_tx.send(piece).await.is_err() {
                 break; // the writer failed: its error is reported below
             }
+        }
+        if let Some((err, _)) = failed {
+            return Err(err);
         }
         Ok(())
     }
@@ -282,6 +330,35 @@ async fn fetch_into(
     let _ = planner.await;
     fed?;
     declared.ok_or_else(|| JobError::new("bad_manifest", "the manifest tree named no file"))
+}
+
+/// A data piece of the file, planned and not yet fetched.
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    id: PieceId,
+    len: usize,
+    /// Where it starts in the file.
+    offset: u64,
+}
+
+/// Takes from `block` (not empty) the piece to fetch next: of
+/// [`RAREST_SAMPLE`] neighbours from a random place in it (the whole block
+/// when smaller), the one the fewest of `links` announced, the first
+/// among equals.
+fn rarest(block: &mut Vec<Planned>, links: &[Arc<Link>], rng: &mut impl RngExt) -> Planned {
+    let holders = |p: &Planned| links.iter().filter(|l| l.announced(&p.id)).count();
+    let start = rng.random_range(0..block.len());
+    let mut best = (start, holders(&block[start]));
+    for i in (1..RAREST_SAMPLE.min(block.len())).map(|k| (start + k) % block.len()) {
+        if best.1 == 0 {
+            break;
+        }
+        let n = holders(&block[i]);
+        if n < best.1 {
+            best = (i, n);
+        }
+    }
+    block.swap_remove(best.0)
 }
 
 /// Checks what the writer wrote against what the manifest declares, then
@@ -413,9 +490,11 @@ fn plan(store: &dyn PieceStore, root: PieceId, plans: &mpsc::Sender<Plan>) {
     }
 }
 
-/// A piece for the writer, in file order.
+/// A piece for the writer, in any order.
 struct ToWrite {
     id: PieceId,
+    /// Where it goes in the file.
+    offset: u64,
     bytes: Bytes,
     /// The piece when no store holds it yet ([`Fetched::unkept`]).
     unkept: Option<VerifiedPiece>,
@@ -437,17 +516,19 @@ enum Keeping {
     Store,
 }
 
-/// The writer: appends the pieces it is handed to the output's temp file
-/// (if any), hashes them as one stream, and has the store keep them: as
-/// ranges of the output where it can, else as cached copies. Runs on a
-/// blocking thread.
+/// The writer: writes the pieces it is handed at their offsets in the
+/// output's temp file (if any), has the store keep them (as ranges of the
+/// output where it can, else as cached copies), announces each to the
+/// connected peers, and has the file hashed as one stream as its completed
+/// prefix grows. Runs on a blocking thread.
 fn write(
     mut output: Option<Output>,
     mut pieces: mpsc::Receiver<ToWrite>,
-    store: &dyn PieceStore,
+    node: &Arc<Pieces>,
     runtime: &tokio::runtime::Handle,
     job: &Job,
 ) -> Result<Written, JobError> {
+    let store = &*node.store;
     // An empty add records the file (so a job killed before its first
     // registration still leaves its temp file known) and tells whether the
     // store keeps extents at all.
@@ -457,19 +538,11 @@ fn write(
     };
     let mut batch: Vec<Extent> = Vec::with_capacity(EXTENT_BATCH_PIECES);
     let mut batch_due = tokio::time::Instant::now();
-    // The whole-file hash runs on a thread of its own, beside the writes:
-    // on two cores it would otherwise add its time to the writer's.
-    let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Bytes>(HASH_QUEUE_PIECES);
-    let hasher = std::thread::Builder::new()
-        .name("file-hash".into())
-        .spawn(move || {
-            let mut hasher = Sha256::new();
-            for bytes in hash_rx {
-                hasher.update(&bytes);
-            }
-            PieceId::from_bytes(hasher.finalize().into())
-        })
-        .map_err(|e| JobError::new("io", format!("cannot start a hashing thread: {e}")))?;
+    let readback = match &output {
+        Some(o) => ReadBack::File(o.file.try_clone().map_err(|e| o.error("reopen", e))?),
+        None => ReadBack::Store(Arc::clone(&node.store)),
+    };
+    let mut hasher = PrefixHasher::start(readback)?;
     let mut size: u64 = 0;
     loop {
         // A batch waits for its registration at most EXTENT_BATCH_INTERVAL,
@@ -489,13 +562,11 @@ fn write(
         };
         let Some(piece) = next else { break };
         if let Some(output) = output.as_mut() {
+            use std::os::unix::fs::FileExt;
             output
                 .file
-                .write_all(&piece.bytes)
+                .write_all_at(&piece.bytes, piece.offset)
                 .map_err(|e| output.error("write", e))?;
-        }
-        if hash_tx.send(piece.bytes.clone()).is_err() {
-            return Err(JobError::new("io", "the hashing thread stopped"));
         }
         let len = piece.bytes.len();
         match (keeping, output.as_ref()) {
@@ -505,7 +576,7 @@ fn write(
                 }
                 let extent = Extent {
                     id: piece.id,
-                    offset: size,
+                    offset: piece.offset,
                     len: u32::try_from(len).unwrap_or(u32::MAX),
                 };
                 // Served from the file at once (other leechers of the same
@@ -517,12 +588,16 @@ fn write(
                 }
             }
             _ => {
-                if let Some(unkept) = piece.unkept {
+                if let Some(unkept) = piece.unkept.clone() {
                     // A cache copy: the swarm has it again if this fails.
                     let _ = store.put(unkept, Retention::Cached, Durability::Background);
                 }
             }
         }
+        if store.has(&piece.id) {
+            node.announce(piece.id);
+        }
+        hasher.add(piece)?;
         size += len as u64;
     }
     if let Some(output) = output.as_mut() {
@@ -536,14 +611,147 @@ fn write(
     }
     Ok(Written {
         size,
-        sha256: {
-            drop(hash_tx);
-            hasher
-                .join()
-                .map_err(|_| JobError::new("io", "the hashing thread failed"))?
-        },
+        sha256: hasher.finish()?,
         output,
     })
+}
+
+/// Where the whole-file hasher reads a piece that arrived ahead of the
+/// completed prefix, once the prefix reaches it.
+enum ReadBack {
+    /// The output's temp file (the page cache, usually).
+    File(File),
+    /// The store, for a job without an output.
+    Store(Arc<dyn PieceStore>),
+}
+
+/// What the hashing thread is handed, in file order.
+enum ToHash {
+    /// The next bytes of the file.
+    Bytes(Bytes),
+    /// The next piece, to be read back first.
+    Piece(Planned),
+}
+
+/// The whole-file SHA-256 over the completed prefix, on a thread of its
+/// own beside the writes (on two cores it would otherwise add its time to
+/// the writer's). A piece that completes the prefix is hashed from memory;
+/// one that arrives ahead of it waits, as an offset only, and is read back
+/// when the prefix reaches it.
+struct PrefixHasher {
+    queue: Option<std::sync::mpsc::SyncSender<ToHash>>,
+    thread: Option<std::thread::JoinHandle<Result<PieceId, JobError>>>,
+    /// Bytes of the file handed to the thread, from its start.
+    prefix: u64,
+    /// Pieces past the prefix, by offset.
+    ahead: std::collections::BTreeMap<u64, Planned>,
+}
+
+impl PrefixHasher {
+    fn start(readback: ReadBack) -> Result<Self, JobError> {
+        let (queue, parts) = std::sync::mpsc::sync_channel::<ToHash>(HASH_QUEUE_PIECES);
+        let thread = std::thread::Builder::new()
+            .name("file-hash".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut buf = Vec::new();
+                for part in parts {
+                    match part {
+                        ToHash::Bytes(bytes) => hasher.update(&bytes),
+                        ToHash::Piece(p) => match &readback {
+                            ReadBack::File(file) => {
+                                use std::os::unix::fs::FileExt;
+                                buf.resize(p.len, 0);
+                                file.read_exact_at(&mut buf, p.offset).map_err(|e| {
+                                    JobError::new(
+                                        "io",
+                                        format!("reading back at {}: {e}", p.offset),
+                                    )
+                                })?;
+                                hasher.update(&buf);
+                            }
+                            ReadBack::Store(store) => {
+                                let bytes = store
+                                    .get(&p.id)
+                                    .map_err(|e| JobError::new("io", e.to_string()))?
+                                    .ok_or_else(|| {
+                                        JobError::new(
+                                            "io",
+                                            format!("piece {} left the store", p.id),
+                                        )
+                                    })?;
+                                hasher.update(&bytes);
+                            }
+                        },
+                    }
+                }
+                Ok(PieceId::from_bytes(hasher.finalize().into()))
+            })
+            .map_err(|e| JobError::new("io", format!("cannot start a hashing thread: {e}")))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+            prefix: 0,
+            ahead: std::collections::BTreeMap::new(),
+        })
+    }
+
+    /// A piece has been written (and stored).
+    fn add(&mut self, piece: ToWrite) -> Result<(), JobError> {
+        let planned = Planned {
+            id: piece.id,
+            len: piece.bytes.len(),
+            offset: piece.offset,
+        };
+        if planned.offset != self.prefix {
+            self.ahead.insert(planned.offset, planned);
+            return Ok(());
+        }
+        self.send(ToHash::Bytes(piece.bytes))?;
+        self.prefix += planned.len as u64;
+        while let Some(next) = self.ahead.remove(&self.prefix) {
+            self.send(ToHash::Piece(next))?;
+            self.prefix += next.len as u64;
+        }
+        Ok(())
+    }
+
+    /// Hands `part` to the thread; if it stopped, its error.
+    fn send(&mut self, part: ToHash) -> Result<(), JobError> {
+        if self.queue.as_ref().is_some_and(|q| q.send(part).is_ok()) {
+            return Ok(());
+        }
+        Err(self
+            .stop()
+            .err()
+            .unwrap_or_else(|| JobError::new("io", "the hashing thread stopped")))
+    }
+
+    /// Ends the thread's input and waits for its hash (or its error).
+    fn stop(&mut self) -> Result<PieceId, JobError> {
+        self.queue = None;
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| JobError::new("io", "the hashing thread failed"))?,
+            None => Err(JobError::new("io", "the hashing thread stopped")),
+        }
+    }
+
+    /// The hash of the whole file, once every piece is in.
+    fn finish(mut self) -> Result<PieceId, JobError> {
+        let hashed = self.stop();
+        if let Some(gap) = self.ahead.keys().next() {
+            return Err(JobError::new(
+                "io",
+                format!(
+                    "the file has a hole: bytes {} to {gap} were never written",
+                    self.prefix
+                ),
+            ));
+        }
+        hashed
+    }
 }
 
 /// Makes `batch` durable in the output (an error there fails the job),
@@ -591,7 +799,10 @@ impl Output {
     fn create(path: &Path, job: &str) -> Result<Self, JobError> {
         check_output_path(path).map_err(|e| JobError::new("io", e))?;
         let tmp = part_path(path, job);
+        // Readable too: the whole-file hash reads back the pieces that
+        // arrived ahead of the completed prefix.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&tmp)
@@ -677,6 +888,72 @@ pub(crate) const JOB_ID_HEX: usize = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn planned(n: usize) -> Planned {
+        Planned {
+            id: PieceId::of(&n.to_le_bytes()),
+            len: 1,
+            offset: n as u64,
+        }
+    }
+
+    fn link(id: u64) -> Arc<Link> {
+        let closer = Arc::new(crate::net::Closer::default());
+        let addr = wire_format::PeerAddr::new([127, 0, 0, 1].into(), 7001);
+        let (link, _frames) = Link::new(
+            id,
+            addr,
+            None,
+            Arc::default(),
+            closer,
+            std::time::Instant::now(),
+        );
+        Arc::new(link)
+    }
+
+    #[test]
+    fn the_piece_picked_next_is_the_rarest_of_a_random_sample_and_each_is_picked_once() {
+        let links = [link(1), link(2)];
+        // Piece 0 is announced by both peers, 1 by one, 2 by nobody.
+        links[0].note_announced(planned(0).id);
+        links[1].note_announced(planned(0).id);
+        links[0].note_announced(planned(1).id);
+        for seed in 0..16 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut block: Vec<Planned> = (0..3).map(planned).collect();
+            let order: Vec<u64> = (0..3)
+                .map(|_| rarest(&mut block, &links, &mut rng).offset)
+                .collect();
+            assert_eq!(order, [2, 1, 0], "seed {seed}");
+        }
+        // In a block larger than the sample, the pick is the rarest of the
+        // sample: one piece in 16 unannounced is found at least as often
+        // as the sample's share of the block says (8 draws of 16: half).
+        let block: Vec<Planned> = (100..116).map(planned).collect();
+        for p in &block[1..] {
+            links[0].note_announced(p.id);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let unannounced = (0..64)
+            .filter(|_| {
+                let mut copy = block.clone();
+                rarest(&mut copy, &links, &mut rng).offset == 100
+            })
+            .count();
+        assert!((24..=40).contains(&unannounced), "{unannounced} of 64");
+    }
+
+    #[test]
+    fn nodes_with_different_seeds_start_a_block_at_different_pieces() {
+        let firsts: std::collections::HashSet<u64> = (0..8)
+            .map(|seed| {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let mut block: Vec<Planned> = (0..FETCH_BLOCK_PIECES).map(planned).collect();
+                rarest(&mut block, &[], &mut rng).offset
+            })
+            .collect();
+        assert!(firsts.len() >= 6, "8 nodes start at only {firsts:?}");
+    }
 
     #[test]
     fn a_part_names_its_output_and_nothing_else_does() {

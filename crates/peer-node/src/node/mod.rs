@@ -69,6 +69,11 @@ impl Shared {
         self.pieces.fetch_from(id, timeout).await
     }
 
+    /// Piece fetches registered now (running, or storing their result).
+    pub fn fetches_in_progress(&self) -> usize {
+        self.pieces.fetches().len()
+    }
+
     /// The total deadline of a fetch whose requester names none.
     pub fn fetch_timeout(&self) -> Duration {
         self.swarm.config.fetch_timeout

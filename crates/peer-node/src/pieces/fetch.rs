@@ -345,8 +345,9 @@ async fn ask_peers(
             && link.id == preferred
             && peers.is_empty()
             && link.ask_book().load() < OPTIMISTIC_MAX_LOAD;
-        let state = if link.legacy {
-            // A legacy peer knows no WANT_HAVE: ask it directly.
+        let state = if link.legacy || link.announced(&id) {
+            // A legacy peer knows no WANT_HAVE: ask it directly. One that
+            // announced the piece holds it.
             PeerState::Holder
         } else if optimistic
             && let Some(budget) = reserve(pieces)
@@ -381,8 +382,21 @@ async fn ask_peers(
         );
     };
     let mut links = pieces.links();
-    // The preferred peer first, so it is asked before anyone is wanted.
-    links.sort_by_key(|l| l.id != preferred);
+    // Peers that announced the piece are fellow fetchers of its file: they
+    // alone are asked (no WANT_HAVE round trip), which takes the load off
+    // the file's seeders; the others only if they all fail or stall.
+    let announced: Vec<Arc<Link>> = links
+        .iter()
+        .filter(|l| !l.legacy && !l.is_closed() && l.announced(&id))
+        .cloned()
+        .collect();
+    let mut everyone_added = announced.is_empty();
+    if everyone_added {
+        // The preferred peer first, so it is asked before anyone is wanted.
+        links.sort_by_key(|l| l.id != preferred);
+    } else {
+        links = announced;
+    }
     for link in links {
         add(peers, link);
     }
@@ -436,6 +450,13 @@ async fn ask_peers(
                         at.duration_since(start.max(c.progress.1)) >= ASK_PROGRESS_TIMEOUT
                     })
             });
+            if stalled && !everyone_added {
+                // Only announcers were asked: the others may hold it too.
+                everyone_added = true;
+                for link in pieces.links() {
+                    add(peers, link);
+                }
+            }
             if stalled {
                 let second = peers
                     .values_mut()
@@ -473,8 +494,9 @@ async fn ask_peers(
         let mut pending = peers.values().any(|c| c.state != PeerState::Out);
         if !pending {
             // Connections that came up since the fetch started (the
-            // survivor of a duplicate pair, say) are asked before anything
-            // is concluded.
+            // survivor of a duplicate pair, say), and everyone when only
+            // announcers were asked, are asked before anything is concluded.
+            everyone_added = true;
             for link in pieces.links() {
                 add(peers, link);
             }

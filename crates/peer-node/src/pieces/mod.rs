@@ -28,7 +28,7 @@ pub(crate) use events::FetchEvent;
 pub use events::{FetchError, Fetched, PeerAccount};
 pub use fetch::{EXPLAIN_MAX_PEERS, Keep, WIDEN_DIALS};
 pub(crate) use link::Link;
-pub use link::WRITE_QUEUE_FRAMES;
+pub use link::{ANNOUNCED_MAX, WRITE_QUEUE_FRAMES};
 pub(crate) use receive::{GiveIntake, receive_give};
 pub use receive::{STREAM_CHUNK_BYTES, STREAM_GIVES_FROM};
 pub(crate) use serve::{Answer, ServeSide, on_ask, on_cancel, start_answer};

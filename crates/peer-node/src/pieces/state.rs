@@ -144,6 +144,22 @@ impl Pieces {
         }
     }
 
+    /// Tells every extended peer connected that this node now holds `id`
+    /// (an unasked HAVE): the leechers of one file then fetch from each
+    /// other what they already hold instead of all from its seeders. A
+    /// peer whose control queue is full misses the announcement.
+    pub(crate) fn announce(&self, id: PieceId) {
+        let links = self.links();
+        let mut sent = 0;
+        for link in links.iter().filter(|l| !l.legacy) {
+            if link.send(wire_format::Message::Have(id)) {
+                sent += 1;
+            }
+        }
+        self.metrics
+            .add(crate::metrics::Metric::HaveAnnouncedTotal, sent);
+    }
+
     /// Delivers an event to the fetch of `id`, if one runs.
     pub(crate) fn fetch_event(&self, id: &PieceId, event: FetchEvent) -> bool {
         let sender = self.fetches().get(id).map(|h| h.events.clone());

@@ -284,14 +284,18 @@ impl Rules {
             }
             Message::Cancel(id) => pieces::on_cancel(pieces, &self.serving, id),
             Message::Have(id) => {
+                // An answer or an announcement: either way the peer holds
+                // it, and a fetch of it that runs may ask.
+                link.note_announced(id);
                 if link.ask_book().wanted.remove(&id) {
                     pieces.metrics.incr(Metric::HaveReceivedTotal);
-                    pieces.fetch_event(&id, FetchEvent::Have(link.id));
                 } else {
-                    pieces.metrics.incr(Metric::IgnoredFramesTotal);
+                    pieces.metrics.incr(Metric::HaveAnnouncementsReceivedTotal);
                 }
+                pieces.fetch_event(&id, FetchEvent::Have(link.id));
             }
             Message::DontHave(id) => {
+                link.forget_announced(&id);
                 let wanted = link.ask_book().wanted.remove(&id);
                 let (answered, next) = if wanted {
                     (Answered::Outstanding, None)
