@@ -7,6 +7,9 @@
 #             per GiB and peak memory of each node, the output sha256-checked
 #   libtorrent  the same file between two libtorrent processes (with
 #             --with-libtorrent), and the ratio ours / libtorrent per run
+#   transfer on tmpfs  the transfer with both data dirs and the output on
+#             /dev/shm, right after touching that much memory (skipped
+#             without a tmpfs there with room for 4 file sizes)
 #   fan-in    4 seeders at --max-upload-rate 50MiB, one leecher, a SIZE/4 file;
 #             the speed-up over the same with one such seeder
 #   fan-out   one seeder, 8 leechers fetching the SIZE/4 file at once: the
@@ -91,6 +94,7 @@ cleanup() {
   trap '' INT TERM
   stop_all
   [ -z "$work" ] || rm -rf -- "$work"
+  [ -z "${shm:-}" ] || rm -rf -- "$shm"
   rm -f -- "$lock_file"
 }
 trap cleanup EXIT
@@ -127,6 +131,16 @@ fi
 umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/p2p-bench.XXXXXX")
 chmod 700 "$work"
+data_root=$work
+# tmpfs for transfer_tmpfs, if /dev/shm is one with room for the seeder's
+# store, the output and the warming file (4 file sizes).
+shm=""
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] &&
+  (($(df --output=avail -k /dev/shm | tail -n 1) > 4 * (size_mib << 10))); then
+  shm=$(mktemp -d /dev/shm/p2p-bench.XXXXXX)
+else
+  say "transfer on tmpfs: skipped (/dev/shm is not a tmpfs with room for 4 × $size_mib MiB)"
+fi
 export NO_COLOR=1 RUST_LOG=${RUST_LOG:-info}
 clk_tck=$(getconf CLK_TCK)
 gib=$((1 << 30))
@@ -169,7 +183,7 @@ start_server() {
 start_node() {
   local name=$1 deadline
   shift
-  node_dir[$name]=$work/$name
+  node_dir[$name]=$data_root/$name
   "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 --data-dir "${node_dir[$name]}" \
     --bootstrap "$server" --fsync batch --max-store 64GiB "$@" 2>"$work/$name.log" &
   pids+=($!)
@@ -221,7 +235,7 @@ stop_swarm() { # LABEL
   stop_all
   local name
   for name in "${swarm_names[@]}"; do rm -rf -- "${node_dir[$name]}" "$work/$name.log" "$work/$name.auth"; done
-  rm -f -- "$work/bootstrap.log" "$work"/out*.bin
+  rm -f -- "$work/bootstrap.log" "$work"/out*.bin "$data_root"/out*.bin
   swarm_names=()
 }
 
@@ -248,8 +262,8 @@ if [ -n "$lt_python" ]; then
 fi
 
 # --- the measurements --------------------------------------------------------
-transfer() { # RUN
-  local run=$1 manifest t0 t1 secs s0 l0 s1 l1 out="$work/out.bin" put_t0 put_secs
+transfer() { # RUN [FIGURE]
+  local run=$1 figure=${2:-transfer} manifest t0 t1 secs s0 l0 s1 l1 out="$data_root/out.bin" put_t0 put_secs
   start_server
   start_node seeder
   put_t0=$(now_us)
@@ -271,12 +285,12 @@ transfer() { # RUN
   l_hwm=$(status_kib "${node_pid[leecher]}" VmHWM) l_anon=$(status_kib "${node_pid[leecher]}" RssAnon)
   served=$(stat_value seeder piece_bytes_served_total)
   check_sha "$out" "$big_sha"
-  record "$(printf '{"figure":"transfer","run":%d,"mib":%d,"secs":%s,"mib_s":%s,"put_secs":%s,"seeder_cpu_s_per_gib":%s,"leecher_cpu_s_per_gib":%s,"seeder_vmhwm_mib":%s,"leecher_vmhwm_mib":%s,"seeder_rss_anon_mib":%s,"leecher_rss_anon_mib":%s,"seeder_served_bytes":%s,"sha256_ok":true}' \
-    "$run" "$size_mib" "$secs" "$(div "$size_mib" "$secs")" "$put_secs" \
+  record "$(printf '{"figure":"%s","run":%d,"mib":%d,"secs":%s,"mib_s":%s,"put_secs":%s,"seeder_cpu_s_per_gib":%s,"leecher_cpu_s_per_gib":%s,"seeder_vmhwm_mib":%s,"leecher_vmhwm_mib":%s,"seeder_rss_anon_mib":%s,"leecher_rss_anon_mib":%s,"seeder_served_bytes":%s,"sha256_ok":true}' \
+    "$figure" "$run" "$size_mib" "$secs" "$(div "$size_mib" "$secs")" "$put_secs" \
     "$(div "$(div $((s1 - s0)) "$clk_tck")" "$(div "$big_bytes" "$gib")")" \
     "$(div "$(div $((l1 - l0)) "$clk_tck")" "$(div "$big_bytes" "$gib")")" \
     "$(kib_to_mib "$s_hwm")" "$(kib_to_mib "$l_hwm")" "$(kib_to_mib "$s_anon")" "$(kib_to_mib "$l_anon")" "${served:-0}")"
-  say "  transfer: $size_mib MiB in $secs s = $(div "$size_mib" "$secs") MiB/s (put took $put_secs s)"
+  say "  $figure: $size_mib MiB in $secs s = $(div "$size_mib" "$secs") MiB/s (put took $put_secs s)"
   stop_swarm "transfer run $run"
 }
 
@@ -365,6 +379,20 @@ fan_out() { # RUN
   stop_swarm "fan-out run $run"
 }
 
+# The transfer again with both nodes' data dirs and the output on tmpfs,
+# right after touching as much memory as the run needs: the machine's own
+# bound without a disk and without fresh pages (this VM hands freed memory
+# back to its host, so a page touched for the first time in a while costs
+# about 2 ms per MiB).
+transfer_tmpfs() { # RUN
+  [ -n "$shm" ] || return 0
+  head -c $((3 * big_bytes)) /dev/zero >"$shm/warm" 2>/dev/null || true
+  rm -f -- "$shm/warm"
+  data_root=$shm
+  transfer "$1" transfer_tmpfs
+  data_root=$work
+}
+
 latency() { # RUN
   local run=$1 line
   start_server
@@ -384,6 +412,7 @@ for run in $(seq 1 "$runs"); do
   say "run $run of $runs"
   transfer "$run"
   [ -z "$lt_python" ] || libtorrent "$run"
+  transfer_tmpfs "$run"
   fan_in "$run" 1
   fan_in "$run" 4
   fan_out "$run"

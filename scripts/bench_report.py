@@ -53,6 +53,8 @@ def figures(rows):
     theirs = series(rows, "libtorrent", "mib_s")
     add("transfer_mib_s", f"transfer {mib} MiB, 1 seeder → 1 leecher: ours (`p2p-cli get`)", "MiB/s", ours)
     add("libtorrent_mib_s", f"transfer {mib} MiB: {lt_name} (TCP, 1 MiB pieces)", "MiB/s", theirs)
+    add("transfer_tmpfs_mib_s", f"transfer {mib} MiB, data dirs and output on tmpfs, warm memory: ours", "MiB/s",
+        series(rows, "transfer_tmpfs", "mib_s"))
     add("ours_over_libtorrent", "ours / libtorrent (same run)", "×", ratio(ours, theirs))
     one = series(rows, "fan_in", "mib_s", seeders=1)
     four = series(rows, "fan_in", "mib_s", seeders=4)
@@ -65,7 +67,7 @@ def figures(rows):
     add("latency_p50_ms", "single 1 MiB piece through the API, 1,000 one at a time: p50", "ms",
         series(rows, "latency", "p50_ms"))
     add("latency_p99_ms", "single 1 MiB piece: p99", "ms", series(rows, "latency", "p99_ms"))
-    for fig, who in (("transfer", "ours"), ("libtorrent", "libtorrent")):
+    for fig, who in (("transfer", "ours"), ("libtorrent", "libtorrent"), ("transfer_tmpfs", "ours on tmpfs")):
         for side in ("seeder", "leecher"):
             add(f"{fig}_{side}_cpu_s_per_gib", f"CPU per GiB moved, {who}, {side}", "CPU-s/GiB",
                 series(rows, fig, f"{side}_cpu_s_per_gib"))
@@ -127,14 +129,15 @@ def chart(summaries, path, title):
     import matplotlib.pyplot as plt
 
     by = {s["summary"]: s for s in summaries}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
 
     def bars(ax, items, unit):
         items = [(name, by[key]) for name, key in items if key in by]
         xs = range(len(items))
         med = [s["median"] for _, s in items]
         err = [[s["median"] - s["min"] for _, s in items], [s["max"] - s["median"] for _, s in items]]
-        ax.bar(xs, med, yerr=err, capsize=4, color=["#3b75af", "#ef8636", "#7f7f7f", "#519e3e", "#c53a32"][: len(items)])
+        colors = ["#3b75af", "#ef8636", "#7fa7cf", "#7f7f7f", "#519e3e", "#c53a32"]
+        ax.bar(xs, med, yerr=err, capsize=4, color=colors[: len(items)])
         ax.set_xticks(list(xs), [name for name, _ in items], fontsize=8)
         ax.set_ylabel(unit)
         for x, m in zip(xs, med):
@@ -146,6 +149,7 @@ def chart(summaries, path, title):
         [
             ("ours\n1 → 1", "transfer_mib_s"),
             ("libtorrent\n1 → 1", "libtorrent_mib_s"),
+            ("ours 1 → 1\ntmpfs, warm", "transfer_tmpfs_mib_s"),
             ("fan-in\n1 seeder (50 MiB/s)", "fan_in_1_mib_s"),
             ("fan-in\n4 seeders (50 MiB/s)", "fan_in_4_mib_s"),
             ("fan-out\n1 → 8, aggregate", "fan_out_mib_s"),

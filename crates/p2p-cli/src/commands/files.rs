@@ -21,6 +21,10 @@ use crate::output::{human_bytes, json_line, print};
 
 /// How often a running fetch job is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often it is polled once every byte is in (it is checking the whole
+/// file and renaming it: the end is near, and waiting for the next poll
+/// would add to the `get`'s time).
+pub const FINISH_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long a fetch job may go without progress before the CLI gives up on
 /// it (the node bounds each piece's fetch far below this).
@@ -175,8 +179,9 @@ pub fn get(global: &Global, args: &GetArgs) -> CliResult {
         let response = api.call(Method::Get, &job_path, &[])?;
         let job = api.json(api.check(response, "get")?)?;
         let done = job.get("bytes_done").and_then(Value::as_u64).unwrap_or(0);
+        let total = job.get("bytes_total").and_then(Value::as_u64).unwrap_or(0);
         if let Some(bar) = &bar {
-            bar.set_length(job.get("bytes_total").and_then(Value::as_u64).unwrap_or(0));
+            bar.set_length(total);
             bar.set_position(done);
         }
         match job.get("state").and_then(Value::as_str) {
@@ -196,7 +201,11 @@ pub fn get(global: &Global, args: &GetArgs) -> CliResult {
                 ),
             ));
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(if total > 0 && done >= total {
+            FINISH_POLL_INTERVAL
+        } else {
+            POLL_INTERVAL
+        });
     };
     if let Some(bar) = &bar {
         bar.finish_and_clear();

@@ -56,6 +56,7 @@ use rand::{RngExt, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+use wire_format::limits::PIECE_MAX;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::job::{Job, JobError};
@@ -67,10 +68,20 @@ use crate::pieces::{FetchError, Fetched, Keep, Link, Pieces};
 /// turn to be written are bounded by it too (worst case this many × 1 MiB).
 pub const PIECES_IN_FLIGHT: usize = 32;
 /// Pieces planned at once, and fetched in a random, rarest-first order
-/// among themselves (see [`fetch_into`]): 256 MiB of 1 MiB pieces. The
+/// among themselves (see [`fetch_into`]): 128 MiB of 1 MiB pieces. The
 /// whole-file hash can only follow the completed prefix, so at the end up
 /// to this many pieces are hashed after the last one arrives.
-pub const FETCH_BLOCK_PIECES: usize = 256;
+pub const FETCH_BLOCK_PIECES: usize = 128;
+/// How far past the oldest piece still being fetched a job may plan (two
+/// blocks): the bound on what waits for the whole-file hash.
+pub const LEAD_MAX_BYTES: u64 = 2 * FETCH_BLOCK_PIECES as u64 * PIECE_MAX as u64;
+/// Pieces nobody announced that a job fetches at once after a connected
+/// peer announced a piece of its file (other peers are fetching it too):
+/// they come from the file's seeders, and a cap keeps the leechers from
+/// all taking the same ones from them at once; the pieces the others
+/// announced fill the rest of [`PIECES_IN_FLIGHT`]. A job that hears no
+/// announcement (the only one fetching) is never capped.
+pub const UNANNOUNCED_IN_FLIGHT_MAX: usize = 8;
 /// Pieces of the block compared for rarity at each pick.
 pub const RAREST_SAMPLE: usize = 8;
 /// How long a job whose piece failed still takes the pieces its other
@@ -78,8 +89,8 @@ pub const RAREST_SAMPLE: usize = 8;
 pub const FAILED_JOB_DRAIN: Duration = Duration::from_secs(2);
 /// Pieces queued for the writer thread.
 const WRITE_QUEUE_PIECES: usize = 4;
-/// Pieces queued for the whole-file hashing thread (memory: this many
-/// pieces at most, shared with what the writer holds).
+/// Pieces queued in memory for the whole-file hashing thread; past them a
+/// piece is read back from the output instead.
 const HASH_QUEUE_PIECES: usize = 4;
 /// Pieces written to the output between two registrations of their ranges
 /// in the store, at most: each registration costs an fsync of the output
@@ -239,14 +250,25 @@ async fn fetch_into(
     let fed: Result<(), JobError> = async {
         let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
         let mut block: Vec<Planned> = Vec::with_capacity(FETCH_BLOCK_PIECES);
-        let mut in_flight: JoinSet<(Planned, Result<Fetched, FetchError>)> = JoinSet::new();
+        let mut in_flight: JoinSet<(Planned, bool, Result<Fetched, FetchError>)> = JoinSet::new();
+        // Whether a connected peer announced a piece of this file, and the
+        // fetches running for pieces nobody had announced.
+        let (mut shared, mut unannounced) = (false, 0usize);
         let mut offset: u64 = 0;
+        // Where the pieces being fetched start.
+        let mut fetching = std::collections::BTreeSet::new();
         let mut planned_all = false;
         // The first failure, and until when the fetches still running may
         // bring their pieces in (to be written and kept for a re-run).
         let mut failed: Option<(JobError, tokio::time::Instant)> = None;
         loop {
-            while failed.is_none() && block.is_empty() && !planned_all {
+            // The next block only while the oldest piece still fetching
+            // starts less than LEAD_MAX_BYTES before it: what the whole-file
+            // hash waits for stays bounded even when one piece is slow.
+            let lagging = fetching
+                .first()
+                .is_some_and(|oldest| offset - oldest >= LEAD_MAX_BYTES);
+            while failed.is_none() && block.is_empty() && !planned_all && !lagging {
                 // The next block, whole: the planner waits for us meanwhile.
                 while !planned_all && block.len() < FETCH_BLOCK_PIECES {
                     match plans.recv().await {
@@ -268,11 +290,20 @@ async fn fetch_into(
                 }
             }
             while failed.is_none() && in_flight.len() < PIECES_IN_FLIGHT && !block.is_empty() {
-                let next = rarest(&mut block, &pieces.links(), &mut rng);
+                // Never refused with nothing in flight: then `unannounced` is 0.
+                let unannounced_ok = !shared || unannounced < UNANNOUNCED_IN_FLIGHT_MAX;
+                let Some(next) = pick(&mut block, &pieces.links(), &mut rng, unannounced_ok) else {
+                    break;
+                };
+                shared |= next.saw_announced;
+                let fresh = next.holders == 0;
+                unannounced += usize::from(fresh);
+                let next = next.piece;
+                fetching.insert(next.offset);
                 let pieces = Arc::clone(pieces);
                 in_flight.spawn(async move {
                     let fetched = fetch_piece(&pieces, next.id, timeout, Keep::Requester).await;
-                    (next, fetched)
+                    (next, fresh, fetched)
                 });
             }
             let done = match &failed {
@@ -285,8 +316,10 @@ async fn fetch_into(
             let Some(done) = done else {
                 break;
             };
-            let (planned, fetched) =
+            let (planned, fresh, fetched) =
                 done.map_err(|e| JobError::new("io", format!("a piece fetch failed: {e}")))?;
+            fetching.remove(&planned.offset);
+            unannounced -= usize::from(fresh);
             let fetched = match fetched {
                 Ok(fetched) if fetched.bytes.len() == planned.len => fetched,
                 Ok(fetched) => {
@@ -341,24 +374,45 @@ struct Planned {
     offset: u64,
 }
 
+/// The piece [`pick`] chose.
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    piece: Planned,
+    /// How many connected peers announced it.
+    holders: usize,
+    /// Whether any piece of the sample was announced: other peers are
+    /// fetching this file.
+    saw_announced: bool,
+}
+
 /// Takes from `block` (not empty) the piece to fetch next: of
 /// [`RAREST_SAMPLE`] neighbours from a random place in it (the whole block
 /// when smaller), the one the fewest of `links` announced, the first
-/// among equals.
-fn rarest(block: &mut Vec<Planned>, links: &[Arc<Link>], rng: &mut impl RngExt) -> Planned {
+/// among equals; with `unannounced_ok` false, only a piece somebody
+/// announced (`None` if the sample has none).
+fn pick(
+    block: &mut Vec<Planned>,
+    links: &[Arc<Link>],
+    rng: &mut impl RngExt,
+    unannounced_ok: bool,
+) -> Option<Pick> {
     let holders = |p: &Planned| links.iter().filter(|l| l.announced(&p.id)).count();
     let start = rng.random_range(0..block.len());
-    let mut best = (start, holders(&block[start]));
-    for i in (1..RAREST_SAMPLE.min(block.len())).map(|k| (start + k) % block.len()) {
-        if best.1 == 0 {
-            break;
-        }
+    let mut best: Option<(usize, usize)> = None;
+    let mut saw_announced = false;
+    for i in (0..RAREST_SAMPLE.min(block.len())).map(|k| (start + k) % block.len()) {
         let n = holders(&block[i]);
-        if n < best.1 {
-            best = (i, n);
+        saw_announced |= n > 0;
+        if (unannounced_ok || n > 0) && best.is_none_or(|(_, fewest)| n < fewest) {
+            best = Some((i, n));
         }
     }
-    block.swap_remove(best.0)
+    let (i, holders) = best?;
+    Some(Pick {
+        piece: block.swap_remove(i),
+        holders,
+        saw_announced,
+    })
 }
 
 /// Checks what the writer wrote against what the manifest declares, then
@@ -635,11 +689,17 @@ enum ToHash {
 
 /// The whole-file SHA-256 over the completed prefix, on a thread of its
 /// own beside the writes (on two cores it would otherwise add its time to
-/// the writer's). A piece that completes the prefix is hashed from memory;
-/// one that arrives ahead of it waits, as an offset only, and is read back
-/// when the prefix reaches it.
+/// the writer's). A piece that completes the prefix is hashed from memory
+/// (at most [`HASH_QUEUE_PIECES`] of them queued); one that arrives ahead
+/// of it, or finds that queue full, is queued as an offset only and read
+/// back. So the writer never waits for the hash: when a block's last
+/// pieces complete a long prefix at once, the hash catches up while the
+/// next block is fetched. What is queued is bounded by the pieces a job
+/// may have ahead of its oldest unfinished one ([`LEAD_MAX_BYTES`]).
 struct PrefixHasher {
-    queue: Option<std::sync::mpsc::SyncSender<ToHash>>,
+    queue: Option<std::sync::mpsc::Sender<ToHash>>,
+    /// [`ToHash::Bytes`] queued and not yet hashed.
+    in_memory: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<Result<PieceId, JobError>>>,
     /// Bytes of the file handed to the thread, from its start.
     prefix: u64,
@@ -649,7 +709,9 @@ struct PrefixHasher {
 
 impl PrefixHasher {
     fn start(readback: ReadBack) -> Result<Self, JobError> {
-        let (queue, parts) = std::sync::mpsc::sync_channel::<ToHash>(HASH_QUEUE_PIECES);
+        let (queue, parts) = std::sync::mpsc::channel::<ToHash>();
+        let in_memory = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hashed = Arc::clone(&in_memory);
         let thread = std::thread::Builder::new()
             .name("file-hash".into())
             .spawn(move || {
@@ -657,7 +719,10 @@ impl PrefixHasher {
                 let mut buf = Vec::new();
                 for part in parts {
                     match part {
-                        ToHash::Bytes(bytes) => hasher.update(&bytes),
+                        ToHash::Bytes(bytes) => {
+                            hasher.update(&bytes);
+                            hashed.fetch_sub(1, Ordering::Relaxed);
+                        }
                         ToHash::Piece(p) => match &readback {
                             ReadBack::File(file) => {
                                 use std::os::unix::fs::FileExt;
@@ -690,6 +755,7 @@ impl PrefixHasher {
             .map_err(|e| JobError::new("io", format!("cannot start a hashing thread: {e}")))?;
         Ok(Self {
             queue: Some(queue),
+            in_memory,
             thread: Some(thread),
             prefix: 0,
             ahead: std::collections::BTreeMap::new(),
@@ -707,7 +773,12 @@ impl PrefixHasher {
             self.ahead.insert(planned.offset, planned);
             return Ok(());
         }
-        self.send(ToHash::Bytes(piece.bytes))?;
+        if self.in_memory.load(Ordering::Relaxed) < HASH_QUEUE_PIECES {
+            self.in_memory.fetch_add(1, Ordering::Relaxed);
+            self.send(ToHash::Bytes(piece.bytes))?;
+        } else {
+            self.send(ToHash::Piece(planned))?;
+        }
         self.prefix += planned.len as u64;
         while let Some(next) = self.ahead.remove(&self.prefix) {
             self.send(ToHash::Piece(next))?;
@@ -911,6 +982,10 @@ mod tests {
         Arc::new(link)
     }
 
+    fn rarest(block: &mut Vec<Planned>, links: &[Arc<Link>], rng: &mut impl RngExt) -> u64 {
+        pick(block, links, rng, true).unwrap().piece.offset
+    }
+
     #[test]
     fn the_piece_picked_next_is_the_rarest_of_a_random_sample_and_each_is_picked_once() {
         let links = [link(1), link(2)];
@@ -922,25 +997,43 @@ mod tests {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut block: Vec<Planned> = (0..3).map(planned).collect();
             let order: Vec<u64> = (0..3)
-                .map(|_| rarest(&mut block, &links, &mut rng).offset)
+                .map(|_| rarest(&mut block, &links, &mut rng))
                 .collect();
             assert_eq!(order, [2, 1, 0], "seed {seed}");
+            assert!(block.is_empty());
         }
         // In a block larger than the sample, the pick is the rarest of the
-        // sample: one piece in 16 unannounced is found at least as often
-        // as the sample's share of the block says (8 draws of 16: half).
+        // sample: one piece in 16 unannounced is found as often as the
+        // sample's share of the block says (8 neighbours of 16: half).
         let block: Vec<Planned> = (100..116).map(planned).collect();
         for p in &block[1..] {
             links[0].note_announced(p.id);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let unannounced = (0..64)
-            .filter(|_| {
-                let mut copy = block.clone();
-                rarest(&mut copy, &links, &mut rng).offset == 100
-            })
+            .filter(|_| rarest(&mut block.clone(), &links, &mut rng) == 100)
             .count();
         assert!((24..=40).contains(&unannounced), "{unannounced} of 64");
+    }
+
+    #[test]
+    fn a_pick_limited_to_announced_pieces_takes_the_rarest_of_those_or_none() {
+        let links = [link(1), link(2)];
+        links[0].note_announced(planned(0).id);
+        links[1].note_announced(planned(0).id);
+        links[0].note_announced(planned(1).id);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut block: Vec<Planned> = (0..3).map(planned).collect();
+        let first = pick(&mut block, &links, &mut rng, false).unwrap();
+        assert_eq!((first.piece.offset, first.holders), (1, 1));
+        assert!(first.saw_announced);
+        let second = pick(&mut block, &links, &mut rng, false).unwrap();
+        assert_eq!((second.piece.offset, second.holders), (0, 2));
+        assert!(pick(&mut block, &links, &mut rng, false).is_none());
+        assert_eq!(block.len(), 1, "a refused pick takes nothing");
+        let last = pick(&mut block, &links, &mut rng, true).unwrap();
+        assert_eq!((last.piece.offset, last.holders), (2, 0));
+        assert!(!last.saw_announced);
     }
 
     #[test]
@@ -949,7 +1042,7 @@ mod tests {
             .map(|seed| {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 let mut block: Vec<Planned> = (0..FETCH_BLOCK_PIECES).map(planned).collect();
-                rarest(&mut block, &[], &mut rng).offset
+                rarest(&mut block, &[], &mut rng)
             })
             .collect();
         assert!(firsts.len() >= 6, "8 nodes start at only {firsts:?}");
