@@ -50,7 +50,10 @@ impl ApiBackend for FixedBackend {
         _id: PieceId,
         _timeout: Duration,
     ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
-        Box::pin(std::future::ready(Err(FetchError::NotFound)))
+        Box::pin(std::future::ready(Err(FetchError::NotFound {
+            asked: 0,
+            known: 0,
+        })))
     }
     fn put_piece(&self, _bytes: Bytes) -> BoxFuture<'static, Result<PieceId, PutError>> {
         Box::pin(std::future::ready(Err(PutError::Store(
@@ -146,7 +149,7 @@ impl ApiBackend for PieceBackend {
                 .unwrap()
             {
                 Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(FetchError::NotFound),
+                Ok(None) => Err(FetchError::NotFound { asked: 0, known: 0 }),
                 Err(err) => Err(FetchError::Store(err.to_string())),
             }
         })
@@ -990,7 +993,11 @@ async fn fetch_errors_map_to_their_statuses() {
     let (backend, api) = start_pieces().await;
     let unknown = PieceId::of(b"nobody has this");
     for (id, status, expected) in [
-        (unknown, 404, FetchError::NotFound.to_string()),
+        (
+            unknown,
+            404,
+            FetchError::NotFound { asked: 0, known: 0 }.to_string(),
+        ),
         (deadline_id(), 504, FetchError::Deadline.to_string()),
         (
             broken_store_id(),

@@ -29,6 +29,7 @@ use peer_node::api::{FetchError, PeerState};
 use peer_node::metrics::Metric;
 use peer_node::net::{read_one, write_message};
 use peer_node::node::{NodeConfig, Shared};
+use peer_node::pieces::{WIDEN_DIALS, WIDEN_MAX_PEERS};
 use peer_node::ratelimit::RateLimiter;
 use peer_node::testing::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,6 +225,73 @@ async fn every_node_of_a_twenty_node_swarm_fetches_a_piece_one_holds_widening_wh
         .filter(|n| n.metric(Metric::FetchesSucceededTotal) == 1)
         .count();
     assert_eq!(fetched, 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_widens_round_after_round_until_the_last_peer_of_its_table_and_closes_the_ones_that_said_no()
+ {
+    // Twenty nodes nobody is connected to, known only from the fetcher's
+    // table; the fetcher dials nobody of its own accord. More than a
+    // widening round's WIDEN_DIALS.
+    let fetcher = TestNode::start(|c| c.target_outbound = 0).await;
+    let mut nodes = Vec::new();
+    for _ in 0..20 {
+        nodes.push(TestNode::start(|c| c.target_outbound = 0).await);
+    }
+    assert!(nodes.len() > 2 * WIDEN_DIALS);
+    for node in &nodes {
+        fetcher.shared.add_candidate(node.addr.into());
+    }
+
+    // Nobody holds it: every peer is asked, and the error says so.
+    let missing = PieceId::of(b"nobody holds this");
+    match fetcher.fetch(missing, FETCH_TIMEOUT).await {
+        Err(FetchError::NotFound { asked, known }) => assert_eq!((asked, known), (20, 20)),
+        other => panic!("expected not found, got {other:?}"),
+    }
+
+    // The holder is dialled last: candidates are taken in address order.
+    let holder = nodes.iter().max_by_key(|n| n.addr).unwrap();
+    let p = piece(23, 64 << 10);
+    holder.hold(&p).unwrap();
+    assert_piece(&fetcher.fetch(p.id(), FETCH_TIMEOUT).await.unwrap(), &p);
+    assert_eq!(fetcher.metric(Metric::FetchWidensTotal), 2);
+    // The connections dialled only to ask are closed once they said no;
+    // the holder's stays.
+    let only_holder = wait_for(SOON, || {
+        fetcher.shared.connected_node_ids() == vec![holder.id()]
+    })
+    .await;
+    assert!(
+        only_holder,
+        "connected to {:?}",
+        fetcher.shared.connected_node_ids()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_widening_fetch_dials_at_most_widen_max_peers_then_says_not_found() {
+    let fetcher = TestNode::start(|c| c.target_outbound = 0).await;
+    let mut ports = HashSet::new();
+    while ports.len() < WIDEN_MAX_PEERS + 2 {
+        ports.insert(closed_port());
+    }
+    for &port in &ports {
+        fetcher
+            .shared
+            .add_candidate(format!("127.0.0.1:{port}").parse().unwrap());
+    }
+    let missing = PieceId::of(b"nobody holds this");
+    match fetcher.fetch(missing, Duration::from_secs(600)).await {
+        Err(FetchError::NotFound { asked, known }) => {
+            assert_eq!((asked, known), (0, WIDEN_MAX_PEERS + 2));
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+    assert_eq!(
+        fetcher.metric(Metric::DialAttemptsTotal),
+        WIDEN_MAX_PEERS as u64
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -452,7 +520,10 @@ async fn a_fetch_every_peer_answers_dont_have_is_not_found_well_within_an_ask_de
     let started = Instant::now();
     let result = node.fetch(missing, FETCH_TIMEOUT).await;
     let took = started.elapsed();
-    assert!(matches!(result, Err(FetchError::NotFound)), "{result:?}");
+    assert!(
+        matches!(result, Err(FetchError::NotFound { .. })),
+        "{result:?}"
+    );
     assert!(took < ASK_PROGRESS_TIMEOUT / 2, "not found after {took:?}");
     assert_eq!(seen.load(Ordering::SeqCst), 3);
     assert_eq!(node.metric(Metric::DontHaveReceivedTotal), 3);
@@ -633,7 +704,10 @@ async fn a_hundred_concurrent_requests_for_one_missing_piece_make_one_fetch() {
     go.send_replace(true);
     for request in requests {
         let result = request.await.unwrap();
-        assert!(matches!(result, Err(FetchError::NotFound)), "{result:?}");
+        assert!(
+            matches!(result, Err(FetchError::NotFound { .. })),
+            "{result:?}"
+        );
     }
     assert_eq!(node.metric(Metric::FetchesStartedTotal), 1);
     assert_eq!(node.metric(Metric::FetchesJoinedTotal), 99);

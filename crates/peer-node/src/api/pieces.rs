@@ -31,7 +31,7 @@ pub(super) const TIMEOUT_ECHO_CHARS: usize = 24;
 impl FetchError {
     pub(super) fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Shutdown => StatusCode::SERVICE_UNAVAILABLE,

@@ -363,7 +363,10 @@ mod tests {
 
     #[test]
     fn error_statuses() {
-        assert_eq!(FetchError::NotFound.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            FetchError::NotFound { asked: 0, known: 0 }.status(),
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(FetchError::Deadline.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
             FetchError::Store("x".into()).status(),

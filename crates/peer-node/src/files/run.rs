@@ -488,7 +488,7 @@ async fn fetch_manifest(
 
 fn fetch_error(err: FetchError) -> JobError {
     let class = match err {
-        FetchError::NotFound => "not_found",
+        FetchError::NotFound { .. } => "not_found",
         FetchError::Deadline => "deadline",
         FetchError::Store(_) | FetchError::Shutdown => "io",
     };

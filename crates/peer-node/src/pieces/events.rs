@@ -76,10 +76,15 @@ pub enum FetchError {
     /// Every peer asked said it does not have the piece, or there was no
     /// peer to ask. 404.
     #[error(
-        "piece not found: every peer asked said it does not have it, or no peer was \
-         connected; check the id, or connect to a peer that holds it and retry"
+        "piece not found: the {asked} peers asked said they do not have it ({known} peers \
+         known); check the id, or connect to a peer that holds it and retry"
     )]
-    NotFound,
+    NotFound {
+        /// Peers asked (connected, and dialled while widening).
+        asked: usize,
+        /// Peers in the node's table.
+        known: usize,
+    },
     /// The deadline passed while some peers had not answered. 504.
     #[error(
         "deadline passed before any peer gave the piece (some had not answered); \

@@ -7,7 +7,7 @@
 //! requester that gives up does not cancel the fetch for the others. The
 //! sessions feed it [`FetchEvent`]s as answers arrive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use super::serve::read_piece;
 use super::state::{PIECE_UNITS, Pieces};
 use crate::clock::now;
 use crate::metrics::Metric;
+use crate::swarm::Widened;
 
 /// How often a fetch checks for stalls, closed connections and deadlines.
 const FETCH_TICK: Duration = Duration::from_millis(50);
@@ -37,12 +38,22 @@ pub const OPTIMISTIC_MAX_LOAD: usize = MAX_ASKS_IN_FLIGHT / 4;
 /// ASKs): long enough for the other peers' answers on a LAN, short against a
 /// piece's transfer.
 pub const HOLDER_CHOICE_WAIT: Duration = Duration::from_millis(20);
-/// Candidates from the peer table dialled when no connected peer holds the piece.
+/// Candidates from the peer table dialled per round when no connected
+/// peer holds the piece; a fetch widens round after round (within the dial
+/// rate) until one says HAVE, [`WIDEN_MAX_PEERS`] were dialled, or no
+/// candidate is left.
 pub const WIDEN_DIALS: usize = 8;
+/// Peers one fetch dials at most while widening: past it, "not found".
+/// At the dial rate (10 a second) that is about 13 s of dialling, longer
+/// than a fetch's default deadline: a 100-node swarm is searched whole.
+pub const WIDEN_MAX_PEERS: usize = 128;
+/// How long after a round's dials have all connected (or failed) the next
+/// round starts: their HELLOs and answers arrive first.
+const WIDEN_SETTLE: Duration = Duration::from_millis(100);
 /// Peers listed in one fetch's account (those that gave or were asked
 /// first): it travels in a response header.
 pub const EXPLAIN_MAX_PEERS: usize = 32;
-/// How long a widening waits for its dials to connect and answer.
+/// Longest a widening round waits for its dials to connect and answer.
 const WIDEN_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +272,7 @@ impl Pieces {
                     Err(err) => {
                         pieces.fetches().remove(&id);
                         match &err {
-                            FetchError::NotFound => {
+                            FetchError::NotFound { .. } => {
                                 pieces.metrics.incr(Metric::FetchesNotFoundTotal)
                             }
                             FetchError::Deadline => {
@@ -325,7 +336,10 @@ async fn ask_peers(
 ) -> Result<(VerifiedPiece, Option<PeerAddr>), FetchError> {
     let started = now();
     let deadline = started + timeout;
+    // When the last widening round started, and how many peers widening
+    // dialled.
     let mut widened: Option<Instant> = None;
+    let mut widen_dialled = 0;
     let mut hedged = false;
     // Whether some peer left without saying no (its connection closed, or
     // it could not be written to): then "not found" would be a guess, so
@@ -503,24 +517,33 @@ async fn ask_peers(
             pending = peers.values().any(|c| c.state != PeerState::Out);
         }
         if !pending {
-            match widened {
-                None => {
-                    let dials = pieces.swarm.widen(WIDEN_DIALS);
-                    // Announces and dials still connecting may bring a
-                    // holder: wait for them as for a widening's dials.
-                    let connecting = pieces.swarm.attempts_in_progress();
-                    if dials == 0 && connecting == 0 && !unanswered {
-                        return Err(FetchError::NotFound);
-                    }
-                    if dials > 0 {
-                        pieces.metrics.incr(Metric::FetchWidensTotal);
-                    }
-                    widened = Some(at);
+            // Announces and dials still connecting may bring a holder: a
+            // round ends once they are done (or after WIDEN_WAIT).
+            let connecting = pieces.swarm.attempts_in_progress();
+            let round_over = widened.is_none_or(|since| {
+                let waited = at.duration_since(since);
+                (connecting == 0 && waited >= WIDEN_SETTLE) || waited >= WIDEN_WAIT
+            });
+            if round_over {
+                let asked: HashSet<PeerAddr> = peers.values().map(|c| c.link.peer_addr()).collect();
+                let room = WIDEN_MAX_PEERS - widen_dialled;
+                let round = if room > 0 {
+                    pieces.swarm.widen(room.min(WIDEN_DIALS), &asked)
+                } else {
+                    Widened::default()
+                };
+                widen_dialled += round.queued;
+                if round.queued > 0 && widened.is_none() {
+                    pieces.metrics.incr(Metric::FetchWidensTotal);
                 }
-                Some(since) if at.duration_since(since) >= WIDEN_WAIT && !unanswered => {
-                    return Err(FetchError::NotFound);
+                let more = round.queued > 0 || (round.left > 0 && room > 0);
+                if !more && connecting == 0 && !unanswered {
+                    return Err(FetchError::NotFound {
+                        asked: peers.len(),
+                        known: pieces.swarm.known_peers(),
+                    });
                 }
-                Some(_) => {}
+                widened = Some(at);
             }
         }
         if at >= deadline {
@@ -555,6 +578,10 @@ async fn ask_peers(
             FetchEvent::DontHave(conn) => {
                 if let Some(c) = peers.get_mut(&conn) {
                     c.end(Outcome::DontHave, at);
+                    // A peer dialled only to ask this does not stay.
+                    if pieces.swarm.release_widen_dial(&c.link.remote) {
+                        c.link.close_with("widened");
+                    }
                 }
             }
             FetchEvent::Failed(conn) | FetchEvent::Lied(conn) => {
@@ -645,6 +672,6 @@ mod tests {
             "an event past the queue was taken"
         );
         // The fetch goes on, reading the queue, and ends as it would have.
-        assert!(matches!(fetch.await, Err(FetchError::NotFound)));
+        assert!(matches!(fetch.await, Err(FetchError::NotFound { .. })));
     }
 }

@@ -27,8 +27,19 @@ impl Swarm {
     /// dialler and a widening fetch both pick candidates, and share the
     /// rate, here.
     pub(crate) fn dial_due(&self, max: usize) -> usize {
+        self.dial_candidates(max, &HashSet::new(), false).queued
+    }
+
+    /// Dials up to `max` more candidates for a fetch widening its search,
+    /// never one of `asked` (peers it asked already).
+    pub(crate) fn widen(&self, max: usize, asked: &HashSet<PeerAddr>) -> Widened {
+        self.dial_candidates(max, asked, true)
+    }
+
+    fn dial_candidates(&self, max: usize, exclude: &HashSet<PeerAddr>, widen: bool) -> Widened {
         let mut state = self.state();
         let mut skip: HashSet<PeerAddr> = state.dialing.clone();
+        skip.extend(exclude);
         skip.extend(state.conns.values().filter_map(|c| c.dialable));
         let connected: HashSet<NodeId> = state.conns.values().filter_map(|c| c.node_id).collect();
         let at = now();
@@ -42,23 +53,48 @@ impl Swarm {
                 }
             }
         }
-        let granted = state.dial_budget.take(max, at);
-        let due = state.table.due(at, &skip, granted);
+        // A widening also learns how many candidates are left for its
+        // next rounds; the dialler only needs its share.
+        let due = if widen {
+            state.table.widening(at, &skip)
+        } else {
+            state.table.due(at, &skip, max)
+        };
+        let granted = state.dial_budget.take(max.min(due.len()), at);
         let mut queued = 0;
-        for addr in due {
+        for &addr in due.iter().take(granted) {
             if self.dials.try_send(addr).is_ok() {
                 state.dialing.insert(addr);
+                if widen {
+                    state.widen_dials.insert(addr);
+                }
                 queued += 1;
             }
         }
         state.dial_budget.refund(granted - queued);
-        queued
+        Widened {
+            queued,
+            left: due.len() - queued,
+        }
     }
 
-    /// Dials up to `max` more candidates (a fetch widening its search);
-    /// returns how many.
-    pub(crate) fn widen(&self, max: usize) -> usize {
-        self.dial_due(max)
+    /// A peer dialled for a widening said it does not hold what was looked
+    /// for: true if its connection should close now (it was dialled only
+    /// for that, and the node has more outbound connections than its
+    /// target), and then it is no longer counted as a widening's.
+    pub(crate) fn release_widen_dial(&self, addr: &PeerAddr) -> bool {
+        let mut state = self.state();
+        if !state.widen_dials.contains(addr) || state.outbound(None) <= self.config.target_outbound
+        {
+            return false;
+        }
+        state.widen_dials.remove(addr);
+        true
+    }
+
+    /// Peers in the table.
+    pub(crate) fn known_peers(&self) -> usize {
+        self.state().table.len()
     }
 
     /// A dial chosen by [`dial_due`](Self::dial_due) has ended: its
@@ -70,7 +106,18 @@ impl Swarm {
             state.table.dial_failed(addr, error, now());
         }
         state.dialing.remove(addr);
+        state.widen_dials.remove(addr);
     }
+}
+
+/// What one widening round dialled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Widened {
+    /// Dials queued now.
+    pub(crate) queued: usize,
+    /// Candidates due and not asked that were not dialled this time (the
+    /// round's share or the dial rate held them back).
+    pub(crate) left: usize,
 }
 
 pub(crate) async fn run_dialler(swarm: Arc<Swarm>, mut stop: watch::Receiver<bool>) {
@@ -123,7 +170,8 @@ mod tests {
         // One of them lied once.
         let liar = candidates[0];
         swarm.ban(liar.ip(), Some(liar.port()), None, "test".into(), None);
-        assert_eq!(swarm.widen(MAX), MAX);
+        let none = HashSet::new();
+        assert_eq!(swarm.widen(MAX, &none).queued, MAX);
         let mut queued = Vec::new();
         while let Ok(addr) = dials.try_recv() {
             queued.push(addr);
@@ -140,7 +188,7 @@ mod tests {
         let rest = candidates.len() - 1 - MAX;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while queued.len() < MAX + rest && tokio::time::Instant::now() < deadline {
-            swarm.widen(MAX);
+            swarm.widen(MAX, &none);
             while let Ok(addr) = dials.try_recv() {
                 swarm.dial_ended(&addr, Some("refused".into()));
                 queued.push(addr);

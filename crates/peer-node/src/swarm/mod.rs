@@ -42,7 +42,7 @@ pub use admission::MAX_CONNECTIONS_PER_IP;
 pub use budget::DIAL_QUEUE;
 pub(crate) use conns::NewConn;
 pub use conns::{DUPLICATE_CLOSE, keep_new};
-pub(crate) use dial::run_dialler;
+pub(crate) use dial::{Widened, run_dialler};
 pub use persist::PEERS_SAVE_INTERVAL;
 pub(crate) use persist::{known_peers, load_peers, run_saver, write_peers};
 pub(crate) use pex::{first_peers, offer};

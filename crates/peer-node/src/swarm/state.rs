@@ -45,6 +45,10 @@ pub(crate) struct ConnEntry {
 pub(crate) struct State {
     pub(crate) conns: HashMap<u64, ConnEntry>,
     pub(crate) dialing: HashSet<PeerAddr>,
+    /// Of `dialing`, those a widening fetch chose: short-lived, closed once
+    /// they said they do not hold what it looked for (while the node has
+    /// more outbound connections than its target).
+    pub(crate) widen_dials: HashSet<PeerAddr>,
     pub(crate) table: PeerTable,
     /// New connects allowed now (docs/PROTOCOL.md §4: dialling is
     /// rate-limited), shared by the dialler and widening fetches.
@@ -139,6 +143,7 @@ impl Swarm {
             state: Mutex::new(State {
                 conns: HashMap::new(),
                 dialing: HashSet::new(),
+                widen_dials: HashSet::new(),
                 table,
                 dial_budget: DialBudget::new(now()),
             }),

@@ -379,6 +379,31 @@ impl PeerTable {
         }
     }
 
+    /// Candidates for a fetch widening its search, excluding `skip`: those
+    /// due first (as [`due`](Self::due) orders them), then those backing
+    /// off after failed dials, soonest due first. A fetch dials each at
+    /// most once, so a peer that failed to connect a while ago (busy, or a
+    /// duplicate connection closed) is still worth one try when it may be
+    /// the only holder.
+    pub fn widening(&self, now: Instant, skip: &HashSet<PeerAddr>) -> Vec<PeerAddr> {
+        let mut all: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|(addr, _)| !skip.contains(addr))
+            .map(|(addr, c)| {
+                let waiting = c.next_attempt > now;
+                (
+                    waiting,
+                    if waiting { c.next_attempt } else { now },
+                    c.failures,
+                    *addr,
+                )
+            })
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, _, _, addr)| addr).collect()
+    }
+
     /// Candidates due for a dial, oldest-known first, excluding `skip`.
     pub fn due(&self, now: Instant, skip: &HashSet<PeerAddr>, max: usize) -> Vec<PeerAddr> {
         let mut due: Vec<_> = self
@@ -407,6 +432,30 @@ mod tests {
 
     fn addr(s: &str) -> PeerAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_widening_takes_due_candidates_first_then_those_backing_off_soonest_first() {
+        let mut table = PeerTable::new(true);
+        let t0 = Instant::now();
+        let [a, b, c, d] = [
+            "1.2.3.4:7001",
+            "1.2.3.5:7001",
+            "1.2.3.6:7001",
+            "1.2.3.7:7001",
+        ]
+        .map(addr);
+        for x in [a, b, c, d] {
+            table.insert_trusted(x, Source::Saved, None, t0);
+        }
+        // c failed twice (backs off longer), a once; b and d never.
+        table.dial_failed(&c, "refused".into(), t0);
+        table.dial_failed(&c, "refused".into(), t0);
+        table.dial_failed(&a, "refused".into(), t0);
+        let none = HashSet::new();
+        assert_eq!(table.due(t0, &none, 10), vec![b, d]);
+        assert_eq!(table.widening(t0, &none), vec![b, d, a, c]);
+        assert_eq!(table.widening(t0, &HashSet::from([d, a])), vec![b, c]);
     }
 
     #[test]
