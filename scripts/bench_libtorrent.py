@@ -15,6 +15,7 @@ process's user + system time over the same span.
 import json
 import os
 import sys
+import threading
 import time
 
 import libtorrent as lt
@@ -112,7 +113,14 @@ def leech(torrent, save_path, port):
         )
     )
     sys.stdout.flush()
-    # Leave without tearing the session down in order: the figures are out.
+    # The figures are out; the session is torn down in order so its disk
+    # threads finish writing the file before the caller checks it (leaving
+    # at once once gave a file that did not hash right). A teardown that
+    # hangs is cut short.
+    threading.Timer(60, lambda: os._exit(0)).start()
+    ses.remove_torrent(handle)
+    del handle
+    del ses
     os._exit(0)
 
 

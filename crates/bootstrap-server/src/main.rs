@@ -73,9 +73,9 @@ async fn run(args: Args) -> Result<(), String> {
         max_peers = args.max_peers,
         max_connections,
         max_connections_per_ip = MAX_CONNECTIONS_PER_IP,
-        "bootstrap-server started; worst-case registry memory ≈ max_peers {} x 300 B = {} MiB",
+        "bootstrap-server started; worst-case registry memory for max_peers {}: {} MiB",
         args.max_peers,
-        (args.max_peers * 300) >> 20
+        bootstrap_server::registry::worst_case_bytes(args.max_peers) >> 20
     );
     server.run(shutdown).await;
     Ok(())

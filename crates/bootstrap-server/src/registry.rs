@@ -36,12 +36,22 @@
 //! Evictions and refusals are counted in [`RegistryStats`].
 //!
 //! # Memory
-//! Each entry costs its hash-map slot ([`PeerAddr`] + [`Entry`], 128 bytes,
-//! about 170 with the table's spare capacity), one key in an ordered set by
-//! last announce (48 bytes, about 70 with B-tree node slack), and, if
-//! verified, one [`PeerAddr`] in the sampling vector (32 bytes, up to 64 with
-//! the vector's growth): worst case about `max_peers × 300 bytes`, so about
-//! 30 MB at [`DEFAULT_MAX_PEERS`].
+//! [`worst_case_bytes`] is the bound the server prints at start-up, from the
+//! structures' sizes: the hash map of entries ([`PeerAddr`] + [`Entry`],
+//! 128 bytes a slot, plus a control byte), whose bucket count is the next
+//! power of two above `max_peers × 8 / 7` and which holds its old table
+//! beside the new one while it grows; one key per entry in an ordered set
+//! by last announce (48 bytes, twice that with B-tree node slack); the
+//! sampling vector of verified addresses (a power of two of [`PeerAddr`]s,
+//! old and new during growth); and a save's copy ([`SavedEntry`] with its
+//! strings, then the JSON text, at most [`persist::SAVED_ENTRY_MAX_BYTES`]
+//! an entry), plus 8 MiB whatever the size. Measured at 1,000,000 verified
+//! entries (`p2p-registry-load`, docs/SCALE.md): about 394 MiB once
+//! registered, 640–710 MiB at the peak of a save, 610–665 MiB at the peak
+//! of a restart's reload, within the 924 MiB this bound gives; the figure
+//! printed before, 300 bytes an entry (286 MiB), missed the hash map's
+//! power-of-two growth and the save. Compact entries (times as u32
+//! seconds) would about halve the resident part: not done.
 //! [`Registry::sample`] allocates `O(n)` per call whatever the registry's size.
 //!
 //! # Modules
@@ -68,6 +78,46 @@ mod entry;
 
 /// Default capacity of the registry (`--max-peers`).
 pub const DEFAULT_MAX_PEERS: usize = 100_000;
+
+/// Heap bytes of one [`SavedEntry`]'s two strings, at most (an IPv6
+/// address with its port, 16 hex digits, and the allocator's rounding).
+const SAVED_STRINGS_BYTES: usize = 96;
+/// What a registry costs whatever its size: the allocator's arenas and the
+/// buffers of a load or a save.
+const FIXED_BYTES: usize = 8 << 20;
+
+/// The most memory a registry of `max_peers` entries takes, in bytes,
+/// counting what growing its tables and saving it add for a moment (see
+/// the [module docs](self#memory)); the server prints it at start-up.
+pub fn worst_case_bytes(max_peers: usize) -> u64 {
+    use std::mem::size_of;
+    let n = max_peers.max(1);
+    // hashbrown: buckets are a power of two with 1/8 left empty; while it
+    // grows, the old table (half the size) lives beside the new one.
+    let buckets = (n.saturating_mul(8) / 7).max(4).next_power_of_two();
+    let slot = size_of::<(PeerAddr, Entry)>() + 1;
+    let map = buckets.saturating_mul(slot).saturating_mul(3) / 2;
+    // One ordered-set key per entry, nodes at least half full.
+    let order = n.saturating_mul(2 * size_of::<(Instant, PeerAddr)>());
+    // The sampling vector doubles: old and new while it does.
+    let verified = n
+        .next_power_of_two()
+        .saturating_mul(size_of::<PeerAddr>())
+        .saturating_mul(3)
+        / 2;
+    // A save: the entries to write, then their JSON.
+    let save = n.saturating_mul(
+        size_of::<SavedEntry>()
+            + SAVED_STRINGS_BYTES
+            + usize::try_from(persist::SAVED_ENTRY_MAX_BYTES).unwrap_or(usize::MAX),
+    );
+    let total = FIXED_BYTES
+        .saturating_add(map)
+        .saturating_add(order)
+        .saturating_add(verified)
+        .saturating_add(save);
+    u64::try_from(total).unwrap_or(u64::MAX)
+}
 // A registry file saved at the default capacity always loads.
 const _: () = assert!(persist::FILE_BOUND_MIN_ENTRIES == DEFAULT_MAX_PEERS);
 

@@ -50,6 +50,13 @@ pub const WIDEN_MAX_PEERS: usize = 128;
 /// How long after a round's dials have all connected (or failed) the next
 /// round starts: their HELLOs and answers arrive first.
 const WIDEN_SETTLE: Duration = Duration::from_millis(100);
+/// How long a connection dialled for widening that outlived its fetch (it
+/// gave the piece, or had not answered) may sit idle before it is closed:
+/// a file job's next pieces keep it busy, while single fetches from every
+/// corner of a swarm must not fill a popular holder's connection slots.
+pub const WIDEN_LINGER: Duration = Duration::from_secs(3);
+/// Why a connection dialled for widening was closed: its work was done.
+pub const WIDEN_DONE: &str = "widen_done";
 /// Peers listed in one fetch's account (those that gave or were asked
 /// first): it travels in a response header.
 pub const EXPLAIN_MAX_PEERS: usize = 32;
@@ -320,6 +327,11 @@ async fn run_fetch(
 ) {
     let mut peers: HashMap<u64, Candidate> = HashMap::new();
     let outcome = ask_peers(pieces, id, timeout, events, &mut peers).await;
+    for c in peers.values() {
+        if !c.link.is_closed() && pieces.swarm.is_widen_dial(&c.link.remote) {
+            linger(Arc::clone(pieces), Arc::clone(&c.link));
+        }
+    }
     let end = now();
     let mut explain: Vec<PeerAccount> = peers.values().map(|c| c.explain(end)).collect();
     explain.sort_by(|a, b| b.gave.cmp(&a.gave).then(b.asked.cmp(&a.asked)));
@@ -580,7 +592,7 @@ async fn ask_peers(
                     c.end(Outcome::DontHave, at);
                     // A peer dialled only to ask this does not stay.
                     if pieces.swarm.release_widen_dial(&c.link.remote) {
-                        c.link.close_with("widened");
+                        c.link.close_with(WIDEN_DONE);
                     }
                 }
             }
@@ -612,6 +624,30 @@ async fn ask_peers(
             }
         }
     }
+}
+
+/// Closes `link`, dialled for a widening, once it has been idle for
+/// [`WIDEN_LINGER`] (nothing asked of it outstanding, nothing received),
+/// unless the node needs it for its outbound target.
+fn linger(pieces: Arc<Pieces>, link: Arc<Link>) {
+    tokio::spawn(async move {
+        let mut seen = link.bytes_received();
+        loop {
+            tokio::time::sleep(WIDEN_LINGER).await;
+            if link.is_closed() {
+                return;
+            }
+            let received = link.bytes_received();
+            let idle = received == seen && link.ask_book().load() == 0;
+            seen = received;
+            if idle {
+                if pieces.swarm.release_widen_dial(&link.remote) {
+                    link.close_with(WIDEN_DONE);
+                }
+                return;
+            }
+        }
+    });
 }
 
 fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) {

@@ -27,6 +27,7 @@ use crate::metrics::{Family, Metric};
 use crate::net::{self, Closer, ConnError, Frame, FrameReader};
 use crate::pieces::{
     self, Answer, Answered, FetchEvent, GiveIntake, Link, Pieces, STREAM_GIVES_FROM, ServeSide,
+    WIDEN_DONE,
 };
 use crate::swarm::table::Source;
 use crate::swarm::{self, DUPLICATE_CLOSE, Direction, NewConn};
@@ -194,6 +195,8 @@ pub(super) async fn serve(
                 // Two nodes dialling each other at once: the rule closed the
                 // spare connection; nobody did wrong.
                 ConnError::Rule(DUPLICATE_CLOSE) => debug!("duplicate connection closed"),
+                // A connection dialled only to ask for a piece, done with.
+                ConnError::Rule(WIDEN_DONE) => debug!("widening connection closed"),
                 ConnError::Protocol(_) | ConnError::Rule(_) => warn!(%err, "closing"),
                 _ => debug!(%err, "connection ended"),
             }

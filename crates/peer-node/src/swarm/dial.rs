@@ -92,6 +92,11 @@ impl Swarm {
         true
     }
 
+    /// Whether `addr` was dialled for a widening and is still counted so.
+    pub(crate) fn is_widen_dial(&self, addr: &PeerAddr) -> bool {
+        self.state().widen_dials.contains(addr)
+    }
+
     /// Peers in the table.
     pub(crate) fn known_peers(&self) -> usize {
         self.state().table.len()

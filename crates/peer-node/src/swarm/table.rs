@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use wire_format::limits::{
     MIN_PEER_PORT, PEER_TABLE_MAX, PEER_TABLE_MAX_SHARE_PERCENT, PEX_INTERVAL,
@@ -381,7 +382,7 @@ impl PeerTable {
 
     /// Candidates for a fetch widening its search, excluding `skip`: those
     /// due first (as [`due`](Self::due) orders them), then those backing
-    /// off after failed dials, soonest due first. A fetch dials each at
+    /// off after failed dials, soonest due first (random among equals). A fetch dials each at
     /// most once, so a peer that failed to connect a while ago (busy, or a
     /// duplicate connection closed) is still worth one try when it may be
     /// the only holder.
@@ -393,18 +394,25 @@ impl PeerTable {
             .map(|(addr, c)| {
                 let waiting = c.next_attempt > now;
                 (
-                    waiting,
-                    if waiting { c.next_attempt } else { now },
-                    c.failures,
+                    (
+                        waiting,
+                        if waiting { c.next_attempt } else { now },
+                        c.failures,
+                    ),
                     *addr,
                 )
             })
             .collect();
-        all.sort();
-        all.into_iter().map(|(_, _, _, addr)| addr).collect()
+        all.shuffle(&mut rand::rng());
+        all.sort_by_key(|&(key, _)| key);
+        all.into_iter().map(|(_, addr)| addr).collect()
     }
 
-    /// Candidates due for a dial, oldest-known first, excluding `skip`.
+    /// Candidates due for a dial, fewest failures first and in random order
+    /// among equals, excluding `skip`. Random, not by address: every node
+    /// taking the same candidates first would pile its connections (and
+    /// its fetches' widening dials) onto the same few peers until their
+    /// connection limits refuse everyone else.
     pub fn due(&self, now: Instant, skip: &HashSet<PeerAddr>, max: usize) -> Vec<PeerAddr> {
         let mut due: Vec<_> = self
             .entries
@@ -412,7 +420,8 @@ impl PeerTable {
             .filter(|(addr, c)| c.next_attempt <= now && !skip.contains(addr))
             .map(|(addr, c)| (c.failures, *addr))
             .collect();
-        due.sort();
+        due.shuffle(&mut rand::rng());
+        due.sort_by_key(|&(failures, _)| failures);
         due.into_iter().take(max).map(|(_, addr)| addr).collect()
     }
 }
@@ -453,8 +462,11 @@ mod tests {
         table.dial_failed(&c, "refused".into(), t0);
         table.dial_failed(&a, "refused".into(), t0);
         let none = HashSet::new();
-        assert_eq!(table.due(t0, &none, 10), vec![b, d]);
-        assert_eq!(table.widening(t0, &none), vec![b, d, a, c]);
+        let set = |v: Vec<PeerAddr>| v.into_iter().collect::<HashSet<_>>();
+        assert_eq!(set(table.due(t0, &none, 10)), HashSet::from([b, d]));
+        let widening = table.widening(t0, &none);
+        assert_eq!(set(widening[..2].to_vec()), HashSet::from([b, d]));
+        assert_eq!(widening[2..], [a, c]);
         assert_eq!(table.widening(t0, &HashSet::from([d, a])), vec![b, c]);
     }
 
