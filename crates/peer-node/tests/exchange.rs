@@ -1443,28 +1443,37 @@ async fn a_give_streams_from_stream_gives_from_bytes_and_one_byte_less_is_read_w
 // ---------------------------------------------------------------------------
 // Announced pieces (an unasked HAVE)
 
-#[tokio::test]
-async fn a_fetch_asks_the_peer_that_announced_the_piece_at_once_and_sends_no_want_have() {
+/// A node with two raw extended peers connected, the first of which has
+/// announced `p` (an unasked HAVE) and the node has taken it.
+async fn announced(p: &VerifiedPiece) -> (TestNode, RawPeer, RawPeer) {
     let node = TestNode::start(|_| {}).await;
-    let p = piece(21, 64 << 10);
     let mut announcer = RawPeer::extended(&node, 1).await;
-    let _other = RawPeer::extended(&node, 2).await;
+    let other = RawPeer::extended(&node, 2).await;
     assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
     announcer.send(&Message::Have(p.id())).await;
-    assert!(
-        wait_for(SOON, || node.metric(Metric::HaveAnnouncementsReceivedTotal)
-            == 1)
-        .await
-    );
+    let taken = wait_for(SOON, || {
+        node.metric(Metric::HaveAnnouncementsReceivedTotal) == 1
+    })
+    .await;
+    assert!(taken, "the announcement was not taken");
+    (node, announcer, other)
+}
+
+/// `peer` gives `p`.
+async fn give(peer: &mut RawPeer, p: &VerifiedPiece) {
+    let give = Give::new(p.id(), p.bytes().clone()).unwrap();
+    peer.send(&Message::Give(give)).await;
+}
+
+#[tokio::test]
+async fn a_fetch_asks_the_peer_that_announced_the_piece_at_once_and_sends_no_want_have() {
+    let p = piece(21, 64 << 10);
+    let (node, mut announcer, _other) = announced(&p).await;
     assert_eq!(node.metric(Metric::IgnoredFramesTotal), 0);
 
     let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
     assert_eq!(announcer.recv_answer().await, Message::Ask(p.id()));
-    announcer
-        .send(&Message::Give(
-            Give::new(p.id(), p.bytes().clone()).unwrap(),
-        ))
-        .await;
+    give(&mut announcer, &p).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
     assert_eq!(
         node.metric(Metric::WantHaveSentTotal),
@@ -1475,17 +1484,8 @@ async fn a_fetch_asks_the_peer_that_announced_the_piece_at_once_and_sends_no_wan
 
 #[tokio::test]
 async fn a_peer_that_announced_a_piece_and_then_denies_it_is_believed_and_the_others_are_asked() {
-    let node = TestNode::start(|_| {}).await;
     let p = piece(22, 64 << 10);
-    let mut announcer = RawPeer::extended(&node, 1).await;
-    let mut holder = RawPeer::extended(&node, 2).await;
-    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
-    announcer.send(&Message::Have(p.id())).await;
-    assert!(
-        wait_for(SOON, || node.metric(Metric::HaveAnnouncementsReceivedTotal)
-            == 1)
-        .await
-    );
+    let (node, mut announcer, mut holder) = announced(&p).await;
 
     let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
     assert_eq!(announcer.recv_answer().await, Message::Ask(p.id()));
@@ -1494,11 +1494,7 @@ async fn a_peer_that_announced_a_piece_and_then_denies_it_is_believed_and_the_ot
     assert_eq!(holder.recv_answer().await, Message::WantHave(p.id()));
     holder.send(&Message::Have(p.id())).await;
     assert_eq!(holder.recv_answer().await, Message::Ask(p.id()));
-    holder
-        .send(&Message::Give(
-            Give::new(p.id(), p.bytes().clone()).unwrap(),
-        ))
-        .await;
+    give(&mut holder, &p).await;
     assert_piece(&fetch.await.unwrap().unwrap(), &p);
 
     // What each said is remembered: the next fetch of it asks the peer
@@ -1509,11 +1505,7 @@ async fn a_peer_that_announced_a_piece_and_then_denies_it_is_believed_and_the_ot
     let wants = node.metric(Metric::WantHaveSentTotal);
     let again = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
     assert_eq!(holder.recv_answer().await, Message::Ask(p.id()));
-    holder
-        .send(&Message::Give(
-            Give::new(p.id(), p.bytes().clone()).unwrap(),
-        ))
-        .await;
-    assert_eq!(node.metric(Metric::WantHaveSentTotal), wants);
+    give(&mut holder, &p).await;
     assert_piece(&again.await.unwrap().unwrap(), &p);
+    assert_eq!(node.metric(Metric::WantHaveSentTotal), wants);
 }
