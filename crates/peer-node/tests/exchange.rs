@@ -29,7 +29,9 @@ use peer_node::api::{FetchError, PeerState};
 use peer_node::metrics::Metric;
 use peer_node::net::{read_one, write_message};
 use peer_node::node::{NodeConfig, Shared};
-use peer_node::pieces::{WIDEN_DIALS, WIDEN_DONE, WIDEN_LINGER, WIDEN_MAX_PEERS};
+use peer_node::pieces::{
+    OPTIMISTIC_MAX_LOAD, WIDEN_DIALS, WIDEN_DONE, WIDEN_LINGER, WIDEN_MAX_PEERS,
+};
 use peer_node::ratelimit::RateLimiter;
 use peer_node::testing::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1508,4 +1510,51 @@ async fn a_peer_that_announced_a_piece_and_then_denies_it_is_believed_and_the_ot
     give(&mut holder, &p).await;
     assert_piece(&again.await.unwrap().unwrap(), &p);
     assert_eq!(node.metric(Metric::WantHaveSentTotal), wants);
+}
+
+#[tokio::test]
+async fn an_announcer_with_many_asks_waiting_is_not_asked_alone() {
+    // A slow announcer must not get every piece of a file: once it has
+    // OPTIMISTIC_MAX_LOAD of our ASKs waiting, the others are asked too.
+    let p = piece(24, 64 << 10);
+    let (node, mut announcer, mut other) = announced(&p).await;
+    let busy: Vec<VerifiedPiece> = (0..OPTIMISTIC_MAX_LOAD as u64)
+        .map(|n| piece(100 + n, 1024))
+        .collect();
+    for q in &busy {
+        announcer.send(&Message::Have(q.id())).await;
+    }
+    let taken = wait_for(SOON, || {
+        node.metric(Metric::HaveAnnouncementsReceivedTotal) == 1 + busy.len() as u64
+    })
+    .await;
+    assert!(taken);
+    // The announcer is asked for them and answers nothing.
+    let _waiting: Vec<_> = busy
+        .iter()
+        .map(|q| node.spawn_fetch(q.id(), FETCH_TIMEOUT))
+        .collect();
+    for _ in &busy {
+        assert!(matches!(announcer.recv_answer().await, Message::Ask(_)));
+    }
+    let fetch = node.spawn_fetch(p.id(), FETCH_TIMEOUT);
+    // The other peer hears a WANT_HAVE for it (after those for the pieces
+    // the announcer sits on, which it denies), says HAVE, and gives it.
+    loop {
+        match other.recv_answer().await {
+            Message::WantHave(id) if id == p.id() => break,
+            Message::WantHave(id) => other.send(&Message::DontHave(id)).await,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    other.send(&Message::Have(p.id())).await;
+    loop {
+        match other.recv_answer().await {
+            Message::Ask(id) if id == p.id() => break,
+            Message::WantHave(id) => other.send(&Message::DontHave(id)).await,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    give(&mut other, &p).await;
+    assert_piece(&fetch.await.unwrap().unwrap(), &p);
 }

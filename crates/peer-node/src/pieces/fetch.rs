@@ -410,10 +410,18 @@ async fn ask_peers(
     let mut links = pieces.links();
     // Peers that announced the piece are fellow fetchers of its file: they
     // alone are asked (no WANT_HAVE round trip), which takes the load off
-    // the file's seeders; the others only if they all fail or stall.
+    // the file's seeders; the others only if they all fail or stall. An
+    // announcer with OPTIMISTIC_MAX_LOAD of our ASKs waiting is slow or
+    // busy: then everyone is asked as usual and the least busy holder
+    // chosen, so one slow announcer never gets all of a file.
     let announced: Vec<Arc<Link>> = links
         .iter()
-        .filter(|l| !l.legacy && !l.is_closed() && l.announced(&id))
+        .filter(|l| {
+            !l.legacy
+                && !l.is_closed()
+                && l.announced(&id)
+                && l.ask_book().load() < OPTIMISTIC_MAX_LOAD
+        })
         .cloned()
         .collect();
     let mut everyone_added = announced.is_empty();

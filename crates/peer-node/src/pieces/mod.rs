@@ -26,7 +26,10 @@ mod state;
 pub(crate) use asks::Answered;
 pub(crate) use events::FetchEvent;
 pub use events::{FetchError, Fetched, PeerAccount};
-pub use fetch::{EXPLAIN_MAX_PEERS, Keep, WIDEN_DIALS, WIDEN_DONE, WIDEN_LINGER, WIDEN_MAX_PEERS};
+pub use fetch::{
+    EXPLAIN_MAX_PEERS, Keep, OPTIMISTIC_MAX_LOAD, WIDEN_DIALS, WIDEN_DONE, WIDEN_LINGER,
+    WIDEN_MAX_PEERS,
+};
 pub(crate) use link::Link;
 pub use link::{ANNOUNCED_MAX, WRITE_QUEUE_FRAMES};
 pub(crate) use receive::{GiveIntake, receive_give};
