@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use wire_format::PieceId;
 
 use super::job::{Job, JobState, JobView, Progress, Stop};
-use super::run;
+use super::{output, run};
 use crate::pieces::Pieces;
 
 /// Jobs running at once, node-wide. Each holds at most
@@ -71,7 +71,7 @@ impl Jobs {
         path: Option<PathBuf>,
     ) -> Result<(String, bool), StartError> {
         if let Some(path) = &path {
-            run::check_output_path(path).map_err(StartError::Path)?;
+            output::check_output_path(path).map_err(StartError::Path)?;
         }
         let mut jobs = self.jobs();
         if let Some(job) = jobs
@@ -88,7 +88,7 @@ impl Jobs {
         let id = format!(
             "{:0width$x}",
             rand::random::<u64>(),
-            width = run::JOB_ID_HEX
+            width = output::JOB_ID_HEX
         );
 
         let job = Arc::new(Job {
@@ -169,7 +169,7 @@ impl Jobs {
         self.jobs()
             .values()
             .filter(|j| j.is_running())
-            .filter_map(|j| Some(run::part_path(j.path.as_ref()?, &j.id)))
+            .filter_map(|j| Some(output::part_path(j.path.as_ref()?, &j.id)))
             .collect()
     }
 
