@@ -636,26 +636,35 @@ async fn ask_peers(
 
 /// Closes `link`, dialled for a widening, once it has been idle for
 /// [`WIDEN_LINGER`] (nothing asked of it outstanding, nothing received),
-/// unless the node needs it for its outbound target.
+/// unless the node needs it for its outbound target. One watcher per
+/// connection: the fetches of a file job that all ended on it share it.
 fn linger(pieces: Arc<Pieces>, link: Arc<Link>) {
+    if !link.start_lingering() {
+        return;
+    }
     tokio::spawn(async move {
-        let mut seen = link.bytes_received();
-        loop {
-            tokio::time::sleep(WIDEN_LINGER).await;
-            if link.is_closed() {
-                return;
-            }
-            let received = link.bytes_received();
-            let idle = received == seen && link.ask_book().load() == 0;
-            seen = received;
-            if idle {
-                if pieces.swarm.release_widen_dial(&link.remote) {
-                    link.close_with(WIDEN_DONE);
-                }
-                return;
-            }
-        }
+        watch_idle(&pieces, &link).await;
+        link.stop_lingering();
     });
+}
+
+async fn watch_idle(pieces: &Pieces, link: &Link) {
+    let mut seen = link.bytes_received();
+    loop {
+        tokio::time::sleep(WIDEN_LINGER).await;
+        if link.is_closed() {
+            return;
+        }
+        let received = link.bytes_received();
+        let idle = received == seen && link.ask_book().load() == 0;
+        seen = received;
+        if idle {
+            if pieces.swarm.release_widen_dial(&link.remote) {
+                link.close_with(WIDEN_DONE);
+            }
+            return;
+        }
+    }
 }
 
 fn withdraw_all(peers: &mut HashMap<u64, Candidate>, id: &PieceId, at: Instant) {

@@ -5,7 +5,7 @@
 //! is the connection's serving side, `serve::ServeSide`.)
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -55,6 +55,8 @@ pub(crate) struct Link {
     asks: Mutex<AskBook>,
     /// What the peer announced it holds.
     announced: Mutex<Announced>,
+    /// A watcher waits to close this connection once idle (one at most).
+    lingering: AtomicBool,
     /// Bytes received, updated after every read.
     progress: Arc<AtomicU64>,
     pub(crate) closer: Arc<Closer>,
@@ -83,6 +85,7 @@ impl Link {
             frames,
             asks: Mutex::new(AskBook::new(legacy, now)),
             announced: Mutex::default(),
+            lingering: AtomicBool::new(false),
             progress,
             closer,
         };
@@ -147,6 +150,17 @@ impl Link {
     pub(crate) fn want(&self, id: PieceId) -> bool {
         self.ask_book().wanted.insert(id);
         self.send(Message::WantHave(id))
+    }
+
+    /// Claims the one watcher slot of this connection: true for the first
+    /// caller, false while a watcher has it.
+    pub(crate) fn start_lingering(&self) -> bool {
+        !self.lingering.swap(true, Ordering::AcqRel)
+    }
+
+    /// The watcher is done (it closed the connection, or left it open).
+    pub(crate) fn stop_lingering(&self) {
+        self.lingering.store(false, Ordering::Release);
     }
 
     /// Remembers that the peer holds `id` (it said HAVE), forgetting the
@@ -227,5 +241,14 @@ mod tests {
         let announced = link.announced.lock().unwrap();
         assert_eq!(announced.order.len(), ANNOUNCED_MAX - 1);
         assert_eq!(announced.set.len(), ANNOUNCED_MAX - 1);
+    }
+
+    #[test]
+    fn one_watcher_at_a_time_lingers_on_a_connection() {
+        let link = link();
+        assert!(link.start_lingering());
+        assert!(!link.start_lingering(), "a second watcher was let in");
+        link.stop_lingering();
+        assert!(link.start_lingering());
     }
 }
