@@ -12,8 +12,9 @@ use crate::output::table;
 pub const EXPLAIN_HEADER: &str = "x-explain";
 
 /// The per-peer fields, in the order of the table's columns.
-pub const FIELDS: [&str; 10] = [
+pub const FIELDS: [&str; 11] = [
     "peer",
+    "found",
     "asked",
     "gave",
     "dont_have",

@@ -1,12 +1,13 @@
 //! How to run a node: [`NodeConfig`] and its defaults. Every part of the
 //! node reads its settings from here.
 //!
-//! Uses nothing else of the crate.
+//! Uses nothing else of the crate but the DHT's own settings.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::dht::DhtConfig;
 use wire_format::limits::{FETCH_TIMEOUT, HELLO_TIMEOUT, REANNOUNCE_INTERVAL};
 
 /// Outbound connections the node keeps open when it knows enough peers.
@@ -47,6 +48,8 @@ pub struct NodeConfig {
     pub max_download_rate: Option<u64>,
     /// Total deadline of one piece fetch when the requester names none.
     pub fetch_timeout: Duration,
+    /// `--dht`: run a Mainline DHT node (`None`: off, the default).
+    pub dht: Option<DhtConfig>,
 }
 
 impl NodeConfig {
@@ -74,6 +77,7 @@ impl NodeConfig {
             max_upload_rate: None,
             max_download_rate: None,
             fetch_timeout: FETCH_TIMEOUT,
+            dht: None,
         }
     }
 }

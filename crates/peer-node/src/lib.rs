@@ -25,6 +25,7 @@ pub mod api;
 mod clock;
 pub mod config;
 pub mod datadir;
+pub mod dht;
 pub mod files;
 pub mod metrics;
 pub mod net;

@@ -65,6 +65,23 @@ struct Args {
     /// Total deadline of one piece fetch, in seconds.
     #[arg(long, env = "P2P_FETCH_TIMEOUT", default_value_t = wire_format::limits::FETCH_TIMEOUT.as_secs_f64())]
     fetch_timeout: f64,
+    /// Run a BitTorrent Mainline DHT node and use it to find holders; it
+    /// publishes which files and loose pieces this node holds (off by
+    /// default).
+    #[arg(long, env = "P2P_DHT")]
+    dht: bool,
+    /// DHT node `host:port` to join through (repeatable; replaces the
+    /// public Mainline routers, so a private swarm stays private).
+    #[arg(
+        long,
+        env = "P2P_DHT_BOOTSTRAP",
+        value_delimiter = ',',
+        requires = "dht"
+    )]
+    dht_bootstrap: Vec<String>,
+    /// UDP port of the DHT node (default: the listen port's number).
+    #[arg(long, env = "P2P_DHT_PORT", requires = "dht")]
+    dht_port: Option<u16>,
 }
 
 /// A rate flag's value: bytes per second, `None` for unlimited.
@@ -129,6 +146,13 @@ async fn run(args: Args) -> Result<(), String> {
         ));
     }
     config.fetch_timeout = std::time::Duration::from_secs_f64(args.fetch_timeout);
+    if args.dht {
+        config.dht = Some(peer_node::dht::DhtConfig {
+            bootstrap: args.dht_bootstrap,
+            port: args.dht_port,
+            bind: None,
+        });
+    }
     for server in &config.bootstrap {
         if tokio::net::lookup_host(server.as_str()).await.is_err() {
             return Err(format!(

@@ -176,6 +176,16 @@ metric_list! {
         "HAVE frames sent unasked, announcing a piece of a file this node fetched.";
     DontHaveReceivedTotal => "dont_have_received_total", Counter,
         "DONT_HAVE frames received in answer to our WANT_HAVE or ASK.";
+    DhtAnnouncesTotal => "dht_announces_total", Counter,
+        "Pinned roots announced on the DHT (--dht).";
+    DhtAnnounceFailuresTotal => "dht_announce_failures_total", Counter,
+        "DHT announces that failed (retried later).";
+    DhtLookupsTotal => "dht_lookups_total", Counter,
+        "DHT lookups started by fetches that found no holder among their connections.";
+    DhtPeersFoundTotal => "dht_peers_found_total", Counter,
+        "Addresses DHT lookups returned and chose to dial (at most 16 per lookup).";
+    DhtDialsTotal => "dht_dials_total", Counter,
+        "Connections dialled to addresses a DHT lookup returned.";
     BansTotal => "bans_total", Counter,
         "Peers banned for sending a piece that does not match its name.";
 }

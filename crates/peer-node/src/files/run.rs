@@ -253,7 +253,8 @@ async fn fetch_into(
                 fetching.insert(next.offset);
                 let pieces = Arc::clone(pieces);
                 in_flight.spawn(async move {
-                    let fetched = fetch_piece(&pieces, next.id, timeout, Keep::Requester).await;
+                    let fetched =
+                        fetch_piece(&pieces, next.id, root, timeout, Keep::Requester).await;
                     (next, fresh, fetched)
                 });
             }
@@ -347,16 +348,18 @@ async fn finish(
     Ok(())
 }
 
-/// One data piece, tried up to [`PIECE_ATTEMPTS`] times past deadlines.
+/// One piece of the file whose root manifest is `root` (what the DHT is
+/// asked about), tried up to [`PIECE_ATTEMPTS`] times past deadlines.
 async fn fetch_piece(
     pieces: &Arc<Pieces>,
     id: PieceId,
+    root: PieceId,
     timeout: Duration,
     keep: Keep,
 ) -> Result<Fetched, FetchError> {
     let mut attempt = 1;
     loop {
-        match pieces.fetch_keeping(id, timeout, keep).await {
+        match pieces.fetch_for(id, root, timeout, keep).await {
             Err(FetchError::Deadline) if attempt < PIECE_ATTEMPTS => attempt += 1,
             outcome => return outcome,
         }
@@ -370,7 +373,7 @@ async fn fetch_manifest(
     id: PieceId,
     timeout: Duration,
 ) -> Result<bool, JobError> {
-    let fetched = fetch_piece(pieces, id, timeout, Keep::Store)
+    let fetched = fetch_piece(pieces, id, job.manifest, timeout, Keep::Store)
         .await
         .map_err(fetch_error)?;
     job.add_explain(&fetched.explain);

@@ -7,6 +7,7 @@
 //! [`crate::net`]; never the API.
 
 mod connect;
+mod dht;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tracing::info;
 use wire_format::{NodeId, PeerAddr, PieceId};
 
 pub use crate::config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_TARGET_OUTBOUND, NodeConfig};
+use crate::dht::DhtNode;
 use crate::files::Jobs;
 use crate::metrics::Metrics;
 use crate::net;
@@ -47,6 +49,9 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// `--dht` was given and the DHT node could not start.
+    #[error(transparent)]
+    Dht(#[from] crate::dht::DhtError),
 }
 
 /// A running node as the API and tests see it: its swarm and its piece
@@ -92,6 +97,11 @@ impl Shared {
     /// The address the node listens on for peers.
     pub fn listen_port(&self) -> u16 {
         self.swarm.listen_port
+    }
+
+    /// The UDP port of the node's DHT node (`None` without `--dht`).
+    pub fn dht_port(&self) -> Option<u16> {
+        self.pieces.dht.as_ref().map(|d| d.port())
     }
 
     /// The node's id.
@@ -162,6 +172,27 @@ impl Node {
         };
         let listener = bind_listener(config.listen).map_err(bind_error)?;
         let local = listener.local_addr().map_err(bind_error)?;
+        // The DHT on UDP at the TCP port's number (the crate speaks IPv4:
+        // an IPv6 or wildcard listener gets a DHT on every IPv4 interface).
+        let dht = match &config.dht {
+            Some(dht) => {
+                let mut dht = dht.clone();
+                if dht.bind.is_none()
+                    && let std::net::IpAddr::V4(ip) = local.ip()
+                    && !ip.is_unspecified()
+                {
+                    dht.bind = Some(ip);
+                }
+                let node = DhtNode::start(&dht, dht.port.unwrap_or(local.port())).await?;
+                info!(
+                    udp_port = node.port(),
+                    bootstrap = %if dht.bootstrap.is_empty() { "the public Mainline routers".to_owned() } else { dht.bootstrap.join(", ") },
+                    "DHT node started (server mode, IPv4 only); it announces every pinned file and loose piece this node holds"
+                );
+                Some(node)
+            }
+            None => None,
+        };
         let saved = config
             .peers_file
             .as_deref()
@@ -175,7 +206,9 @@ impl Node {
             &saved,
         );
         let swarm = Arc::new(swarm);
-        let pieces = Arc::new(Pieces::new(Arc::clone(&swarm), store));
+        let mut pieces = Pieces::new(Arc::clone(&swarm), store);
+        pieces.dht = dht;
+        let pieces = Arc::new(pieces);
         let jobs = Arc::new(Jobs::new(Arc::clone(&pieces)));
         Ok(Self {
             shared: Shared {
@@ -220,7 +253,15 @@ impl Node {
                 stop_rx.clone(),
             )),
             tokio::spawn(connect::run_announcer(Arc::clone(&pieces), stop_rx.clone())),
-            tokio::spawn(crate::swarm::run_saver(Arc::clone(&swarm), stop_rx)),
+            tokio::spawn(crate::swarm::run_saver(Arc::clone(&swarm), stop_rx.clone())),
+            tokio::spawn(match pieces.dht.clone() {
+                Some(dht) => futures_util::future::Either::Left(dht::run_announcer(
+                    Arc::clone(&pieces),
+                    dht,
+                    stop_rx,
+                )),
+                None => futures_util::future::Either::Right(std::future::ready(())),
+            }),
         ];
         let listener = self.listener;
         net::accept_until(&listener, shutdown, |stream, remote| {

@@ -50,6 +50,10 @@ pub struct PeerAccount {
     pub ms: u64,
     /// Times it was asked as a hedge for a stalled ASK elsewhere.
     pub hedges: u64,
+    /// How the fetch came to ask it: `connected` (a connection it had),
+    /// `widening` (dialled from the peer table) or `dht` (an address a DHT
+    /// lookup returned).
+    pub found: &'static str,
 }
 
 impl PeerAccount {
@@ -63,6 +67,15 @@ impl PeerAccount {
         self.bytes += other.bytes;
         self.ms += other.ms;
         self.hedges += other.hedges;
+        // Summed over a file's pieces: the farthest search that found it.
+        let rank = |f: &str| {
+            ["", "connected", "widening", "dht"]
+                .iter()
+                .position(|r| *r == f)
+        };
+        if rank(other.found) > rank(self.found) {
+            self.found = other.found;
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use super::link::Link;
 use super::serve::read_piece;
 use super::state::{PIECE_UNITS, Pieces};
 use crate::clock::now;
+use crate::dht::LookupHandle;
 use crate::metrics::Metric;
 use crate::swarm::Widened;
 
@@ -60,6 +61,13 @@ pub const WIDEN_DONE: &str = "widen_done";
 /// Peers listed in one fetch's account (those that gave or were asked
 /// first): it travels in a response header.
 pub const EXPLAIN_MAX_PEERS: usize = 32;
+/// `--explain`'s `found`: the peer was connected when the fetch began to
+/// look further (or came up by itself).
+pub const FOUND_CONNECTED: &str = "connected";
+/// `--explain`'s `found`: dialled from the peer table while widening.
+pub const FOUND_WIDENING: &str = "widening";
+/// `--explain`'s `found`: an address a DHT lookup returned.
+pub const FOUND_DHT: &str = "dht";
 /// Longest a widening round waits for its dials to connect and answer.
 const WIDEN_WAIT: Duration = Duration::from_secs(3);
 
@@ -120,7 +128,7 @@ impl Candidate {
         }
     }
 
-    fn explain(&self, fetch_end: Instant) -> PeerAccount {
+    fn explain(&self, fetch_end: Instant, found: &'static str) -> PeerAccount {
         let a = &self.account;
         let flag = |on: bool| u64::from(on);
         let ms = a
@@ -140,6 +148,7 @@ impl Candidate {
             },
             ms: u64::try_from(ms.as_millis()).unwrap_or(u64::MAX),
             hedges: flag(a.hedge),
+            found,
         }
     }
 }
@@ -173,6 +182,20 @@ impl Pieces {
         timeout: Duration,
         keep: Keep,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_for(id, id, timeout, keep).await
+    }
+
+    /// Like [`fetch_keeping`](Self::fetch_keeping), for a piece of the
+    /// file whose root manifest is `topic` (the piece itself when loose):
+    /// with `--dht`, a fetch that finds no holder looks `topic` up, as a
+    /// file's holders announce its root, never its pieces.
+    pub async fn fetch_for(
+        self: &Arc<Self>,
+        id: PieceId,
+        topic: PieceId,
+        timeout: Duration,
+        keep: Keep,
+    ) -> Result<Fetched, FetchError> {
         let local = |bytes| Fetched {
             bytes,
             from: None,
@@ -198,7 +221,7 @@ impl Pieces {
                     // is stored: checked under the lock, the piece is either
                     // still registered (above) or already in the store.
                     None if from_store_once && self.store.has(&id) => None,
-                    None => Some(self.start_fetch(&mut fetches, id, timeout, keep)),
+                    None => Some(self.start_fetch(&mut fetches, id, topic, timeout, keep)),
                 }
             };
             match joined {
@@ -232,6 +255,7 @@ impl Pieces {
         self: &Arc<Self>,
         fetches: &mut HashMap<PieceId, FetchHandle>,
         id: PieceId,
+        topic: PieceId,
         timeout: Duration,
         keep: Keep,
     ) -> watch::Receiver<Option<Result<Fetched, FetchError>>> {
@@ -249,7 +273,7 @@ impl Pieces {
         let span = info_span!("fetch", piece = %id);
         tokio::spawn(
             async move {
-                let (outcome, explain) = run_fetch(&pieces, id, timeout, events_rx).await;
+                let (outcome, explain) = run_fetch(&pieces, id, topic, timeout, events_rx).await;
                 match outcome {
                     Ok((piece, from)) => {
                         pieces.metrics.incr(Metric::FetchesSucceededTotal);
@@ -315,10 +339,56 @@ fn reserve(pieces: &Pieces) -> Option<tokio::sync::OwnedSemaphorePermit> {
         .ok()
 }
 
+/// How a fetch searched beyond its connections: when it began to, and the
+/// DHT lookup it started or joined.
+#[derive(Default)]
+struct Search {
+    since: Option<Instant>,
+    lookup: Option<LookupHandle>,
+    /// Whether a lookup was tried (none is started twice).
+    looked_up: bool,
+    /// Addresses widening dialled: never dialled again by this fetch, even
+    /// when the dial failed before the peer could be asked.
+    dialled: HashSet<PeerAddr>,
+}
+
+impl Search {
+    /// How the fetch came to ask `c`, for `--explain`.
+    fn found(&self, c: &Candidate) -> &'static str {
+        match self.since {
+            Some(since) if c.account.since >= since => {
+                if self
+                    .lookup
+                    .as_ref()
+                    .is_some_and(|l| l.found(&c.link.peer_addr()))
+                {
+                    FOUND_DHT
+                } else {
+                    FOUND_WIDENING
+                }
+            }
+            _ => FOUND_CONNECTED,
+        }
+    }
+
+    /// Whether a lookup is still running (then "not found" must wait).
+    fn looking(&self) -> bool {
+        self.lookup.as_ref().is_some_and(|l| !l.is_done())
+    }
+}
+
+/// Starts (or joins) a DHT lookup of `topic`, with `--dht`.
+fn start_lookup(pieces: &Arc<Pieces>, topic: &PieceId) -> Option<LookupHandle> {
+    let dht = pieces.dht.as_ref()?;
+    let swarm = Arc::clone(&pieces.swarm);
+    dht.lookup(topic, &pieces.metrics, move |addrs| swarm.dial_found(addrs))
+}
+
 /// Runs one fetch; returns its outcome and the per-peer account of it.
 async fn run_fetch(
     pieces: &Arc<Pieces>,
     id: PieceId,
+    topic: PieceId,
     timeout: Duration,
     events: mpsc::Receiver<FetchEvent>,
 ) -> (
@@ -326,14 +396,18 @@ async fn run_fetch(
     Vec<PeerAccount>,
 ) {
     let mut peers: HashMap<u64, Candidate> = HashMap::new();
-    let outcome = ask_peers(pieces, id, timeout, events, &mut peers).await;
+    let mut search = Search::default();
+    let outcome = ask_peers(pieces, id, topic, timeout, events, &mut peers, &mut search).await;
     for c in peers.values() {
         if !c.link.is_closed() && pieces.swarm.is_widen_dial(&c.link.remote) {
             linger(Arc::clone(pieces), Arc::clone(&c.link));
         }
     }
     let end = now();
-    let mut explain: Vec<PeerAccount> = peers.values().map(|c| c.explain(end)).collect();
+    let mut explain: Vec<PeerAccount> = peers
+        .values()
+        .map(|c| c.explain(end, search.found(c)))
+        .collect();
     explain.sort_by(|a, b| b.gave.cmp(&a.gave).then(b.asked.cmp(&a.asked)));
     explain.truncate(EXPLAIN_MAX_PEERS);
     (outcome, explain)
@@ -342,9 +416,11 @@ async fn run_fetch(
 async fn ask_peers(
     pieces: &Arc<Pieces>,
     id: PieceId,
+    topic: PieceId,
     timeout: Duration,
     mut events: mpsc::Receiver<FetchEvent>,
     peers: &mut HashMap<u64, Candidate>,
+    search: &mut Search,
 ) -> Result<(VerifiedPiece, Option<PeerAddr>), FetchError> {
     let started = now();
     let deadline = started + timeout;
@@ -537,6 +613,13 @@ async fn ask_peers(
             pending = peers.values().any(|c| c.state != PeerState::Out);
         }
         if !pending {
+            // Nobody connected holds it: widen, and with `--dht` look the
+            // piece's topic up at the same time.
+            search.since.get_or_insert(at);
+            if !search.looked_up {
+                search.looked_up = true;
+                search.lookup = start_lookup(pieces, &topic);
+            }
             // Announces and dials still connecting may bring a holder: a
             // round ends once they are done (or after WIDEN_WAIT).
             let connecting = pieces.swarm.attempts_in_progress();
@@ -545,7 +628,12 @@ async fn ask_peers(
                 (connecting == 0 && waited >= WIDEN_SETTLE) || waited >= WIDEN_WAIT
             });
             if round_over {
-                let asked: HashSet<PeerAddr> = peers.values().map(|c| c.link.peer_addr()).collect();
+                let mut asked: HashSet<PeerAddr> =
+                    peers.values().map(|c| c.link.peer_addr()).collect();
+                asked.extend(&search.dialled);
+                if let Some(lookup) = &search.lookup {
+                    asked.extend(lookup.found_all());
+                }
                 let room = WIDEN_MAX_PEERS - widen_dialled;
                 let round = if room > 0 {
                     pieces.swarm.widen(room.min(WIDEN_DIALS), &asked)
@@ -553,11 +641,12 @@ async fn ask_peers(
                     Widened::default()
                 };
                 widen_dialled += round.queued;
+                search.dialled.extend(round.dialled);
                 if round.queued > 0 && widened.is_none() {
                     pieces.metrics.incr(Metric::FetchWidensTotal);
                 }
                 let more = round.queued > 0 || (round.left > 0 && room > 0);
-                if !more && connecting == 0 && !unanswered {
+                if !more && connecting == 0 && !unanswered && !search.looking() {
                     return Err(FetchError::NotFound {
                         asked: peers.len(),
                         known: pieces.swarm.known_peers(),

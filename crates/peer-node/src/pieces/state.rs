@@ -15,6 +15,7 @@ use wire_format::limits::PIECE_MAX;
 
 use super::events::{FetchEvent, FetchHandle};
 use super::link::Link;
+use crate::dht::DhtNode;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::swarm::Swarm;
@@ -70,6 +71,8 @@ pub struct Pieces {
     pub(crate) download: Arc<RateLimiter>,
     /// The connection that gave us the last verified piece (0: none).
     pub(crate) last_giver: AtomicU64,
+    /// The DHT node (`--dht`), for lookups when no peer holds a piece.
+    pub(crate) dht: Option<Arc<DhtNode>>,
 }
 
 impl std::fmt::Debug for Pieces {
@@ -105,6 +108,7 @@ impl Pieces {
             upload,
             download,
             last_giver: AtomicU64::new(0),
+            dht: None,
             swarm,
         }
     }

@@ -16,6 +16,7 @@ use wire_format::{NodeId, PeerAddr};
 
 use super::state::Swarm;
 use crate::clock::now;
+use crate::metrics::Metric;
 
 /// How often the dialler looks for work.
 const DIAL_TICK: Duration = Duration::from_millis(100);
@@ -61,21 +62,60 @@ impl Swarm {
             state.table.due(at, &skip, max)
         };
         let granted = state.dial_budget.take(max.min(due.len()), at);
-        let mut queued = 0;
+        let mut dialled = Vec::new();
         for &addr in due.iter().take(granted) {
             if self.dials.try_send(addr).is_ok() {
                 state.dialing.insert(addr);
                 if widen {
                     state.widen_dials.insert(addr);
                 }
-                queued += 1;
+                dialled.push(addr);
             }
         }
+        let queued = dialled.len();
         state.dial_budget.refund(granted - queued);
         Widened {
             queued,
             left: due.len() - queued,
+            dialled,
         }
+    }
+
+    /// Dials addresses a DHT lookup returned, in order, as a widening's
+    /// (they close once they said no, or idle). They do not enter the peer
+    /// table: the DHT vouches for none of them, and a connection that comes
+    /// up spreads its address by PEX anyway. Skips those banned, this
+    /// node's own, connected or being dialled; stops at the dial rate or the
+    /// connection limit. Returns how many of the first addresses it handled
+    /// (dialled or skipped): the caller offers the rest again later.
+    pub(crate) fn dial_found(&self, addrs: &[PeerAddr]) -> usize {
+        let mut state = self.state();
+        let at = now();
+        let mut handled = 0;
+        for addr in addrs {
+            let connected = state.conns.values().any(|c| c.dialable == Some(*addr));
+            if connected
+                || state.dialing.contains(addr)
+                || state.table.is_ours(addr)
+                || self.bans().is_addr_banned(*addr, at)
+            {
+                handled += 1;
+                continue;
+            }
+            let open = self.inbound.total() + state.outbound(None) + state.dialing.len();
+            if open >= self.config.max_connections || state.dial_budget.take(1, at) == 0 {
+                break;
+            }
+            if self.dials.try_send(*addr).is_err() {
+                state.dial_budget.refund(1);
+                break;
+            }
+            state.dialing.insert(*addr);
+            state.widen_dials.insert(*addr);
+            self.metrics.incr(Metric::DhtDialsTotal);
+            handled += 1;
+        }
+        handled
     }
 
     /// A peer dialled for a widening said it does not hold what was looked
@@ -116,13 +156,16 @@ impl Swarm {
 }
 
 /// What one widening round dialled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Widened {
     /// Dials queued now.
     pub(crate) queued: usize,
     /// Candidates due and not asked that were not dialled this time (the
     /// round's share or the dial rate held them back).
     pub(crate) left: usize,
+    /// The addresses queued: a fetch never dials one twice, even if its
+    /// dial failed before it could be asked.
+    pub(crate) dialled: Vec<PeerAddr>,
 }
 
 pub(crate) async fn run_dialler(swarm: Arc<Swarm>, mut stop: watch::Receiver<bool>) {
