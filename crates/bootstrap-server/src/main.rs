@@ -35,6 +35,20 @@ struct Args {
     /// Treat non-loopback clients that never send HELLO as legacy.
     #[arg(long, env = "P2P_LEGACY")]
     legacy: bool,
+    /// Also run a Mainline DHT node, on UDP at the listen port's number:
+    /// the entry point of a private DHT that nodes join with
+    /// `--dht-bootstrap` this host and port.
+    #[arg(long, env = "P2P_DHT")]
+    dht: bool,
+    /// DHT node `host:port` the server's DHT node joins through (repeatable;
+    /// default none: it is the root of its swarm's private DHT).
+    #[arg(
+        long,
+        env = "P2P_DHT_BOOTSTRAP",
+        value_delimiter = ',',
+        requires = "dht"
+    )]
+    dht_bootstrap: Vec<String>,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -77,6 +91,33 @@ async fn run(args: Args) -> Result<(), String> {
         args.max_peers,
         bootstrap_server::registry::worst_case_bytes(args.max_peers) >> 20
     );
+    // Kept until the server stops: dropping it stops the DHT node.
+    let _dht = if args.dht {
+        let bind = match addr.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+            _ => None,
+        };
+        let dht = if args.dht_bootstrap.is_empty() {
+            peer_node::dht::DhtNode::start_root(bind, addr.port()).await
+        } else {
+            let config = peer_node::dht::DhtConfig {
+                bootstrap: args.dht_bootstrap.clone(),
+                port: Some(addr.port()),
+                bind,
+            };
+            peer_node::dht::DhtNode::start(&config, addr.port()).await
+        }
+        .map_err(|e| e.to_string())?;
+        info!(
+            udp_port = dht.port(),
+            joined_through = %if args.dht_bootstrap.is_empty() { "nobody (the root of a private DHT)".to_owned() } else { args.dht_bootstrap.join(", ") },
+            "DHT node started (server mode, IPv4 only); nodes join it with --dht --dht-bootstrap HOST:{}",
+            dht.port()
+        );
+        Some(dht)
+    } else {
+        None
+    };
     server.run(shutdown).await;
     Ok(())
 }
