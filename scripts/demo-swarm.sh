@@ -7,9 +7,11 @@
 # showing the table until Ctrl-C / SIGTERM, when it stops everything it
 # started and removes the temp dir.
 #
-#   scripts/demo-swarm.sh [N] [--once] [--keep]
+#   scripts/demo-swarm.sh [N] [--once] [--keep] [--dht]
 #     --once   (or DEMO_ONCE=1) exit 0 once the file has been fetched
 #     --keep   (or DEMO_KEEP=1) keep the temp dir (logs, data dirs) at exit
+#     --dht    (or DEMO_DHT=1) every node and the bootstrap server run a DHT
+#              node: a private DHT joined through the bootstrap server
 #   DEMO_TIMEOUT=60  seconds the swarm may take to form (exit 1 after that)
 #   DEMO_REFRESH=5   seconds between tables once formed
 #
@@ -25,12 +27,14 @@ usage() {
 n=5
 once=${DEMO_ONCE:-0}
 keep=${DEMO_KEEP:-0}
+dht=${DEMO_DHT:-0}
 form_timeout=${DEMO_TIMEOUT:-60}
 refresh=${DEMO_REFRESH:-5}
 for arg in "$@"; do
   case $arg in
     --once) once=1 ;;
     --keep) keep=1 ;;
+    --dht) dht=1 ;;
     -h | --help) usage 0 ;;
     *[!0-9]* | '') echo "demo-swarm: unknown argument '$arg'" >&2 && usage 2 ;;
     *) n=$((10#$arg)) ;;
@@ -100,11 +104,16 @@ count() {
 export NO_COLOR=1
 start_ms=$(now_ms)
 server=""
-start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap"
+server_dht=() node_dht=()
+((dht)) && server_dht=(--dht)
+start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap" "${server_dht[@]}"
+# The DHT runs on UDP at each program's TCP port number: the nodes join the
+# private DHT through the bootstrap server's.
+((dht)) && node_dht=(--dht --dht-bootstrap "$server")
 
 for k in $(seq 1 "$n"); do
   "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 \
-    --data-dir "$work/node$k" --bootstrap "$server" 2>"$work/node$k.log" &
+    --data-dir "$work/node$k" --bootstrap "$server" "${node_dht[@]}" 2>"$work/node$k.log" &
   pids+=($!)
 done
 node_pid() { echo "${pids[$1]}"; }
@@ -208,9 +217,21 @@ share_and_fetch() {
   echo "+ p2p-cli --data-dir node1 put shared.bin"
   manifest=$("$bin/p2p-cli" --data-dir "$work/node1" put "$file") || fail "p2p-cli put on node1 failed"
   echo "shared a 5 MiB file on node1; its manifest: $manifest"
+  local explain=()
+  if ((dht)); then
+    # node1 announces its new file on the DHT within a second or two.
+    local until=$(($(now_ms) + 30000)) announced=0
+    while ((!announced && $(now_ms) < until)); do
+      curl -sS --max-time 2 -H "@$work/node1.auth" "http://${api[1]}/metrics" 2>/dev/null |
+        grep -Eq '^p2p_dht_announces_total [1-9]' && announced=1 || sleep 0.2
+    done
+    ((announced)) || fail "node1 did not announce its file on the DHT within 30 s"
+    echo "node1 announced the file on the DHT"
+    explain=(--explain)
+  fi
   t0=$(now_ms)
-  echo "+ p2p-cli --data-dir node$n get $manifest -o fetched.bin"
-  "$bin/p2p-cli" --data-dir "$work/node$n" get "$manifest" -o "$got" || fail "p2p-cli get on node$n failed"
+  echo "+ p2p-cli --data-dir node$n get $manifest -o fetched.bin ${explain[*]}"
+  "$bin/p2p-cli" --data-dir "$work/node$n" get "$manifest" -o "$got" "${explain[@]}" || fail "p2p-cli get on node$n failed"
   sha=$(sha256sum <"$got" | cut -d' ' -f1)
   [ "$sha" = "$want_sha" ] || fail "node$n wrote a file that hashes to $sha, not $want_sha"
   echo "fetched it through node$n in $(($(now_ms) - t0)) ms: sha256 $sha matches"

@@ -12,9 +12,12 @@
 # One JSON line per figure on stdout (and in FILE with --results), a summary
 # on stderr.
 #
-#   scripts/scale.sh [N] [--results FILE] [--keep]
+#   scripts/scale.sh [N] [--results FILE] [--keep] [--dht]
 #     N          nodes (default 100, 2 to 500)
 #     --keep     keep the temp dir (logs, data dirs) at exit
+#     --dht      the server and every node run a DHT node (a private DHT
+#                joined through the server); the fetches start once node 1
+#                has announced every piece (4 a second: about N/4 s)
 #   SCALE_FORM_TIMEOUT=120  seconds the swarm may take to form
 #   SCALE_FETCH_TIMEOUT=30  each fetch's timeout (the API's `timeout`)
 #
@@ -22,12 +25,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-n=100 keep=0 results=""
+n=100 keep=0 results="" dht=0
 while (($#)); do
   case $1 in
     --keep) keep=1 ;;
+    --dht) dht=1 ;;
     --results) results=${2:?--results needs a file}; shift ;;
-    -h | --help) sed -n '2,22s/^# \{0,1\}//p' "$0" >&2; exit 0 ;;
+    -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0" >&2; exit 0 ;;
     *[!0-9]* | '') echo "scale: unknown argument '$1'" >&2; exit 2 ;;
     *) n=$((10#$1)) ;;
   esac
@@ -75,21 +79,25 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/p2p-scale.XXXXXX")
 export NO_COLOR=1
 start_ms=$(now_ms)
 server=""
-start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap"
+server_dht=() node_dht=()
+((dht)) && server_dht=(--dht)
+start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap" "${server_dht[@]}"
+((dht)) && node_dht=(--dht --dht-bootstrap "$server")
 server_pid=${pids[0]}
 for k in $(seq 1 "$n"); do
   "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 --data-dir "$work/node$k" \
-    --bootstrap "$server" 2>"$work/node$k.log" &
+    --bootstrap "$server" "${node_dht[@]}" 2>"$work/node$k.log" &
   pids+=($!)
 done
 printf '%s\n' "${pids[@]:1}" >"$work/node-pids"
 echo "scale: bootstrap-server on $server, $n nodes started in $work" >&2
 
-python3 - "$work" "$n" "$want" "$start_ms" "$form_timeout" "$fetch_timeout" "$server_pid" <<'PY' | tee "${results:-/dev/null}"
-import concurrent.futures, hashlib, json, os, statistics, sys, time, urllib.request
+python3 - "$work" "$n" "$want" "$start_ms" "$form_timeout" "$fetch_timeout" "$server_pid" "$dht" <<'PY' | tee "${results:-/dev/null}"
+import concurrent.futures, hashlib, json, os, re, statistics, sys, time, urllib.request
 
-work, n, want, start_ms, form_timeout, fetch_timeout, server_pid = sys.argv[1:]
+work, n, want, start_ms, form_timeout, fetch_timeout, server_pid, dht = sys.argv[1:]
 n, want, form_timeout, fetch_timeout = int(n), int(want), int(form_timeout), int(fetch_timeout)
+dht = dht == "1"
 start = int(start_ms) / 1000
 pids = [int(p) for p in open(f"{work}/node-pids").read().split()]
 tick = os.sysconf("SC_CLK_TCK")
@@ -98,7 +106,7 @@ def say(msg):
     print(f"scale: {msg}", file=sys.stderr, flush=True)
 
 def emit(**fields):
-    print(json.dumps(fields), flush=True)
+    print(json.dumps(dict(fields, dht=dht)), flush=True)
 
 def node_api(k):
     d = f"{work}/node{k}"
@@ -170,6 +178,22 @@ for k in range(2, n + 1):
     answer = json.loads(call(1, "POST", "/api/v1/pieces", body, timeout=30))
     pieces[k] = (answer.get("id") or answer.get("sha256"), hashlib.sha256(body).hexdigest())
 
+def metric(k, name):
+    text = call(k, "GET", "/metrics").decode()
+    m = re.search(rf"^p2p_{name} (\d+)$", text, re.M)
+    return int(m.group(1)) if m else 0
+
+if dht:
+    # Node 1 announces its pinned pieces at the DHT announce rate.
+    t0 = time.time()
+    deadline = t0 + (n - 1) / 4 + 60
+    while metric(1, "dht_announces_total") < n - 1:
+        if time.time() > deadline:
+            sys.exit(f"scale: node 1 announced only {metric(1, 'dht_announces_total')} of {n - 1} pieces")
+        time.sleep(0.5)
+    emit(figure="dht_announced", nodes=n, pieces=n - 1, secs=round(time.time() - t0, 1))
+    say(f"node 1 announced its {n - 1} pieces on the DHT in {time.time() - t0:.1f} s")
+
 def fetch(k):
     want_id, digest = pieces[k]
     t0 = time.time()
@@ -185,6 +209,11 @@ def fetch(k):
 
 with concurrent.futures.ThreadPoolExecutor(10) as pool:
     done = list(pool.map(fetch, range(2, n + 1)))
+if dht:
+    lookups = sum(metric(k, "dht_lookups_total") for k in range(2, n + 1))
+    dials = sum(metric(k, "dht_dials_total") for k in range(2, n + 1))
+    emit(figure="dht_lookups", nodes=n, lookups=lookups, dials=dials)
+    say(f"DHT: {lookups} lookups, {dials} dials to addresses they returned")
 oks = [d for d in done if d[1]]
 times = sorted(d[2] for d in oks)
 emit(figure="fetches", nodes=n, fetches=len(done), succeeded=len(oks),
