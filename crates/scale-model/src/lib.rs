@@ -415,3 +415,60 @@ fn fmt_ms(ms: f64) -> String {
         format!("{ms:.1}")
     }
 }
+
+/// DHT lookups alone (no swarm, no PEX) in a DHT of `nodes` nodes: how
+/// many nodes a lookup queries and how many round trips it takes as the
+/// DHT grows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LookupScaling {
+    /// Always "lookup".
+    pub figure: &'static str,
+    /// DHT size.
+    pub nodes: usize,
+    /// Bucket size.
+    pub k: usize,
+    /// Queries in flight at once (0: all of the k closest).
+    pub alpha: usize,
+    /// Lookups run.
+    pub lookups: usize,
+    /// Lookups that found the one holder.
+    pub found: usize,
+    /// Nodes queried by a lookup run to its end: median, p99.
+    pub queried: (u64, u64),
+    /// Round trips of a lookup run to its end: median, p99.
+    pub rounds: (u64, u64),
+    /// Routing-table entries per node, median.
+    pub table_median: u64,
+}
+
+/// Runs `lookups` lookups of a random key held by one random node, each
+/// from another random node, in a DHT of `nodes` nodes.
+pub fn lookup_scaling(nodes: usize, params: DhtParams, lookups: usize, seed: u64) -> LookupScaling {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(sub_seed(seed, &[nodes as u64, 9]));
+    let dht = dht::Dht::build(nodes, params, &mut rng);
+    let mut queried = Vec::new();
+    let mut rounds = Vec::new();
+    let mut found = 0;
+    for _ in 0..lookups {
+        let picked = index::sample(&mut rng, nodes, 2).into_vec();
+        let [asker, holder] = [picked[0], picked[1]].map(|i| u32::try_from(i).unwrap_or(0));
+        let key: u128 = rng.random();
+        let storage = dht.storage_nodes(key, params.storage);
+        let r = dht::lookup_alone(&dht, asker, key, &storage, &[holder], &mut rng);
+        found += usize::from(r.holders == [holder]);
+        queried.push(r.queried as u64);
+        rounds.push(r.rounds as u64);
+    }
+    let sizes: Vec<u64> = dht.tables.iter().map(|t| t.len() as u64).collect();
+    LookupScaling {
+        figure: "lookup",
+        nodes,
+        k: params.k,
+        alpha: params.alpha,
+        lookups,
+        found,
+        queried: (median(&queried), percentile(&queried, 99)),
+        rounds: (median(&rounds), percentile(&rounds, 99)),
+        table_median: median(&sizes),
+    }
+}

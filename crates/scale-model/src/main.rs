@@ -5,7 +5,7 @@
 //!
 //! `p2p-scale-model [--seed S] [--fetches F] [--concurrency C]
 //!   [--nodes 100,300,...] [--holders 1,10,100] [--timeout SECS]
-//!   [--dht mainline|bep5] [--dht-dial-cap D] [--dht-at-start] [--latency-ms MS] [--no-calibration] [--out FILE]`
+//!   [--dht mainline|bep5] [--dht-dial-cap D] [--dht-at-start] [--latency-ms MS] [--no-calibration] [--lookups N,N,...] [--out FILE]`
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -14,17 +14,20 @@ use std::time::{Duration, Instant};
 
 use scale_model::dht::DhtParams;
 use scale_model::params::{FETCH_TIMEOUT, MILLI, SECOND};
-use scale_model::{Calibration, Mode, Plan, calibrate, formed_swarm, markdown, run_cell};
+use scale_model::{
+    Calibration, Mode, Plan, calibrate, formed_swarm, lookup_scaling, markdown, run_cell,
+};
 
 /// Seeds each real run is replayed with (the real runs were repeated 3 times).
 const CALIBRATION_SEEDS: u64 = 3;
 
 const USAGE: &str = "usage: p2p-scale-model [--seed S] [--fetches F] [--concurrency C] \
 [--nodes 100,300,1000,3000,10000] [--holders 1,10,100] [--timeout SECS] \
-[--dht mainline|bep5] [--dht-dial-cap D] [--dht-at-start] [--latency-ms MS] [--no-calibration] [--out FILE]";
+[--dht mainline|bep5] [--dht-dial-cap D] [--dht-at-start] [--latency-ms MS] [--no-calibration] [--lookups N,N,...] [--out FILE]";
 
 struct Args {
     plan: Plan,
+    lookups: Option<Vec<usize>>,
     calibration: bool,
     out: Option<String>,
 }
@@ -50,6 +53,7 @@ fn parse() -> Result<Args, String> {
     let mut args = Args {
         plan: Plan::default(),
         calibration: true,
+        lookups: None,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -90,6 +94,7 @@ fn parse() -> Result<Args, String> {
                 args.plan.latency = micros(ms * MILLI as f64, "--latency-ms")?;
             }
             "--dht-at-start" => args.plan.dht.at_start = true,
+            "--lookups" => args.lookups = Some(list(&value()?)?),
             "--no-calibration" => args.calibration = false,
             "--out" => args.out = Some(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -117,6 +122,51 @@ fn run(args: Args) -> Result<(), String> {
         Ok(())
     };
     let plan = &args.plan;
+    if let Some(sizes) = &args.lookups {
+        // DHT lookups alone, as the DHT grows past what the swarm model runs.
+        println!(
+            "## DHT lookups alone: {} lookups per size, one holder each, run to their end; seed {}\n",
+            plan.fetches, plan.seed
+        );
+        println!(
+            "| DHT nodes | k, alpha | routing-table entries (median) | found | nodes queried (median, p99) | round trips (median, p99) |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for &n in sizes {
+            for params in [DhtParams::MAINLINE, DhtParams::BEP5] {
+                let t = Instant::now();
+                let l = lookup_scaling(n, params, plan.fetches, plan.seed);
+                eprintln!(
+                    "scale-model: lookups in {n} DHT nodes (k = {}) took {:.1} s",
+                    params.k,
+                    t.elapsed().as_secs_f64()
+                );
+                let alpha = if l.alpha == 0 {
+                    "all".to_string()
+                } else {
+                    l.alpha.to_string()
+                };
+                println!(
+                    "| {} | {}, {} | {} | {} of {} | {}, {} | {}, {} |",
+                    l.nodes,
+                    l.k,
+                    alpha,
+                    l.table_median,
+                    l.found,
+                    l.lookups,
+                    l.queried.0,
+                    l.queried.1,
+                    l.rounds.0,
+                    l.rounds.1
+                );
+                emit(serde_json::to_string(&l).map_err(|e| e.to_string())?)?;
+            }
+        }
+        if let Some(mut out) = out {
+            out.flush().map_err(|e| e.to_string())?;
+        }
+        return Ok(());
+    }
     if args.calibration {
         println!(
             "## The real runs replayed: PEX alone, node 1 (the first to start) holds, every other node fetches, 10 at a time; seeds {}..={}\n",

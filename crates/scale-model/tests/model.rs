@@ -109,3 +109,16 @@ fn a_run_is_the_same_given_its_seed() {
     let c = run_cell(&formed_swarm(300, &other), 10, Mode::PexDht, &other);
     assert_ne!(a, c);
 }
+
+#[test]
+fn lookups_grow_slowly_with_the_dht() {
+    let small = scale_model::lookup_scaling(500, DhtParams::BEP5, 40, 1);
+    let large = scale_model::lookup_scaling(8_000, DhtParams::BEP5, 40, 1);
+    assert_eq!((small.found, large.found), (40, 40));
+    // 16 times the nodes: a few more queries, not 16 times as many.
+    assert!(large.queried.0 >= small.queried.0, "{small:?} {large:?}");
+    assert!(
+        large.queried.0 <= 2 * small.queried.0,
+        "{small:?} {large:?}"
+    );
+}
