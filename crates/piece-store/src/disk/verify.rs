@@ -10,6 +10,9 @@ use std::io;
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
+use std::os::unix::fs::FileExt;
+
+use super::pack::pack_path;
 use super::shared::Shared;
 use crate::store::{StoreError, VerifyReport};
 
@@ -35,30 +38,27 @@ fn read_range(path: &std::path::Path, offset: u64, len: u32) -> io::Result<Vec<u
 pub struct ScrubReport {
     /// Pieces hashed.
     pub checked: usize,
-    /// Pieces found corrupt (deleted, or quarantined if pinned).
+    /// Pieces found corrupt (dropped, or copied to quarantine if pinned).
     pub corrupt: Vec<PieceId>,
     /// The scrub reached the last piece and starts over at the next call.
     pub wrapped: bool,
 }
 
 impl Shared {
-    /// Handles a piece whose bytes do not match its name.
-    fn handle_corrupt(&self, id: &PieceId) -> StoreError {
+    /// Handles a piece whose bytes do not match its name: dropped from the
+    /// packs; if a pinned root reaches it, its bytes are first copied to
+    /// `quarantine/` for the user.
+    fn handle_corrupt(&self, id: &PieceId, bytes: &[u8]) -> StoreError {
         let mut state = self.state();
         let pinned = state.index.get(id).is_some_and(|e| e.pinned);
         state.index.remove(id);
+        state.packs.kill(id);
         state.corrupt += 1;
-        let path = self.paths.piece(id);
         let quarantined = if pinned {
             let dest = self.paths.quarantine_dir().join(id.to_hex());
-            let moved = fs::rename(&path, &dest).is_ok();
-            if !moved {
-                let _ = fs::remove_file(&path);
-            }
             state.quarantined.push(*id);
-            moved
+            fs::write(&dest, bytes).is_ok()
         } else {
-            let _ = fs::remove_file(&path);
             false
         };
         StoreError::Corrupt {
@@ -87,32 +87,62 @@ impl Shared {
         self.read_committed(id, verify)
     }
 
-    /// Reads a committed piece, verifying it when required.
+    /// Reads a committed piece from its pack, verifying it when required.
+    /// A record cut short on disk is corrupt like one whose bytes changed.
     pub(super) fn read_committed(
         &self,
         id: &PieceId,
         verify: bool,
     ) -> Result<Option<Bytes>, StoreError> {
-        let path = self.paths.piece(id);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                // Evicted meanwhile, or removed behind our back.
-                let mut state = self.state();
-                if !state.pending.contains_key(id) && state.index.get(id).is_some() {
-                    state.index.remove(id);
-                }
-                return Ok(None);
+        let Some((loc, file)) = self.state().packs.find(id) else {
+            // Evicted meanwhile.
+            let mut state = self.state();
+            if !state.pending.contains_key(id) && state.index.get(id).is_some() {
+                state.index.remove(id);
             }
-            Err(err) => return Err(StoreError::io("read", &path)(err)),
+            return Ok(None);
         };
+        // Bounded: a record's length passed the piece limit.
+        let mut bytes = vec![0u8; loc.len as usize];
+        match file.read_exact_at(&mut bytes, loc.offset) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(self.handle_corrupt(id, &[]));
+            }
+            Err(err) => {
+                return Err(StoreError::io(
+                    "read",
+                    pack_path(&self.paths.packs_dir(), loc.pack),
+                )(err));
+            }
+        }
+        let bytes = Bytes::from(bytes);
         if verify {
             if VerifiedPiece::verify(*id, bytes.clone()).is_err() {
-                return Err(self.handle_corrupt(id));
+                return Err(self.handle_corrupt(id, &bytes));
             }
             self.state().index.mark_verified(id);
         }
         Ok(Some(bytes))
+    }
+
+    /// The first `buf.len()` bytes of a committed piece, unverified;
+    /// `false` if the piece is shorter or not in the packs.
+    pub(super) fn read_prefix(&self, id: &PieceId, buf: &mut [u8]) -> Result<bool, StoreError> {
+        let Some((loc, file)) = self.state().packs.find(id) else {
+            return Ok(false);
+        };
+        if (loc.len as usize) < buf.len() {
+            return Ok(false);
+        }
+        match file.read_exact_at(buf, loc.offset) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(err) => Err(StoreError::io(
+                "read",
+                pack_path(&self.paths.packs_dir(), loc.pack),
+            )(err)),
+        }
     }
 
     /// Reads a piece served from a range of a file, always hashed: the file
@@ -159,6 +189,8 @@ impl Shared {
                 Err(err) => return Err(err),
             }
         }
+        // What was dropped stays dropped across a restart.
+        self.flush_tombstones()?;
         for id in extents {
             if self.state().index.contains(&id) {
                 continue; // served from the store's own copy
