@@ -237,10 +237,11 @@ fn open_pack(path: &Path, create: bool) -> io::Result<File> {
     Ok(file)
 }
 
-/// One pack as the table sees it.
+/// One pack as the table sees it. Packs other than the active one are
+/// opened per read (as a piece file was), so a large store holds no
+/// descriptor per pack.
 #[derive(Debug)]
 pub(super) struct PackFile {
-    pub(super) file: Arc<File>,
     pub(super) size: u64,
     /// Bytes of the live records (headers included).
     pub(super) live: u64,
@@ -267,7 +268,6 @@ pub(super) struct PackTable {
 #[derive(Debug)]
 pub(super) struct CompactPlan {
     pub(super) pack: u32,
-    pub(super) file: Arc<File>,
     pub(super) live: Vec<(PieceId, Loc)>,
     pub(super) tombstones: Vec<PieceId>,
 }
@@ -283,16 +283,9 @@ impl PackTable {
         }
     }
 
-    /// Where `id` is, with its pack open for reading.
-    pub(super) fn find(&self, id: &PieceId) -> Option<(Loc, Arc<File>)> {
-        let loc = *self.places.get(id)?;
-        let pack = self.packs.get(&loc.pack)?;
-        Some((loc, Arc::clone(&pack.file)))
-    }
-
-    /// Pack `number`, open.
-    pub(super) fn pack_file(&self, number: u32) -> Option<Arc<File>> {
-        self.packs.get(&number).map(|pack| Arc::clone(&pack.file))
+    /// Where `id` is.
+    pub(super) fn find(&self, id: &PieceId) -> Option<Loc> {
+        self.places.get(id).copied()
     }
 
     pub(super) fn contains(&self, id: &PieceId) -> bool {
@@ -362,11 +355,10 @@ impl PackTable {
         self.doomed.extend(ids);
     }
 
-    fn add_pack(&mut self, number: u32, file: Arc<File>, size: u64) {
+    fn add_pack(&mut self, number: u32, size: u64) {
         self.packs.insert(
             number,
             PackFile {
-                file,
                 size,
                 live: 0,
                 tombstones: Vec::new(),
@@ -424,7 +416,6 @@ impl PackTable {
         tombstones.dedup();
         Some(CompactPlan {
             pack: number,
-            file: Arc::clone(&pack.file),
             live,
             tombstones,
         })
@@ -550,7 +541,7 @@ impl Writer {
         }
         let mut guard = crate::disk::shared::lock(table);
         let packs = guard.as_mut();
-        packs.add_pack(next, Arc::clone(&file), 0);
+        packs.add_pack(next, 0);
         packs.active = next;
         *self = Self {
             number: next,
@@ -570,7 +561,7 @@ impl Writer {
 pub(super) fn open(dir: &Path, sync: bool) -> Result<(PackTable, Writer), StoreError> {
     let mut table = PackTable::new();
     let numbers = list_packs(dir)?;
-    let mut last: Option<(u32, Arc<File>, u64)> = None;
+    let mut last: Option<(u32, File, u64)> = None;
     for number in numbers {
         let path = pack_path(dir, number);
         let file = open_pack(&path, false).map_err(StoreError::io("open", &path))?;
@@ -586,8 +577,7 @@ pub(super) fn open(dir: &Path, sync: bool) -> Result<(PackTable, Writer), StoreE
                 file.sync_all().map_err(StoreError::io("fsync", &path))?;
             }
         }
-        let file = Arc::new(file);
-        table.add_pack(number, Arc::clone(&file), scanned.valid_end);
+        table.add_pack(number, scanned.valid_end);
         for (header, offset) in scanned.records {
             match header.kind {
                 Kind::Piece => table.set_live(
@@ -606,12 +596,13 @@ pub(super) fn open(dir: &Path, sync: bool) -> Result<(PackTable, Writer), StoreE
                 }
             }
         }
+        // Only the last pack stays open: it is appended to.
         last = Some((number, file, scanned.valid_end));
     }
     let writer = match last {
         Some((number, file, end)) if end < PACK_MAX_BYTES => Writer {
             number,
-            file,
+            file: Arc::new(file),
             end,
             broken: false,
             sync,
@@ -634,7 +625,7 @@ pub(super) fn open(dir: &Path, sync: bool) -> Result<(PackTable, Writer), StoreE
             if sync {
                 sync_dir(dir)?;
             }
-            table.add_pack(number, Arc::clone(&file), 0);
+            table.add_pack(number, 0);
             Writer {
                 number,
                 file,

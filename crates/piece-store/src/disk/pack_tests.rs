@@ -396,3 +396,26 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Descriptors this process holds open on files under `dir`.
+fn open_files_under(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[test]
+fn only_the_active_pack_is_held_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, pieces) = two_packs(dir.path(), 0);
+    drop(store);
+    let packs_dir = dir.path().join(PACKS_DIR);
+    let store = open(dir.path(), FsyncPolicy::Batch);
+    assert_eq!(packs(dir.path()), vec![0, 1]);
+    // Pack 0 is opened per read, not held: a store of many packs costs
+    // no descriptor per pack.
+    assert_holds(&store, &pieces[..2]);
+    assert_eq!(open_files_under(&packs_dir), 1);
+}

@@ -142,13 +142,11 @@ fn migrate_piece_files(
         let mut synced = std::collections::BTreeSet::new();
         for (id, loc, _) in &moved {
             // Every pack written to, whatever the policy.
-            if synced.insert(loc.pack)
-                && let Some(file) = guard.0.pack_file(loc.pack)
-            {
-                file.sync_data().map_err(StoreError::io(
-                    "fsync",
-                    pack::pack_path(&paths.packs_dir(), loc.pack),
-                ))?;
+            if synced.insert(loc.pack) {
+                let path = pack::pack_path(&paths.packs_dir(), loc.pack);
+                File::open(&path)
+                    .and_then(|file| file.sync_data())
+                    .map_err(StoreError::io("fsync", &path))?;
             }
             guard.0.set_live(*id, *loc);
         }

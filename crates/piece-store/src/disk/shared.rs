@@ -183,12 +183,12 @@ impl Shared {
         };
         let Some(plan) = plan else { return Ok(false) };
         let old_path = pack_path(&self.paths.packs_dir(), plan.pack);
+        let old = File::open(&old_path).map_err(StoreError::io("open", &old_path))?;
         let mut moved = Vec::with_capacity(plan.live.len());
         for (id, loc) in &plan.live {
             // Bounded: a live record's length passed the piece limit.
             let mut bytes = vec![0u8; loc.len as usize];
-            plan.file
-                .read_exact_at(&mut bytes, loc.offset)
+            old.read_exact_at(&mut bytes, loc.offset)
                 .map_err(StoreError::io("read", &old_path))?;
             let new = writer.append(&self.state, Kind::Piece, *id, &bytes)?;
             moved.push((*id, *loc, new));
@@ -201,8 +201,8 @@ impl Shared {
         }
         {
             let mut state = self.state();
-            for (id, old, new) in moved {
-                if state.packs.find(&id).map(|(loc, _)| loc) == Some(old) {
+            for (id, was, new) in moved {
+                if state.packs.find(&id) == Some(was) {
                     state.packs.set_live(id, new);
                 } else {
                     // Deleted while being copied: the copy is dead too.

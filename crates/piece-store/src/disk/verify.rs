@@ -4,7 +4,7 @@
 //!
 //! Uses the store's shared state and paths.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 
 use bytes::Bytes;
@@ -31,6 +31,15 @@ fn read_range(path: &std::path::Path, offset: u64, len: u32) -> io::Result<Vec<u
     let mut bytes = vec![0; len as usize];
     file.read_exact_at(&mut bytes, offset)?;
     Ok(bytes)
+}
+
+/// What reading a committed piece's record found.
+enum Stored {
+    Bytes(Vec<u8>),
+    /// Not in the packs (evicted meanwhile).
+    Missing,
+    /// The record is shorter on disk than indexed, or its pack is gone.
+    Short,
 }
 
 /// What one scrub call checked.
@@ -87,6 +96,38 @@ impl Shared {
         self.read_committed(id, verify)
     }
 
+    /// Reads the first `want` bytes (all with `None`) of a committed
+    /// piece's record. Its pack is opened for the read; one compacted away
+    /// meanwhile is looked up again.
+    fn read_stored(&self, id: &PieceId, want: Option<usize>) -> Result<Stored, StoreError> {
+        for _ in 0..2 {
+            let Some(loc) = self.state().packs.find(id) else {
+                return Ok(Stored::Missing);
+            };
+            let len = loc.len as usize;
+            let want = match want {
+                Some(want) if want > len => return Ok(Stored::Short),
+                Some(want) => want,
+                None => len,
+            };
+            let path = pack_path(&self.paths.packs_dir(), loc.pack);
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(StoreError::io("open", &path)(err)),
+            };
+            // Bounded: a record's length passed the piece limit.
+            let mut bytes = vec![0u8; want];
+            return match file.read_exact_at(&mut bytes, loc.offset) {
+                Ok(()) => Ok(Stored::Bytes(bytes)),
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(Stored::Short),
+                Err(err) => Err(StoreError::io("read", &path)(err)),
+            };
+        }
+        // Its pack is gone and it was not moved: removed behind our back.
+        Ok(Stored::Short)
+    }
+
     /// Reads a committed piece from its pack, verifying it when required.
     /// A record cut short on disk is corrupt like one whose bytes changed.
     pub(super) fn read_committed(
@@ -94,29 +135,18 @@ impl Shared {
         id: &PieceId,
         verify: bool,
     ) -> Result<Option<Bytes>, StoreError> {
-        let Some((loc, file)) = self.state().packs.find(id) else {
-            // Evicted meanwhile.
-            let mut state = self.state();
-            if !state.pending.contains_key(id) && state.index.get(id).is_some() {
-                state.index.remove(id);
+        let bytes = match self.read_stored(id, None)? {
+            Stored::Bytes(bytes) => Bytes::from(bytes),
+            Stored::Short => return Err(self.handle_corrupt(id, &[])),
+            Stored::Missing => {
+                // Evicted meanwhile.
+                let mut state = self.state();
+                if !state.pending.contains_key(id) && state.index.get(id).is_some() {
+                    state.index.remove(id);
+                }
+                return Ok(None);
             }
-            return Ok(None);
         };
-        // Bounded: a record's length passed the piece limit.
-        let mut bytes = vec![0u8; loc.len as usize];
-        match file.read_exact_at(&mut bytes, loc.offset) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(self.handle_corrupt(id, &[]));
-            }
-            Err(err) => {
-                return Err(StoreError::io(
-                    "read",
-                    pack_path(&self.paths.packs_dir(), loc.pack),
-                )(err));
-            }
-        }
-        let bytes = Bytes::from(bytes);
         if verify {
             if VerifiedPiece::verify(*id, bytes.clone()).is_err() {
                 return Err(self.handle_corrupt(id, &bytes));
@@ -129,19 +159,12 @@ impl Shared {
     /// The first `buf.len()` bytes of a committed piece, unverified;
     /// `false` if the piece is shorter or not in the packs.
     pub(super) fn read_prefix(&self, id: &PieceId, buf: &mut [u8]) -> Result<bool, StoreError> {
-        let Some((loc, file)) = self.state().packs.find(id) else {
-            return Ok(false);
-        };
-        if (loc.len as usize) < buf.len() {
-            return Ok(false);
-        }
-        match file.read_exact_at(buf, loc.offset) {
-            Ok(()) => Ok(true),
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(err) => Err(StoreError::io(
-                "read",
-                pack_path(&self.paths.packs_dir(), loc.pack),
-            )(err)),
+        match self.read_stored(id, Some(buf.len()))? {
+            Stored::Bytes(bytes) => {
+                buf.copy_from_slice(&bytes);
+                Ok(true)
+            }
+            Stored::Short | Stored::Missing => Ok(false),
         }
     }
 
