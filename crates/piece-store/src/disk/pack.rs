@@ -830,6 +830,25 @@ mod tests {
         assert!(err.to_string().contains("pack numbers exhausted"), "{err}");
     }
 
+    proptest::proptest! {
+        /// Any bytes after a valid record: the scan never panics, keeps the
+        /// valid record, and every record it keeps lies within the file.
+        #[test]
+        fn a_scan_of_arbitrary_bytes_stays_within_the_file(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            len in 1u32..64,
+        ) {
+            let first = (header(Kind::Piece, len), vec![7u8; len as usize]);
+            let (_dir, file, size) = write_pack(&[first], &tail);
+            let scanned = scan(&file, size).unwrap();
+            proptest::prop_assert!(!scanned.records.is_empty());
+            proptest::prop_assert!(scanned.valid_end <= size);
+            for (h, offset) in &scanned.records {
+                proptest::prop_assert!(offset + h.record_len() <= scanned.valid_end);
+            }
+        }
+    }
+
     #[derive(Debug)]
     struct Table(PackTable);
 
