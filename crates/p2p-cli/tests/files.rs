@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -404,10 +405,18 @@ async fn verify_rehashes_the_store_and_the_fetched_files_and_exits_5_only_for_st
     // A piece file of the store itself rots: exit 5, and it is named.
     let own_piece = PieceId::of(&content(31, PIECE_MAX / 2));
     let hex = own_piece.to_hex();
-    let path = data.join("pieces").join(&hex[..2]).join(&hex);
-    let mut rotten = std::fs::read(&path).unwrap();
-    rotten[0] ^= 1;
-    std::fs::write(&path, rotten).unwrap();
+    let (pack, offset, _) = piece_store::disk::locate_piece(&data, &own_piece)
+        .unwrap()
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pack)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 1;
+    file.write_all_at(&byte, offset).unwrap();
     let run = node.cli(&["verify"]).await;
     run.assert_code(5).assert_says(&hex);
 }

@@ -1,9 +1,10 @@
 //! Crash safety of a real `peer-node` process: killed with SIGKILL at
-//! arbitrary moments while it stores files (`POST /api/v1/files`) or fetches
-//! one (a fetch job), then restarted on the same data dir. Afterwards the
-//! store holds only pieces that hash to their names, every file whose upload
-//! was acknowledged is whole and pinned, and a fetch job run again completes
-//! with the file byte for byte.
+//! arbitrary moments while it stores files (`POST /api/v1/files`), loose
+//! pieces one by one (`POST /api/v1/pieces`, each an append to a pack and a
+//! commit of its own) or fetches one (a fetch job), then restarted on the
+//! same data dir. Afterwards the store holds only pieces that hash to their
+//! names, every file or piece whose upload was acknowledged is whole and
+//! pinned, and a fetch job run again completes with the file byte for byte.
 // Test code: a failed unwrap is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piece_store::file::{add_file, pieces_of, reassemble};
@@ -231,6 +232,85 @@ fn a_node_killed_while_storing_files_keeps_every_acknowledged_file_and_only_veri
         .unwrap();
         assert_eq!(status, 200);
         assert!(body == *content);
+    }
+    node.stop();
+}
+
+/// Loose pieces one client uploads in a round at most (it is killed long
+/// before).
+const LOOSE_PUTS_MAX: usize = 10_000;
+/// Pieces acknowledged before the first round's kill, so some are.
+const LOOSE_ACKED_FIRST: usize = 3;
+
+#[test]
+fn a_node_killed_while_storing_loose_pieces_keeps_every_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = XorShift(0x5eed_0003);
+    let mut acknowledged: Vec<(PieceId, Vec<u8>)> = Vec::new();
+    for round in 0..KILLS {
+        let node = Node::start(dir.path(), &[]);
+        let (api, token) = (node.api, node.token.clone());
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        // Uploads pieces (a full one now and then) until the node is gone.
+        let uploader = {
+            let acked = Arc::clone(&acked);
+            let mut rng = XorShift(rng.next() | 1);
+            std::thread::spawn(move || {
+                for i in 0..LOOSE_PUTS_MAX {
+                    let len = if i % 8 == 7 {
+                        wire_format::limits::PIECE_MAX
+                    } else {
+                        1 + usize::try_from(rng.next() % (64 << 10)).unwrap()
+                    };
+                    let bytes = rng.bytes(len);
+                    match request(api, &token, "POST", "/api/v1/pieces", &bytes) {
+                        Some((201, body)) => {
+                            let id: PieceId =
+                                json(&body)["sha256"].as_str().unwrap().parse().unwrap();
+                            assert_eq!(id, PieceId::of(&bytes));
+                            acked.lock().unwrap().push((id, bytes));
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        };
+        if round == 0 {
+            let deadline = Instant::now() + DEADLINE;
+            while acked.lock().unwrap().len() < LOOSE_ACKED_FIRST {
+                assert!(Instant::now() < deadline, "no piece was acknowledged");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            std::thread::sleep(rng.moment());
+        }
+        node.kill();
+        uploader.join().unwrap();
+        acknowledged.append(&mut acked.lock().unwrap());
+    }
+    eprintln!("{} loose pieces acknowledged", acknowledged.len());
+    assert!(acknowledged.len() >= LOOSE_ACKED_FIRST);
+    let store = assert_every_piece_verifies(dir.path());
+    for (id, bytes) in &acknowledged {
+        assert!(store.is_pinned(id), "{id} unpinned after the crash");
+        assert_eq!(store.get(id).unwrap().as_deref(), Some(&bytes[..]), "{id}");
+    }
+    // Held in packs, not a file each.
+    assert!(!dir.path().join("pieces").exists());
+    drop(store);
+    // And the node starts on it and serves them.
+    let node = Node::start(dir.path(), &[]);
+    for (id, bytes) in acknowledged.iter().rev().take(4) {
+        let (status, body) = request(
+            node.api,
+            &node.token,
+            "GET",
+            &format!("/api/v1/pieces/{id}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        assert!(body == *bytes);
     }
     node.stop();
 }

@@ -332,7 +332,7 @@ fn crash_image(from: &Path, to: &Path) {
 }
 
 #[test]
-fn roots_survive_a_crash_with_stale_temp_files_and_a_torn_index() {
+fn roots_survive_a_crash_with_a_torn_pack_and_a_torn_index() {
     let dir = tempfile::tempdir().unwrap();
     let image = tempfile::tempdir().unwrap();
     let store = DiskStore::open(dir.path(), DiskStoreConfig::new(16 * MIB)).unwrap();
@@ -344,8 +344,11 @@ fn roots_survive_a_crash_with_stale_temp_files_and_a_torn_index() {
     // The image is taken while the store is open: no clean shutdown.
     crash_image(dir.path(), image.path());
     drop(store);
-    // A put that was writing its temp file, and a pin that was appending.
-    fs::write(image.path().join("tmp").join("stale.0000.tmp"), b"half").unwrap();
+    // A put that was appending to its pack, and a pin that was appending.
+    let pack = image.path().join("packs").join("00000000.pack");
+    let mut torn = fs::OpenOptions::new().append(true).open(&pack).unwrap();
+    std::io::Write::write_all(&mut torn, b"P2PK\x01half").unwrap();
+    let before = fs::metadata(&pack).unwrap().len();
     let mut log = fs::OpenOptions::new()
         .append(true)
         .open(image.path().join(ROOTS_FILE))
@@ -358,7 +361,8 @@ fn roots_survive_a_crash_with_stale_temp_files_and_a_torn_index() {
         vec![Root::File(file.manifest), Root::Piece(loose.id())]
     );
     assert!(store.is_pinned(&PieceId::of(&[4; 4])));
-    assert_eq!(fs::read_dir(image.path().join("tmp")).unwrap().count(), 0);
+    // The torn record is cut off.
+    assert_eq!(fs::metadata(&pack).unwrap().len(), before - 9);
     assert_eq!(
         store.gc().unwrap(),
         GcReport::default(),

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use piece_store::disk::locate_piece;
 use piece_store::{
     DiskStore, DiskStoreConfig, Durability, FsyncPolicy, MemStore, PieceStore, Retention, Root,
     StoreError,
@@ -37,10 +38,36 @@ fn open(dir: &Path, capacity: u64, fsync: FsyncPolicy) -> DiskStore {
     DiskStore::open(dir, config).unwrap()
 }
 
-fn piece_file(dir: &Path, id: &PieceId) -> std::path::PathBuf {
+/// A piece file of a store from before the packs.
+fn legacy_piece_file(dir: &Path, id: &PieceId) -> std::path::PathBuf {
     dir.join("pieces")
         .join(format!("{:02x}", id.first_byte()))
         .join(id.to_hex())
+}
+
+/// The bytes a (closed or open) store keeps for `id` in its packs.
+fn stored_bytes(dir: &Path, id: &PieceId) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let (path, offset, len) = locate_piece(dir, id).unwrap()?;
+    let mut bytes = vec![0u8; len as usize];
+    fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut bytes, offset)
+        .unwrap();
+    Some(bytes)
+}
+
+/// Overwrites the bytes the store keeps for `id` in its packs (same length).
+fn overwrite_stored(dir: &Path, id: &PieceId, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let (path, offset, len) = locate_piece(dir, id).unwrap().unwrap();
+    assert_eq!(bytes.len(), len as usize);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
 }
 
 fn contract(store: &dyn PieceStore) {
@@ -110,20 +137,20 @@ fn disk_store_keeps_the_contract_under_every_fsync_policy() {
 }
 
 #[test]
-fn left_over_temp_files_are_removed_at_open() {
+fn left_over_temp_files_of_an_older_store_are_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), MIB, FsyncPolicy::Batch));
+    fs::create_dir(dir.path().join("tmp")).unwrap();
     let stale = dir.path().join("tmp").join("deadbeef.0000.tmp");
     fs::write(&stale, b"half a piece").unwrap();
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
-    assert!(!stale.exists());
+    assert!(!dir.path().join("tmp").exists());
     assert!(store.list().is_empty());
 }
 
 #[test]
-fn stray_and_impossible_files_are_not_indexed() {
+fn stray_and_impossible_legacy_files_are_not_migrated() {
     let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path(), MIB, FsyncPolicy::Batch));
     let p = piece(1, 10);
     // Right name in the wrong shard, and a zero-length "piece".
     let wrong_shard = dir
@@ -131,12 +158,14 @@ fn stray_and_impossible_files_are_not_indexed() {
         .join("pieces")
         .join(format!("{:02x}", p.id().first_byte().wrapping_add(1)))
         .join(p.id().to_hex());
+    fs::create_dir_all(wrong_shard.parent().unwrap()).unwrap();
     fs::write(&wrong_shard, p.bytes()).unwrap();
-    let empty = piece_file(dir.path(), &piece(2, 10).id());
+    let empty = legacy_piece_file(dir.path(), &piece(2, 10).id());
+    fs::create_dir_all(empty.parent().unwrap()).unwrap();
     fs::write(&empty, b"").unwrap();
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
     assert!(store.list().is_empty());
-    assert!(!wrong_shard.exists() && !empty.exists());
+    assert!(!dir.path().join("pieces").exists());
 }
 
 #[test]
@@ -149,10 +178,9 @@ fn a_cached_piece_altered_on_disk_is_deleted_and_not_served() {
             .put(p.clone(), Retention::Cached, Durability::Wait)
             .unwrap();
     }
-    let path = piece_file(dir.path(), &p.id());
-    let mut bytes = fs::read(&path).unwrap();
+    let mut bytes = stored_bytes(dir.path(), &p.id()).unwrap();
     bytes[100] ^= 1;
-    fs::write(&path, bytes).unwrap();
+    overwrite_stored(dir.path(), &p.id(), &bytes);
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
     assert!(store.has(&p.id()));
     match store.get(&p.id()) {
@@ -163,9 +191,13 @@ fn a_cached_piece_altered_on_disk_is_deleted_and_not_served() {
         other => panic!("expected corrupt, got {other:?}"),
     }
     assert!(!store.has(&p.id()));
-    assert!(!path.exists());
     assert_eq!(store.get(&p.id()).unwrap(), None);
     assert_eq!(store.stats().corrupt, 1);
+    // Dropped for good: not back after a restart.
+    drop(store);
+    assert_eq!(locate_piece(dir.path(), &p.id()).unwrap(), None);
+    let store = open(dir.path(), MIB, FsyncPolicy::Batch);
+    assert!(!store.has(&p.id()));
     // The swarm can provide it again.
     store
         .put(p.clone(), Retention::Cached, Durability::Wait)
@@ -183,8 +215,8 @@ fn a_pinned_piece_altered_on_disk_is_quarantined_and_reported() {
             .put(p.clone(), Retention::Pinned, Durability::Wait)
             .unwrap();
     }
-    let path = piece_file(dir.path(), &p.id());
-    fs::write(&path, b"not the original bytes").unwrap();
+    let rotten = vec![0x42u8; 4096];
+    overwrite_stored(dir.path(), &p.id(), &rotten);
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
     assert!(matches!(
         store.get(&p.id()),
@@ -194,7 +226,7 @@ fn a_pinned_piece_altered_on_disk_is_quarantined_and_reported() {
         })
     ));
     let kept = dir.path().join("quarantine").join(p.id().to_hex());
-    assert_eq!(fs::read(kept).unwrap(), b"not the original bytes");
+    assert_eq!(fs::read(kept).unwrap(), rotten);
     assert_eq!(store.quarantined(), vec![p.id()]);
     assert!(!store.has(&p.id()));
 }
@@ -203,14 +235,13 @@ fn a_pinned_piece_altered_on_disk_is_quarantined_and_reported() {
 fn pieces_are_verified_once_per_open_unless_verify_on_read() {
     let dir = tempfile::tempdir().unwrap();
     let p = piece(9, 4096);
-    let path = piece_file(dir.path(), &p.id());
     {
         let store = open(dir.path(), MIB, FsyncPolicy::Batch);
         store
             .put(p.clone(), Retention::Cached, Durability::Wait)
             .unwrap();
         // Written this run: known good, so not re-hashed on read.
-        fs::write(&path, vec![0u8; 4096]).unwrap();
+        overwrite_stored(dir.path(), &p.id(), &[0u8; 4096]);
         assert!(store.get(&p.id()).unwrap().is_some());
     }
     // A new run re-verifies on the first read.
@@ -228,7 +259,7 @@ fn pieces_are_verified_once_per_open_unless_verify_on_read() {
         .put(p.clone(), Retention::Cached, Durability::Wait)
         .unwrap();
     assert!(store.get(&p.id()).unwrap().is_some());
-    fs::write(&path, vec![0u8; 4096]).unwrap();
+    overwrite_stored(dir.path(), &p.id(), &[0u8; 4096]);
     assert!(matches!(
         store.get(&p.id()),
         Err(StoreError::Corrupt { .. })
@@ -243,7 +274,7 @@ fn scrub_finds_corruption_and_wraps() {
         let store = open(dir.path(), MIB, FsyncPolicy::Batch);
         store.put_many(pieces.clone(), Retention::Cached).unwrap();
     }
-    fs::write(piece_file(dir.path(), &pieces[3].id()), vec![1u8; 2048]).unwrap();
+    overwrite_stored(dir.path(), &pieces[3].id(), &[1u8; 2048]);
     let store = open(dir.path(), MIB, FsyncPolicy::Batch);
     let first = store.scrub(3);
     let second = store.scrub(3);
@@ -393,11 +424,10 @@ fn background_puts_are_readable_at_once_and_durable_after_close() {
     }
     for p in &pieces {
         assert_eq!(
-            fs::read(piece_file(dir.path(), &p.id())).unwrap(),
+            stored_bytes(dir.path(), &p.id()).unwrap(),
             p.bytes().as_ref()
         );
     }
-    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
 }
 
 #[test]
@@ -413,8 +443,8 @@ fn concurrent_waiting_puts_share_group_commits() {
                     store
                         .put(p.clone(), Retention::Pinned, Durability::Wait)
                         .unwrap();
-                    // Durable, so renamed into place, when put returns.
-                    assert!(piece_file(store.root(), &p.id()).exists());
+                    // Durable, so in a pack, when put returns.
+                    assert!(locate_piece(store.root(), &p.id()).unwrap().is_some());
                 }
             })
         })
@@ -432,7 +462,10 @@ fn put_many_commits_the_group() {
     let pieces: Vec<_> = (0..32).map(|i| piece(i, 100_000)).collect();
     store.put_many(pieces.clone(), Retention::Pinned).unwrap();
     for p in &pieces {
-        assert!(piece_file(dir.path(), &p.id()).exists());
+        assert_eq!(
+            stored_bytes(dir.path(), &p.id()).unwrap(),
+            p.bytes().as_ref()
+        );
         assert!(store.is_pinned(&p.id()));
     }
 }

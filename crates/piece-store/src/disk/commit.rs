@@ -1,34 +1,36 @@
-//! The group commit: pieces whose temp files are written wait in a queue;
-//! one thread at a time (a waiting `put`, `put_many`, or the background
-//! committer thread) takes the whole queue, fsyncs the group's files, renames
-//! them into place, fsyncs the directories touched, and only then tells the
-//! waiters and marks the pieces committed.
+//! The group commit: pieces appended to a pack wait in a queue; one thread
+//! at a time (a waiting `put`, `put_many`, or the background committer
+//! thread) takes the whole queue, fsyncs the packs the group was appended
+//! to (one fsync per pack, not per piece), and only then tells the waiters
+//! and makes the pieces live in the index and the pack table. The committer
+//! thread also does the packs' upkeep when idle (tombstones, compaction).
 //!
-//! Uses the store's shared state and paths; knows nothing of `DiskStore`.
+//! Uses the store's shared state and packs; knows nothing of `DiskStore`.
 
-use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use wire_format::PieceId;
 
 use super::config::BATCH_INTERVAL;
-use super::paths::sync_dir;
+use super::pack::{Loc, pack_path};
 use super::shared::{Shared, lock};
 use crate::store::StoreError;
 
 /// The outcome of one piece's commit, as its waiter receives it.
 pub(super) type CommitResult = Result<(), String>;
 
-/// A piece whose temp file is written and waits for its group commit.
+/// A piece appended to a pack that waits for its group commit.
 #[derive(Debug)]
 pub(super) struct PendingWrite {
     pub(super) id: PieceId,
-    pub(super) file: File,
-    pub(super) tmp: PathBuf,
+    pub(super) loc: Loc,
+    /// The pack it was appended to.
+    pub(super) file: Arc<File>,
     /// Bytes counted against the background budget, freed at commit.
     pub(super) background_bytes: u64,
     pub(super) done: Option<SyncSender<CommitResult>>,
@@ -128,6 +130,13 @@ impl Committer {
                 queue = lock(&self.queue);
                 continue;
             }
+            if !queue.committing && shared.needs_maintenance() {
+                drop(queue);
+                // One bounded step per wake; a failure is tried again at
+                // the next (a pack not compacted only costs space).
+                let _ = shared.maintain();
+                queue = lock(&self.queue);
+            }
             queue = self
                 .queue_changed
                 .wait_timeout(queue, BATCH_INTERVAL)
@@ -160,53 +169,39 @@ impl Committer {
     }
 }
 
-/// Renames written pieces into place and makes them durable as one group:
-/// fsync every file, rename, fsync every directory touched.
+/// Makes a group of appended pieces durable: one fsync per pack touched
+/// (none under `never`), then each piece is live.
 pub(super) fn commit_group(shared: &Shared, group: Vec<PendingWrite>) {
-    let fsync = shared.fsyncs();
-    let mut results: Vec<CommitResult> = Vec::with_capacity(group.len());
-    let mut dirs = BTreeSet::new();
+    let mut packs: BTreeMap<u32, Result<(), String>> = BTreeMap::new();
     for write in &group {
-        let result = (|| {
-            if fsync {
-                write
-                    .file
-                    .sync_data()
-                    .map_err(StoreError::io("fsync", &write.tmp))?;
+        packs.entry(write.loc.pack).or_insert_with(|| {
+            if !shared.fsyncs() {
+                return Ok(());
             }
-            let dest = shared.paths.piece(&write.id);
-            fs::rename(&write.tmp, &dest).map_err(StoreError::io("rename", &dest))?;
-            if let Some(parent) = dest.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-            Ok::<(), StoreError>(())
-        })();
-        results.push(result.map_err(|e| e.to_string()));
+            write.file.sync_data().map_err(|err| {
+                StoreError::io(
+                    "fsync",
+                    pack_path(&shared.paths.packs_dir(), write.loc.pack),
+                )(err)
+                .to_string()
+            })
+        });
     }
-    if fsync {
-        for dir in &dirs {
-            if let Err(err) = sync_dir(dir) {
-                let msg = err.to_string();
-                for result in &mut results {
-                    if result.is_ok() {
-                        *result = Err(msg.clone());
-                    }
+    for write in group {
+        let result = packs.get(&write.loc.pack).cloned().unwrap_or(Ok(()));
+        {
+            let mut state = shared.state();
+            state.pending.remove(&write.id);
+            state.pending_background_bytes -= write.background_bytes;
+            match &result {
+                Ok(()) => {
+                    state.index.mark_committed(&write.id);
+                    state.packs.set_live(write.id, write.loc);
                 }
-            }
-        }
-    }
-    for (write, result) in group.into_iter().zip(results) {
-        match &result {
-            Ok(()) => {
-                let mut state = shared.state();
-                state.pending.remove(&write.id);
-                state.pending_background_bytes -= write.background_bytes;
-                state.index.mark_committed(&write.id);
-            }
-            Err(_) => {
-                let _ = fs::remove_file(&write.tmp);
-                let _ = fs::remove_file(shared.paths.piece(&write.id));
-                shared.abandon(&write.id, write.background_bytes);
+                Err(_) => {
+                    state.index.remove(&write.id);
+                    state.packs.dead_record(write.id, write.loc.pack);
+                }
             }
         }
         if let Some(done) = write.done {

@@ -1,22 +1,28 @@
-//! The disk store: one file per piece under `pieces/<first byte hex>/<id>`.
+//! The disk store: pieces appended to pack files, an index in memory.
 //!
 //! # Layout of the store directory
-//! * `pieces/00` … `pieces/ff` — one file per piece, named by its id.
+//! * `packs/NNNNNNNN.pack` — the pieces the store holds itself, as records
+//!   appended to packs of at most [`PACK_MAX_BYTES`] (format, liveness and
+//!   compaction in `pack`).
 //! * `roots.log` — the pinned roots (files by manifest, loose pieces), an
 //!   append-only log compacted atomically (format in `roots`).
 //! * `extents.log` — pieces that live as ranges of files outside the store,
 //!   such as a fetched file's output (format in `extents`).
-//! * `tmp/` — pieces being written; emptied at open.
-//! * `quarantine/` — pinned pieces found corrupt, kept for the user.
+//! * `quarantine/` — copies of pinned pieces found corrupt, kept for the user.
 //! * `lock` — held exclusively while the store is open.
 //!
 //! Older stores kept an empty marker file per pinned piece in
 //! `pins/00` … `pins/ff`; opening turns them into roots and removes them.
+//! Older stores kept one file per piece in `pieces/00` … `pieces/ff` (and
+//! `tmp/` for pieces being written); opening moves them into packs, fsyncs
+//! the packs, then removes the files.
 //!
 //! # Durability
-//! A piece is written to a unique temp file (`create_new`) and renamed into
-//! place only once durable under the [`FsyncPolicy`]. A root change is
-//! appended to `roots.log` (and fsynced) before it takes effect in memory.
+//! A piece is appended to the active pack and enters the index as committed
+//! only once durable under the [`FsyncPolicy`] (one fsync of the pack per
+//! group commit); until then it is served from memory. A delete appends a
+//! tombstone. A root change is appended to `roots.log` (and fsynced) before
+//! it takes effect in memory.
 //!
 //! # Crashes between a piece and its root
 //! A piece is stored before the root that keeps it is pinned: a loose piece
@@ -32,25 +38,34 @@
 //! Only [`VerifiedPiece`]s are written. Each piece is hashed again the first
 //! time it is read after open (or on every read with `verify_on_read`), and
 //! [`DiskStore::scrub`] re-verifies slowly in the background. A cached piece
-//! that fails is deleted; a pinned one is moved to `quarantine/` and reported.
+//! that fails is dropped; a pinned one is copied to `quarantine/`, dropped
+//! and reported.
 //!
 //! # Modules, one job each
 //! * `config` — what the user chooses: [`FsyncPolicy`], [`DiskStoreConfig`].
 //! * `paths` — where things live under the root; shared file steps.
-//! * `shared` — the state every job shares, and the file steps before a commit.
-//! * `commit` — the group commit and its background thread.
+//! * `pack` — the pack files: record format, the table of where each piece
+//!   is, the writer, the scan at open, the compaction policy.
+//! * `shared` — the state every job shares, and the pack steps that are not
+//!   a commit (append, tombstones, compaction).
+//! * `commit` — the group commit and its background thread (which also does
+//!   the packs' upkeep when idle).
 //! * `verify` — reading back with verification, quarantine, [`DiskStore::scrub`].
 //! * `roots` — the roots index on disk: format, appends, compaction.
 //! * `extents` — pieces served from ranges of files outside the store
 //!   (a fetched file's output), and their index on disk.
 //! * `pins` — root changes (disk, then memory), expanding pinned files'
 //!   manifests, migrating old pin markers.
-//! * `scan` — opening: layout, lock, stale temp files, the index, the roots.
+//! * `scan` — opening: layout, lock, the packs, migrating older piece files,
+//!   the index, the roots.
 //! * this file — [`DiskStore`]: the [`PieceStore`] operations wired to the jobs.
 
 mod commit;
 mod config;
 mod extents;
+mod pack;
+#[cfg(test)]
+mod pack_tests;
 mod paths;
 mod pins;
 mod roots;
@@ -72,6 +87,11 @@ pub use self::config::{BATCH_INTERVAL, BATCH_MAX_PENDING_BYTES, DiskStoreConfig,
 pub use self::extents::{
     EXTENT_FILES_MAX, EXTENT_PATH_MAX_BYTES, EXTENTS_APPEND_MAX, EXTENTS_FILE,
     EXTENTS_LOG_MAX_BYTES, EXTENTS_MAX,
+};
+use self::pack::Loc;
+pub use self::pack::{
+    PACK_COMPACT_LIVE_PERCENT, PACK_MAX_BYTES, PACK_NUMBER_MAX, PACKS_DIR, RECORD_HEADER_LEN,
+    locate_piece,
 };
 pub use self::paths::QUARANTINE_DIR;
 pub use self::roots::{COMPACT_MIN_LINES, ROOTS_FILE, ROOTS_LOG_MAX_BYTES};
@@ -97,12 +117,13 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
-    /// Opens (creating if needed) the store in `root`, takes its lock, removes
-    /// stale temp files, indexes the pieces present and loads the pinned
+    /// Opens (creating if needed) the store in `root`, takes its lock, reads
+    /// the packs (cutting off a torn tail), moves an older store's piece
+    /// files into packs, indexes the pieces present and loads the pinned
     /// roots (migrating the pin markers of an older store).
     ///
-    /// Blocking: lists every piece file and reads the manifests of pinned
-    /// files. Fails with [`StoreError::Locked`] if another process has the
+    /// Blocking: reads every record header and the manifests of pinned
+    /// files (and copies an older store's piece files once). Fails with [`StoreError::Locked`] if another process has the
     /// store open, and with [`StoreError::BadRootsIndex`] rather than forget
     /// a pin.
     pub fn open(root: &Path, config: DiskStoreConfig) -> Result<Self, StoreError> {
@@ -169,7 +190,7 @@ impl DiskStore {
                 0
             }
         };
-        let Some((file, tmp)) = self.prepare(&piece)? else {
+        let Some((loc, file)) = self.prepare(&piece)? else {
             return Ok(None);
         };
         match shared.config.fsync {
@@ -179,8 +200,8 @@ impl DiskStore {
                     shared,
                     vec![PendingWrite {
                         id,
+                        loc,
                         file,
-                        tmp,
                         background_bytes: 0,
                         done: Some(tx),
                     }],
@@ -197,8 +218,8 @@ impl DiskStore {
                 };
                 let write = PendingWrite {
                     id,
+                    loc,
                     file,
-                    tmp,
                     background_bytes,
                     done,
                 };
@@ -214,9 +235,9 @@ impl DiskStore {
     }
 
     /// The first half of every put: marks a held piece used (returns
-    /// `None`), or reserves room, indexes the piece as pending and writes its
-    /// temp file.
-    fn prepare(&self, piece: &VerifiedPiece) -> Result<Option<(File, PathBuf)>, StoreError> {
+    /// `None`), or reserves room, indexes the piece as pending and appends
+    /// it to the active pack.
+    fn prepare(&self, piece: &VerifiedPiece) -> Result<Option<(Loc, Arc<File>)>, StoreError> {
         let shared = self.shared();
         let id = piece.id();
         let size = piece.len() as u64;
@@ -227,13 +248,13 @@ impl DiskStore {
                 return Ok(None);
             }
             let victims = state.index.make_room(size)?;
-            shared.delete_victims(&victims);
+            state.delete_victims(&victims);
             // In the index before the data is in place, so concurrent puts
             // count its bytes; uncommitted entries are never evicted.
             state.index.insert(id, size, false, true);
             state.pending.insert(id, piece.bytes().clone());
         }
-        match shared.write_temp(piece) {
+        match shared.append_piece(piece) {
             Ok(ok) => Ok(Some(ok)),
             Err(err) => {
                 shared.abandon(&id, 0);
@@ -249,14 +270,14 @@ impl DiskStore {
         piece: VerifiedPiece,
     ) -> Result<Option<Receiver<CommitResult>>, StoreError> {
         let id = piece.id();
-        let Some((file, tmp)) = self.prepare(&piece)? else {
+        let Some((loc, file)) = self.prepare(&piece)? else {
             return Ok(None);
         };
         let (tx, rx) = mpsc::sync_channel(1);
         self.inner.committer.push(PendingWrite {
             id,
+            loc,
             file,
-            tmp,
             background_bytes: 0,
             done: Some(tx),
         });
@@ -392,9 +413,7 @@ impl PieceStore for DiskStore {
         let shared = self.shared();
         let mut state = shared.state();
         let (victims, report) = state.index.gc();
-        // A file left behind by a failed removal is indexed again at the
-        // next open and collected again.
-        shared.delete_victims(&victims);
+        state.delete_victims(&victims);
         // Extents nothing reaches leave the index (their files stay: they
         // are their users'). They free no store bytes, so the report does
         // not count them.
@@ -405,6 +424,10 @@ impl PieceStore for DiskStore {
             .copied()
             .collect();
         state.extents.drop_pieces(&unreached)?;
+        drop(state);
+        // The deletes recorded, then the space they freed given back.
+        shared.flush_tombstones()?;
+        while shared.compact_step()? {}
         Ok(report)
     }
 
@@ -481,6 +504,8 @@ impl Drop for DiskStore {
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
+        // Lost, a tombstone only brings a deleted piece back as cached.
+        let _ = self.shared().flush_tombstones();
     }
 }
 
@@ -550,7 +575,7 @@ mod tests {
         drop(hold);
         wait_done(waiter).unwrap();
         assert_eq!(pending_background_bytes(&store), 0);
-        assert!(store.shared().paths.piece(&over.id()).is_file());
+        assert!(store.shared().state().packs.contains(&over.id()));
         assert_eq!(store.stats().pieces, full + 1);
     }
 }

@@ -9,7 +9,7 @@ use std::fs::{self, DirBuilder};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use wire_format::{PieceId, VerifiedPiece};
+use wire_format::PieceId;
 
 use crate::store::StoreError;
 
@@ -45,6 +45,17 @@ impl Paths {
         self.root.join(PIECES_DIR).join(shard_name(byte))
     }
 
+    /// `packs/`: the pack files.
+    pub(super) fn packs_dir(&self) -> PathBuf {
+        self.root.join(super::pack::PACKS_DIR)
+    }
+
+    /// `pieces/`: one file per piece in stores before the packs; migrated
+    /// into packs and removed at open.
+    pub(super) fn legacy_pieces_dir(&self) -> PathBuf {
+        self.root.join(PIECES_DIR)
+    }
+
     /// `pins/`: the per-piece pin markers of older stores.
     pub(super) fn legacy_pins_dir(&self) -> PathBuf {
         self.root.join(LEGACY_PINS_DIR)
@@ -55,25 +66,19 @@ impl Paths {
         self.root.join(ROOTS_FILE)
     }
 
-    pub(super) fn piece(&self, id: &PieceId) -> PathBuf {
+    /// A piece's file in a store before the packs.
+    pub(super) fn legacy_piece(&self, id: &PieceId) -> PathBuf {
         self.piece_shard(id.first_byte()).join(id.to_hex())
     }
 
+    /// `tmp/`: where stores before the packs wrote pieces; emptied and
+    /// removed at open.
     pub(super) fn tmp_dir(&self) -> PathBuf {
         self.root.join(TMP_DIR)
     }
 
     pub(super) fn quarantine_dir(&self) -> PathBuf {
         self.root.join(QUARANTINE_DIR)
-    }
-
-    /// A fresh, unique temp file name for `piece`.
-    pub(super) fn temp_for(&self, piece: &VerifiedPiece) -> PathBuf {
-        self.tmp_dir().join(format!(
-            "{}.{:016x}.tmp",
-            piece.id().to_hex(),
-            rand::random::<u64>()
-        ))
     }
 }
 

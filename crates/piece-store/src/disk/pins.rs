@@ -7,8 +7,8 @@
 //! manifest format and the store's types.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 
 use wire_format::PieceId;
 
@@ -125,16 +125,9 @@ impl Shared {
     /// Whether a held piece parses as a file's root manifest; reads the
     /// whole piece only if it starts like one.
     fn is_root_manifest(&self, id: &PieceId) -> Result<bool, StoreError> {
-        let path = self.paths.piece(id);
         let mut prefix = [0u8; ROOT_MANIFEST_PREFIX.len()];
-        let starts = File::open(&path)
-            .and_then(|mut file| file.read_exact(&mut prefix))
-            .map(|()| prefix == ROOT_MANIFEST_PREFIX);
-        match starts {
-            Ok(true) => {}
-            Ok(false) => return Ok(false),
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(err) => return Err(StoreError::io("read", &path)(err)),
+        if !self.read_prefix(id, &mut prefix)? || prefix != ROOT_MANIFEST_PREFIX {
+            return Ok(false);
         }
         let bytes = match self.get(id) {
             Ok(bytes) => bytes,

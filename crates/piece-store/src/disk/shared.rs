@@ -1,22 +1,24 @@
 //! What every job of the disk store shares: its paths and configuration, the
-//! in-memory state behind one mutex (index, pieces awaiting their commit,
-//! counters, the roots index), and the file steps of a put that precede the
-//! commit (the temp file) or undo it.
+//! in-memory state behind one mutex (index, pack table, pieces awaiting
+//! their commit, counters, the roots index), the pack writer behind its own
+//! mutex (taken before the state's when both are), and the pack steps that
+//! are not a commit: appending a piece, writing tombstones, compacting.
 //!
-//! Uses the store's paths, configuration and roots index, and the crate's
-//! index.
+//! Uses the store's paths, configuration, packs and roots index, and the
+//! crate's index.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
 use super::config::{DiskStoreConfig, FsyncPolicy};
 use super::extents::Extents;
-use super::paths::Paths;
+use super::pack::{Kind, Loc, PackTable, Writer, pack_path};
+use super::paths::{Paths, remove_if_exists, sync_dir};
 use super::roots::RootsLog;
 use crate::index::Index;
 use crate::store::StoreError;
@@ -25,7 +27,9 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) index: Index,
-    /// Pieces written but not yet renamed into place: served from memory.
+    /// Where each committed piece is in the packs.
+    pub(super) packs: PackTable,
+    /// Pieces appended but not yet committed: served from memory.
     pub(super) pending: HashMap<PieceId, Bytes>,
     pub(super) pending_background_bytes: u64,
     pub(super) quarantined: Vec<PieceId>,
@@ -41,9 +45,15 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(index: Index, roots_log: RootsLog, extents: Extents) -> Self {
+    pub(super) fn new(
+        index: Index,
+        packs: PackTable,
+        roots_log: RootsLog,
+        extents: Extents,
+    ) -> Self {
         Self {
             index,
+            packs,
             roots_log,
             extents,
             dropped_extents: 0,
@@ -56,12 +66,30 @@ impl State {
     }
 }
 
+impl State {
+    /// Drops evicted pieces from the packs (their tombstones are written
+    /// with the next append or upkeep).
+    pub(super) fn delete_victims(&mut self, victims: &[PieceId]) {
+        for victim in victims {
+            self.packs.kill(victim);
+        }
+    }
+}
+
+impl AsMut<PackTable> for State {
+    fn as_mut(&mut self) -> &mut PackTable {
+        &mut self.packs
+    }
+}
+
 /// Paths, configuration and state of an open store.
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) paths: Paths,
     pub(super) config: DiskStoreConfig,
     pub(super) state: Mutex<State>,
+    /// The pack appended to; lock it before `state` when taking both.
+    pub(super) writer: Mutex<Writer>,
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,31 +107,115 @@ impl Shared {
         self.config.fsync != FsyncPolicy::Never
     }
 
-    pub(super) fn write_temp(
+    /// Appends `piece` to the active pack (after the tombstones waiting),
+    /// not yet fsynced nor live: the commit does both.
+    pub(super) fn append_piece(
         &self,
         piece: &VerifiedPiece,
-    ) -> Result<(File, std::path::PathBuf), StoreError> {
-        let tmp = self.paths.temp_for(piece);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(StoreError::io("create", &tmp))?;
-        if let Err(err) = file.write_all(piece.bytes()) {
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::io("write", &tmp)(err));
-        }
-        Ok((file, tmp))
+    ) -> Result<(Loc, Arc<File>), StoreError> {
+        let mut writer = lock(&self.writer);
+        // A tombstone that cannot be written now is tried again later.
+        let _ = self.write_tombstones(&mut writer);
+        let loc = writer.append(&self.state, Kind::Piece, piece.id(), piece.bytes())?;
+        Ok((loc, writer.file()))
     }
 
-    /// Deletes evicted pieces' files. Called with the state lock held, so a
-    /// concurrent re-put of the same id cannot be deleted by mistake.
-    pub(super) fn delete_victims(&self, victims: &[PieceId]) {
-        for victim in victims {
-            // A failure leaves an orphan file that the next open re-indexes
-            // and evicts again; nothing is lost.
-            let _ = fs::remove_file(self.paths.piece(victim));
+    /// Writes the tombstones of the pieces deleted since the last call,
+    /// but not of those held again meanwhile (their new record is later).
+    fn write_tombstones(&self, writer: &mut Writer) -> Result<bool, StoreError> {
+        let doomed = {
+            let mut state = self.state();
+            let doomed = state.packs.take_doomed();
+            let (held, doomed): (Vec<_>, Vec<_>) = doomed
+                .into_iter()
+                .partition(|id| state.packs.contains(id) || state.pending.contains_key(id));
+            drop(held);
+            doomed
+        };
+        let mut written = false;
+        for (i, id) in doomed.iter().enumerate() {
+            if let Err(err) = writer.append(&self.state, Kind::Tombstone, *id, &[]) {
+                self.state().packs.return_doomed(doomed[i..].to_vec());
+                return Err(err);
+            }
+            written = true;
         }
+        Ok(written)
+    }
+
+    /// Writes the tombstones waiting and fsyncs them under the policy.
+    pub(super) fn flush_tombstones(&self) -> Result<(), StoreError> {
+        let mut writer = lock(&self.writer);
+        if self.write_tombstones(&mut writer)? && self.fsyncs() {
+            writer.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Whether there are tombstones to write or a pack to compact.
+    pub(super) fn needs_maintenance(&self) -> bool {
+        let state = self.state();
+        state.packs.has_doomed() || state.packs.compaction_candidate().is_some()
+    }
+
+    /// One step of upkeep: the tombstones waiting, then one pack compacted.
+    pub(super) fn maintain(&self) -> Result<(), StoreError> {
+        self.flush_tombstones()?;
+        self.compact_step().map(|_| ())
+    }
+
+    /// Compacts one pack whose live bytes fell below the ratio (see
+    /// `pack`): its live pieces and needed tombstones appended to the
+    /// active pack, that fsynced, then the old pack removed. Returns
+    /// whether a pack was compacted.
+    pub(super) fn compact_step(&self) -> Result<bool, StoreError> {
+        // Appends wait meanwhile, so nothing new is written between the
+        // plan and the removal.
+        let mut writer = lock(&self.writer);
+        let plan = {
+            let state = self.state();
+            let Some(number) = state.packs.compaction_candidate() else {
+                return Ok(false);
+            };
+            state.packs.plan(number, |id| {
+                state.packs.contains(id) || state.pending.contains_key(id)
+            })
+        };
+        let Some(plan) = plan else { return Ok(false) };
+        let old_path = pack_path(&self.paths.packs_dir(), plan.pack);
+        let old = File::open(&old_path).map_err(StoreError::io("open", &old_path))?;
+        let mut moved = Vec::with_capacity(plan.live.len());
+        for (id, loc) in &plan.live {
+            // Bounded: a live record's length passed the piece limit.
+            let mut bytes = vec![0u8; loc.len as usize];
+            old.read_exact_at(&mut bytes, loc.offset)
+                .map_err(StoreError::io("read", &old_path))?;
+            let new = writer.append(&self.state, Kind::Piece, *id, &bytes)?;
+            moved.push((*id, *loc, new));
+        }
+        for id in &plan.tombstones {
+            writer.append(&self.state, Kind::Tombstone, *id, &[])?;
+        }
+        if self.fsyncs() {
+            writer.sync()?;
+        }
+        {
+            let mut state = self.state();
+            for (id, was, new) in moved {
+                if state.packs.find(&id) == Some(was) {
+                    state.packs.set_live(id, new);
+                } else {
+                    // Deleted while being copied: the copy is dead too.
+                    state.packs.dead_record(id, new.pack);
+                }
+            }
+            state.packs.forget_pack(plan.pack);
+        }
+        remove_if_exists(&old_path)?;
+        if self.fsyncs() {
+            sync_dir(&self.paths.packs_dir())?;
+        }
+        Ok(true)
     }
 
     /// Forgets a piece whose write failed.

@@ -4,12 +4,15 @@
 //!
 //! Uses the store's shared state and paths.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 
 use bytes::Bytes;
 use wire_format::{PieceId, VerifiedPiece};
 
+use std::os::unix::fs::FileExt;
+
+use super::pack::pack_path;
 use super::shared::Shared;
 use crate::store::{StoreError, VerifyReport};
 
@@ -30,35 +33,41 @@ fn read_range(path: &std::path::Path, offset: u64, len: u32) -> io::Result<Vec<u
     Ok(bytes)
 }
 
+/// What reading a committed piece's record found.
+enum Stored {
+    Bytes(Vec<u8>),
+    /// Not in the packs (evicted meanwhile).
+    Missing,
+    /// The record is shorter on disk than indexed, or its pack is gone.
+    Short,
+}
+
 /// What one scrub call checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubReport {
     /// Pieces hashed.
     pub checked: usize,
-    /// Pieces found corrupt (deleted, or quarantined if pinned).
+    /// Pieces found corrupt (dropped, or copied to quarantine if pinned).
     pub corrupt: Vec<PieceId>,
     /// The scrub reached the last piece and starts over at the next call.
     pub wrapped: bool,
 }
 
 impl Shared {
-    /// Handles a piece whose bytes do not match its name.
-    fn handle_corrupt(&self, id: &PieceId) -> StoreError {
+    /// Handles a piece whose bytes do not match its name: dropped from the
+    /// packs; if a pinned root reaches it, its bytes are first copied to
+    /// `quarantine/` for the user.
+    fn handle_corrupt(&self, id: &PieceId, bytes: &[u8]) -> StoreError {
         let mut state = self.state();
         let pinned = state.index.get(id).is_some_and(|e| e.pinned);
         state.index.remove(id);
+        state.packs.kill(id);
         state.corrupt += 1;
-        let path = self.paths.piece(id);
         let quarantined = if pinned {
             let dest = self.paths.quarantine_dir().join(id.to_hex());
-            let moved = fs::rename(&path, &dest).is_ok();
-            if !moved {
-                let _ = fs::remove_file(&path);
-            }
             state.quarantined.push(*id);
-            moved
+            fs::write(&dest, bytes).is_ok()
         } else {
-            let _ = fs::remove_file(&path);
             false
         };
         StoreError::Corrupt {
@@ -87,32 +96,76 @@ impl Shared {
         self.read_committed(id, verify)
     }
 
-    /// Reads a committed piece, verifying it when required.
+    /// Reads the first `want` bytes (all with `None`) of a committed
+    /// piece's record. Its pack is opened for the read; one compacted away
+    /// meanwhile is looked up again.
+    fn read_stored(&self, id: &PieceId, want: Option<usize>) -> Result<Stored, StoreError> {
+        for _ in 0..2 {
+            let Some(loc) = self.state().packs.find(id) else {
+                return Ok(Stored::Missing);
+            };
+            let len = loc.len as usize;
+            let want = match want {
+                Some(want) if want > len => return Ok(Stored::Short),
+                Some(want) => want,
+                None => len,
+            };
+            let path = pack_path(&self.paths.packs_dir(), loc.pack);
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(StoreError::io("open", &path)(err)),
+            };
+            // Bounded: a record's length passed the piece limit.
+            let mut bytes = vec![0u8; want];
+            return match file.read_exact_at(&mut bytes, loc.offset) {
+                Ok(()) => Ok(Stored::Bytes(bytes)),
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(Stored::Short),
+                Err(err) => Err(StoreError::io("read", &path)(err)),
+            };
+        }
+        // Its pack is gone and it was not moved: removed behind our back.
+        Ok(Stored::Short)
+    }
+
+    /// Reads a committed piece from its pack, verifying it when required.
+    /// A record cut short on disk is corrupt like one whose bytes changed.
     pub(super) fn read_committed(
         &self,
         id: &PieceId,
         verify: bool,
     ) -> Result<Option<Bytes>, StoreError> {
-        let path = self.paths.piece(id);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                // Evicted meanwhile, or removed behind our back.
+        let bytes = match self.read_stored(id, None)? {
+            Stored::Bytes(bytes) => Bytes::from(bytes),
+            Stored::Short => return Err(self.handle_corrupt(id, &[])),
+            Stored::Missing => {
+                // Evicted meanwhile.
                 let mut state = self.state();
                 if !state.pending.contains_key(id) && state.index.get(id).is_some() {
                     state.index.remove(id);
                 }
                 return Ok(None);
             }
-            Err(err) => return Err(StoreError::io("read", &path)(err)),
         };
         if verify {
             if VerifiedPiece::verify(*id, bytes.clone()).is_err() {
-                return Err(self.handle_corrupt(id));
+                return Err(self.handle_corrupt(id, &bytes));
             }
             self.state().index.mark_verified(id);
         }
         Ok(Some(bytes))
+    }
+
+    /// The first `buf.len()` bytes of a committed piece, unverified;
+    /// `false` if the piece is shorter or not in the packs.
+    pub(super) fn read_prefix(&self, id: &PieceId, buf: &mut [u8]) -> Result<bool, StoreError> {
+        match self.read_stored(id, Some(buf.len()))? {
+            Stored::Bytes(bytes) => {
+                buf.copy_from_slice(&bytes);
+                Ok(true)
+            }
+            Stored::Short | Stored::Missing => Ok(false),
+        }
     }
 
     /// Reads a piece served from a range of a file, always hashed: the file
@@ -159,6 +212,8 @@ impl Shared {
                 Err(err) => return Err(err),
             }
         }
+        // What was dropped stays dropped across a restart.
+        self.flush_tombstones()?;
         for id in extents {
             if self.state().index.contains(&id) {
                 continue; // served from the store's own copy
