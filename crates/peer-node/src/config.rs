@@ -1,7 +1,8 @@
 //! How to run a node: [`NodeConfig`] and its defaults. Every part of the
 //! node reads its settings from here.
 //!
-//! Uses nothing else of the crate but the DHT's own settings.
+//! Uses nothing else of the crate but the DHT's own settings and the
+//! swarm's replacement defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,13 @@ pub struct NodeConfig {
     pub fetch_timeout: Duration,
     /// `--dht`: run a Mainline DHT node (`None`: off, the default).
     pub dht: Option<DhtConfig>,
+    /// How old an inbound connection that never carried data must be
+    /// before a full node replaces it with a newcomer
+    /// ([`REPLACE_MIN_AGE`](crate::swarm::REPLACE_MIN_AGE); tests shorten it).
+    pub replace_min_age: Duration,
+    /// Least time between two such replacements
+    /// ([`REPLACE_INTERVAL`](crate::swarm::REPLACE_INTERVAL); tests change it).
+    pub replace_interval: Duration,
 }
 
 impl NodeConfig {
@@ -78,6 +86,8 @@ impl NodeConfig {
             max_download_rate: None,
             fetch_timeout: FETCH_TIMEOUT,
             dht: None,
+            replace_min_age: crate::swarm::REPLACE_MIN_AGE,
+            replace_interval: crate::swarm::REPLACE_INTERVAL,
         }
     }
 }

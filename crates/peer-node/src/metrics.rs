@@ -186,6 +186,8 @@ metric_list! {
         "Addresses DHT lookups returned and chose to dial (at most 16 per lookup).";
     DhtDialsTotal => "dht_dials_total", Counter,
         "Connections dialled to addresses a DHT lookup returned.";
+    ConnectionsReplacedTotal => "connections_replaced_total", Counter,
+        "Inbound connections that never carried data, closed by a full node to admit a newcomer.";
     BansTotal => "bans_total", Counter,
         "Peers banned for sending a piece that does not match its name.";
 }

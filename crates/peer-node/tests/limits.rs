@@ -21,6 +21,7 @@ use peer_node::net::READ_CHUNK_BYTES;
 use peer_node::node::{
     MAX_CONNECTIONS_PER_IP, SERVE_BUDGET_BYTES, VERIFY_QUEUE_PIECES, WRITE_QUEUE_FRAMES,
 };
+use peer_node::swarm::{REPLACE_INTERVAL, REPLACE_MAX_BYTES, REPLACE_MIN_AGE, REPLACED_CLOSE};
 use peer_node::testing::wait_for;
 use piece_store::testing::{FaultyStore, Op};
 use piece_store::{MemStore, PieceStore};
@@ -130,6 +131,100 @@ async fn the_connection_that_reaches_max_connections_is_kept_and_the_next_refuse
     assert!(over.expect_closed().await.is_empty());
     assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
     assert_eq!(node.shared.connection_count(), 2);
+}
+
+#[tokio::test]
+async fn a_full_node_replaces_an_inbound_connection_that_never_carried_data() {
+    // Two inbound slots, connections count as old at once, and one
+    // replacement per hour (the interval's boundary is checked below).
+    let node = TestNode::start(|c| {
+        c.max_connections = 2;
+        c.replace_min_age = Duration::ZERO;
+        c.replace_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let first = RawPeer::extended(&node, 1).await;
+    let second = RawPeer::extended(&node, 2).await;
+    assert!(wait_for(SOON, || node.shared.connection_count() == 2).await);
+    // The newcomer gets in: one of the two idle ones makes room.
+    let mut newcomer = RawPeer::extended(&node, 3).await;
+    newcomer.assert_answers(1).await;
+    assert_eq!(node.metric(Metric::ConnectionsReplacedTotal), 1);
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 0);
+    node.wait_closed(REPLACED_CLOSE, 1).await;
+    let ids = node.shared.connected_node_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&NodeId([3; 8])));
+    let (mut gone, mut kept) = if ids.contains(&NodeId([1; 8])) {
+        (second, first)
+    } else {
+        (first, second)
+    };
+    gone.expect_closed().await;
+    kept.assert_answers(3).await;
+    // A second newcomer within the interval is refused, as before.
+    let mut over = RawPeer::connect(node.addr).await;
+    assert!(over.expect_closed().await.is_empty());
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
+    assert_eq!(node.metric(Metric::ConnectionsReplacedTotal), 1);
+
+    // With the interval elapsed (none here), every newcomer replaces one.
+    let churn = TestNode::start(|c| {
+        c.max_connections = 1;
+        c.replace_min_age = Duration::ZERO;
+        c.replace_interval = Duration::ZERO;
+    })
+    .await;
+    // Each newcomer stays connected; the one before it is replaced.
+    let mut peers = vec![RawPeer::extended(&churn, 1).await];
+    for id in 2..=4 {
+        let mut next = RawPeer::extended(&churn, id).await;
+        next.assert_answers(id).await;
+        peers.last_mut().unwrap().expect_closed().await;
+        peers.push(next);
+    }
+    assert_eq!(churn.metric(Metric::ConnectionsReplacedTotal), 3);
+    assert_eq!(churn.metric(Metric::ConnectionsRejectedTotal), 0);
+    assert_eq!(
+        peer_node::node::NodeConfig::new(node.addr).replace_interval,
+        REPLACE_INTERVAL,
+        "the default is the named constant"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_carried_a_piece_or_is_young_is_never_replaced() {
+    // One inbound slot, taken by a peer that fetched a whole piece
+    // (REPLACE_MAX_BYTES moved).
+    let node = TestNode::start(|c| {
+        c.max_connections = 1;
+        c.replace_min_age = Duration::ZERO;
+    })
+    .await;
+    let held = piece(9, PIECE_MAX);
+    node.hold(&held).unwrap();
+    let mut busy = RawPeer::extended(&node, 1).await;
+    busy.send(&Message::Ask(held.id())).await;
+    match busy.recv_answer().await {
+        Message::Give(give) => {
+            assert_eq!(give.into_parts().1.len() as u64, REPLACE_MAX_BYTES);
+        }
+        other => panic!("expected GIVE, got {other:?}"),
+    }
+    let mut over = RawPeer::connect(node.addr).await;
+    assert!(over.expect_closed().await.is_empty());
+    assert_eq!(node.metric(Metric::ConnectionsRejectedTotal), 1);
+    assert_eq!(node.metric(Metric::ConnectionsReplacedTotal), 0);
+    busy.assert_answers(1).await;
+
+    // A young idle connection stays too (the default age).
+    let young = TestNode::start(|c| c.max_connections = 1).await;
+    let mut idle = RawPeer::extended(&young, 1).await;
+    let mut over = RawPeer::connect(young.addr).await;
+    assert!(over.expect_closed().await.is_empty());
+    assert!(REPLACE_MIN_AGE > SOON, "the test would outlive the age");
+    assert_eq!(young.metric(Metric::ConnectionsReplacedTotal), 0);
+    idle.assert_answers(1).await;
 }
 
 // Regression: a connection the dialler opened used to count twice (as a

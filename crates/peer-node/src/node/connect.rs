@@ -26,7 +26,10 @@ pub const HUNGRY_ANNOUNCE_FIRST: Duration = Duration::from_millis(500);
 pub(super) fn accept(pieces: &Arc<Pieces>, stream: TcpStream, remote: SocketAddr) {
     let remote = PeerAddr::from(remote);
     // Every admitted socket counts from now until its task ends.
-    let Some(slot) = pieces.swarm.admit(remote) else {
+    // A full node may replace an inbound connection that never carried
+    // data, but never one with ASKs of ours waiting.
+    let busy = |conn: u64| pieces.link(conn).is_some_and(|l| l.ask_book().load() > 0);
+    let Some(slot) = pieces.swarm.admit(remote, busy) else {
         return;
     };
     net::tune(&stream);

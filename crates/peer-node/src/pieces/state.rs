@@ -117,6 +117,11 @@ impl Pieces {
         lock(&self.fetches)
     }
 
+    /// The live connection `id`, if registered.
+    pub(crate) fn link(&self, id: u64) -> Option<Arc<Link>> {
+        lock(&self.links).get(&id).map(Arc::clone)
+    }
+
     /// The live connections a fetch may ask.
     pub(crate) fn links(&self) -> Vec<Arc<Link>> {
         lock(&self.links).values().map(Arc::clone).collect()

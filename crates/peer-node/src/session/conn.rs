@@ -30,7 +30,7 @@ use crate::pieces::{
     WIDEN_DONE,
 };
 use crate::swarm::table::Source;
-use crate::swarm::{self, DUPLICATE_CLOSE, Direction, NewConn};
+use crate::swarm::{self, DUPLICATE_CLOSE, Direction, NewConn, REPLACED_CLOSE};
 
 /// A process-wide number for each connection (its id and its tracing span).
 pub(crate) fn next_conn_id() -> u64 {
@@ -197,6 +197,8 @@ pub(super) async fn serve(
                 ConnError::Rule(DUPLICATE_CLOSE) => debug!("duplicate connection closed"),
                 // A connection dialled only to ask for a piece, done with.
                 ConnError::Rule(WIDEN_DONE) => debug!("widening connection closed"),
+                // A full node made room for a newcomer: nothing went wrong.
+                ConnError::Rule(REPLACED_CLOSE) => debug!("idle connection replaced by a newcomer"),
                 ConnError::Protocol(_) | ConnError::Rule(_) => warn!(%err, "closing"),
                 _ => debug!(%err, "connection ended"),
             }

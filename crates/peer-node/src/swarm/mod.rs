@@ -38,7 +38,9 @@ mod state;
 pub mod table;
 pub mod views;
 
-pub use admission::MAX_CONNECTIONS_PER_IP;
+pub use admission::{
+    MAX_CONNECTIONS_PER_IP, REPLACE_INTERVAL, REPLACE_MAX_BYTES, REPLACE_MIN_AGE, REPLACED_CLOSE,
+};
 pub use budget::DIAL_QUEUE;
 pub(crate) use conns::NewConn;
 pub use conns::{DUPLICATE_CLOSE, keep_new};

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use wire_format::{NodeId, PeerAddr, PieceId, host_key};
@@ -85,6 +85,8 @@ pub struct Swarm {
     pub(crate) inbound: OpenSockets,
     /// When each connection limit last warned that it refuses sockets.
     pub(super) refusals: RefusalWarnings,
+    /// When a full node last replaced an inbound connection by a newcomer.
+    last_replaced: Mutex<Option<Instant>>,
     /// Announces under way (dials are known from `dialing`): a fetch that
     /// finds nobody to ask waits for them rather than concluding "not
     /// found" (a node asked for a file the moment it starts is still
@@ -150,6 +152,7 @@ impl Swarm {
             bans: Mutex::new(Bans::new()),
             inbound: OpenSockets::default(),
             refusals: RefusalWarnings::default(),
+            last_replaced: Mutex::new(None),
             announces: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             dials,
@@ -159,6 +162,12 @@ impl Swarm {
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// When an inbound connection was last replaced (lock it before the
+    /// state when taking both).
+    pub(super) fn last_replaced(&self) -> MutexGuard<'_, Option<Instant>> {
+        lock(&self.last_replaced)
     }
 
     pub(crate) fn bans(&self) -> MutexGuard<'_, Bans> {
