@@ -214,7 +214,9 @@ fn at_its_open_files_limit_the_node_says_what_to_raise_and_keeps_serving() {
         .spawn()
         .unwrap();
     wait_for_file(&data.join("api-addr"), &mut child);
-    let text = std::fs::read_to_string(&log).unwrap();
+    // The start-up line naming the listen address comes just after
+    // `api-addr` is written: wait for it rather than read the log once.
+    let text = wait_for_log(&log, "listen=", &mut child);
     assert!(text.contains("ulimit -n"), "no advice in the log: {text}");
     let listen = listen_addr_in(&text);
     // A flood of connections, many more than it has descriptors for.
