@@ -230,7 +230,7 @@ share_and_fetch() {
     explain=(--explain)
   fi
   t0=$(now_ms)
-  echo "+ p2p-cli --data-dir node$n get $manifest -o fetched.bin ${explain[*]}"
+  echo "+ p2p-cli --data-dir node$n get $manifest -o fetched.bin${explain[*]:+ ${explain[*]}}"
   "$bin/p2p-cli" --data-dir "$work/node$n" get "$manifest" -o "$got" "${explain[@]}" || fail "p2p-cli get on node$n failed"
   sha=$(sha256sum <"$got" | cut -d' ' -f1)
   [ "$sha" = "$want_sha" ] || fail "node$n wrote a file that hashes to $sha, not $want_sha"
