@@ -7,7 +7,7 @@
 //! requester that gives up does not cancel the fetch for the others. The
 //! sessions feed it [`FetchEvent`]s as answers arrive.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,14 @@ use tracing::{Instrument, debug, info_span};
 use wire_format::limits::{ASK_PROGRESS_TIMEOUT, MAX_ASKS_IN_FLIGHT, PIECE_MAX};
 use wire_format::{PeerAddr, PieceId, VerifiedPiece};
 
+use super::account::{Account, Candidate, EXPLAIN_MAX_PEERS, Outcome, PeerState};
 use super::events::{FETCH_EVENTS, FetchError, FetchEvent, FetchHandle, Fetched, PeerAccount};
 use super::link::Link;
 use super::serve::read_piece;
 use super::state::{PIECE_UNITS, Pieces};
+use super::widen::{Search, WIDEN_DONE, linger};
 use crate::clock::now;
-use crate::dht::LookupHandle;
 use crate::metrics::Metric;
-use crate::swarm::Widened;
 
 /// How often a fetch checks for stalls, closed connections and deadlines.
 const FETCH_TICK: Duration = Duration::from_millis(50);
@@ -39,120 +39,6 @@ pub const OPTIMISTIC_MAX_LOAD: usize = MAX_ASKS_IN_FLIGHT / 4;
 /// ASKs): long enough for the other peers' answers on a LAN, short against a
 /// piece's transfer.
 pub const HOLDER_CHOICE_WAIT: Duration = Duration::from_millis(20);
-/// Candidates from the peer table dialled per round when no connected
-/// peer holds the piece; a fetch widens round after round (within the dial
-/// rate) until one says HAVE, [`WIDEN_MAX_PEERS`] were dialled, or no
-/// candidate is left.
-pub const WIDEN_DIALS: usize = 8;
-/// Peers one fetch dials at most while widening: past it, "not found".
-/// At the dial rate (10 a second) that is about 13 s of dialling, longer
-/// than a fetch's default deadline: a 100-node swarm is searched whole.
-pub const WIDEN_MAX_PEERS: usize = 128;
-/// How long after a round's dials have all connected (or failed) the next
-/// round starts: their HELLOs and answers arrive first.
-const WIDEN_SETTLE: Duration = Duration::from_millis(100);
-/// How long a connection dialled for widening that outlived its fetch (it
-/// gave the piece, or had not answered) may sit idle before it is closed:
-/// a file job's next pieces keep it busy, while single fetches from every
-/// corner of a swarm must not fill a popular holder's connection slots.
-pub const WIDEN_LINGER: Duration = Duration::from_secs(3);
-/// Why a connection dialled for widening was closed: its work was done.
-pub const WIDEN_DONE: &str = "widen_done";
-/// Peers listed in one fetch's account (those that gave or were asked
-/// first): it travels in a response header.
-pub const EXPLAIN_MAX_PEERS: usize = 32;
-/// `--explain`'s `found`: the peer was connected when the fetch began to
-/// look further (or came up by itself).
-pub const FOUND_CONNECTED: &str = "connected";
-/// `--explain`'s `found`: dialled from the peer table while widening.
-pub const FOUND_WIDENING: &str = "widening";
-/// `--explain`'s `found`: an address a DHT lookup returned.
-pub const FOUND_DHT: &str = "dht";
-/// Longest a widening round waits for its dials to connect and answer.
-const WIDEN_WAIT: Duration = Duration::from_secs(3);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PeerState {
-    /// WANT_HAVE sent, no answer yet.
-    Wanted,
-    /// Said HAVE; not asked (yet).
-    Holder,
-    /// ASK outstanding since the instant given (progress clock).
-    Asked,
-    /// Said it does not have it, failed, or was given up on.
-    Out,
-}
-
-struct Candidate {
-    link: Arc<Link>,
-    state: PeerState,
-    /// Bytes received on the connection when we last saw progress, and when.
-    progress: (u64, Instant),
-    /// What happened with this peer, for `--explain`.
-    account: Account,
-}
-
-/// How a peer's part in a fetch ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Still asked or wanted (the fetch ended first).
-    Pending,
-    /// Gave the piece, this many bytes.
-    Gave(u64),
-    /// Said it does not have it.
-    DontHave,
-    /// Asked, and withdrawn: stalled, lost the hedge, or the deadline.
-    TimedOut,
-    /// Gave bytes that do not hash to the name: banned.
-    Lied,
-    /// Its connection ended, or could not be written to.
-    Gone,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Account {
-    since: Instant,
-    asked: bool,
-    hedge: bool,
-    outcome: Outcome,
-    ended: Option<Instant>,
-}
-
-impl Candidate {
-    /// Records how this peer's part ended (the first ending counts).
-    fn end(&mut self, outcome: Outcome, at: Instant) {
-        self.state = PeerState::Out;
-        if self.account.outcome == Outcome::Pending {
-            self.account.outcome = outcome;
-            self.account.ended = Some(at);
-        }
-    }
-
-    fn explain(&self, fetch_end: Instant, found: &'static str) -> PeerAccount {
-        let a = &self.account;
-        let flag = |on: bool| u64::from(on);
-        let ms = a
-            .ended
-            .unwrap_or(fetch_end)
-            .saturating_duration_since(a.since);
-        PeerAccount {
-            peer: self.link.peer_addr().to_string(),
-            asked: flag(a.asked),
-            gave: flag(matches!(a.outcome, Outcome::Gave(_))),
-            dont_have: flag(a.outcome == Outcome::DontHave),
-            timed_out: flag(a.outcome == Outcome::TimedOut),
-            banned: flag(a.outcome == Outcome::Lied),
-            bytes: match a.outcome {
-                Outcome::Gave(bytes) => bytes,
-                _ => 0,
-            },
-            ms: u64::try_from(ms.as_millis()).unwrap_or(u64::MAX),
-            hedges: flag(a.hedge),
-            found,
-        }
-    }
-}
-
 impl Pieces {
     /// The piece `id`, verified, from the store or the swarm, within `timeout`.
     pub async fn fetch(
@@ -339,51 +225,6 @@ fn reserve(pieces: &Pieces) -> Option<tokio::sync::OwnedSemaphorePermit> {
         .ok()
 }
 
-/// How a fetch searched beyond its connections: when it began to, and the
-/// DHT lookup it started or joined.
-#[derive(Default)]
-struct Search {
-    since: Option<Instant>,
-    lookup: Option<LookupHandle>,
-    /// Whether a lookup was tried (none is started twice).
-    looked_up: bool,
-    /// Addresses widening dialled: never dialled again by this fetch, even
-    /// when the dial failed before the peer could be asked.
-    dialled: HashSet<PeerAddr>,
-}
-
-impl Search {
-    /// How the fetch came to ask `c`, for `--explain`.
-    fn found(&self, c: &Candidate) -> &'static str {
-        match self.since {
-            Some(since) if c.account.since >= since => {
-                if self
-                    .lookup
-                    .as_ref()
-                    .is_some_and(|l| l.found(&c.link.peer_addr()))
-                {
-                    FOUND_DHT
-                } else {
-                    FOUND_WIDENING
-                }
-            }
-            _ => FOUND_CONNECTED,
-        }
-    }
-
-    /// Whether a lookup is still running (then "not found" must wait).
-    fn looking(&self) -> bool {
-        self.lookup.as_ref().is_some_and(|l| !l.is_done())
-    }
-}
-
-/// Starts (or joins) a DHT lookup of `topic`, with `--dht`.
-fn start_lookup(pieces: &Arc<Pieces>, topic: &PieceId) -> Option<LookupHandle> {
-    let dht = pieces.dht.as_ref()?;
-    let swarm = Arc::clone(&pieces.swarm);
-    dht.lookup(topic, &pieces.metrics, move |addrs| swarm.dial_found(addrs))
-}
-
 /// Runs one fetch; returns its outcome and the per-peer account of it.
 async fn run_fetch(
     pieces: &Arc<Pieces>,
@@ -424,10 +265,6 @@ async fn ask_peers(
 ) -> Result<(VerifiedPiece, Option<PeerAddr>), FetchError> {
     let started = now();
     let deadline = started + timeout;
-    // When the last widening round started, and how many peers widening
-    // dialled.
-    let mut widened: Option<Instant> = None;
-    let mut widen_dialled = 0;
     let mut hedged = false;
     // Whether some peer left without saying no (its connection closed, or
     // it could not be written to): then "not found" would be a guess, so
@@ -615,45 +452,7 @@ async fn ask_peers(
         if !pending {
             // Nobody connected holds it: widen, and with `--dht` look the
             // piece's topic up at the same time.
-            search.since.get_or_insert(at);
-            if !search.looked_up {
-                search.looked_up = true;
-                search.lookup = start_lookup(pieces, &topic);
-            }
-            // Announces and dials still connecting may bring a holder: a
-            // round ends once they are done (or after WIDEN_WAIT).
-            let connecting = pieces.swarm.attempts_in_progress();
-            let round_over = widened.is_none_or(|since| {
-                let waited = at.duration_since(since);
-                (connecting == 0 && waited >= WIDEN_SETTLE) || waited >= WIDEN_WAIT
-            });
-            if round_over {
-                let mut asked: HashSet<PeerAddr> =
-                    peers.values().map(|c| c.link.peer_addr()).collect();
-                asked.extend(&search.dialled);
-                if let Some(lookup) = &search.lookup {
-                    asked.extend(lookup.found_all());
-                }
-                let room = WIDEN_MAX_PEERS - widen_dialled;
-                let round = if room > 0 {
-                    pieces.swarm.widen(room.min(WIDEN_DIALS), &asked)
-                } else {
-                    Widened::default()
-                };
-                widen_dialled += round.queued;
-                search.dialled.extend(round.dialled);
-                if round.queued > 0 && widened.is_none() {
-                    pieces.metrics.incr(Metric::FetchWidensTotal);
-                }
-                let more = round.queued > 0 || (round.left > 0 && room > 0);
-                if !more && connecting == 0 && !unanswered && !search.looking() {
-                    return Err(FetchError::NotFound {
-                        asked: peers.len(),
-                        known: pieces.swarm.known_peers(),
-                    });
-                }
-                widened = Some(at);
-            }
+            search.widen(pieces, &topic, peers, unanswered, at)?;
         }
         if at >= deadline {
             withdraw_all(peers, &id, at);
@@ -715,43 +514,10 @@ async fn ask_peers(
                 return Ok((piece, giver));
             }
             FetchEvent::Connected(link) => {
-                if widened.is_some() || unanswered {
+                if search.started() || unanswered {
                     add(peers, link);
                 }
             }
-        }
-    }
-}
-
-/// Closes `link`, dialled for a widening, once it has been idle for
-/// [`WIDEN_LINGER`] (nothing asked of it outstanding, nothing received),
-/// unless the node needs it for its outbound target. One watcher per
-/// connection: the fetches of a file job that all ended on it share it.
-fn linger(pieces: Arc<Pieces>, link: Arc<Link>) {
-    if !link.start_lingering() {
-        return;
-    }
-    tokio::spawn(async move {
-        watch_idle(&pieces, &link).await;
-        link.stop_lingering();
-    });
-}
-
-async fn watch_idle(pieces: &Pieces, link: &Link) {
-    let mut seen = link.bytes_received();
-    loop {
-        tokio::time::sleep(WIDEN_LINGER).await;
-        if link.is_closed() {
-            return;
-        }
-        let received = link.bytes_received();
-        let idle = received == seen && link.ask_book().load() == 0;
-        seen = received;
-        if idle {
-            if pieces.swarm.release_widen_dial(&link.remote) {
-                link.close_with(WIDEN_DONE);
-            }
-            return;
         }
     }
 }
