@@ -62,7 +62,7 @@ work=""
 pids=()
 sleeper=""
 
-# now_ms, alive, stop_all, log_field, start_bootstrap.
+# now_ms, alive, stop_all, log_field, start_bootstrap, start_swarm.
 # shellcheck source=scripts/lib/swarm.sh
 source scripts/lib/swarm.sh
 
@@ -104,18 +104,7 @@ count() {
 export NO_COLOR=1
 start_ms=$(now_ms)
 server=""
-server_dht=() node_dht=()
-((dht)) && server_dht=(--dht)
-start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap" "${server_dht[@]}"
-# The DHT runs on UDP at each program's TCP port number: the nodes join the
-# private DHT through the bootstrap server's.
-((dht)) && node_dht=(--dht --dht-bootstrap "$server")
-
-for k in $(seq 1 "$n"); do
-  "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 \
-    --data-dir "$work/node$k" --bootstrap "$server" "${node_dht[@]}" 2>"$work/node$k.log" &
-  pids+=($!)
-done
+start_swarm "$work" "$n" "$dht"
 node_pid() { echo "${pids[$1]}"; }
 
 # Each node is ready once it has written api-addr; its token goes into a

@@ -54,7 +54,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
 bin=${target_dir:-target}/release
 
 work="" pids=() cleaned=0
-# now_ms, alive, stop_all, log_field, start_bootstrap.
+# now_ms, alive, stop_all, log_field, start_bootstrap, start_swarm.
 # shellcheck source=scripts/lib/swarm.sh
 source scripts/lib/swarm.sh
 fail() {
@@ -79,16 +79,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/p2p-scale.XXXXXX")
 export NO_COLOR=1
 start_ms=$(now_ms)
 server=""
-server_dht=() node_dht=()
-((dht)) && server_dht=(--dht)
-start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap" "${server_dht[@]}"
-((dht)) && node_dht=(--dht --dht-bootstrap "$server")
+start_swarm "$work" "$n" "$dht"
 server_pid=${pids[0]}
-for k in $(seq 1 "$n"); do
-  "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 --data-dir "$work/node$k" \
-    --bootstrap "$server" "${node_dht[@]}" 2>"$work/node$k.log" &
-  pids+=($!)
-done
 printf '%s\n' "${pids[@]:1}" >"$work/node-pids"
 echo "scale: bootstrap-server on $server, $n nodes started in $work" >&2
 

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Process helpers for the scripts that run a local swarm of real processes
-# (demo-swarm.sh, status-screenshot.sh, bench.sh). Sourced, never run.
+# (demo-swarm.sh, scale.sh, status-screenshot.sh, bench.sh). Sourced, never
+# run.
 #
 # The caller keeps every PID it starts in the array `pids`, sets `bin` to
 # the directory of the release binaries, and defines `fail MESSAGE` (print
@@ -63,5 +64,22 @@ start_bootstrap() {
     (($(now_ms) < deadline)) || fail "bootstrap-server did not start in 10 s (log: $log)"
     server=$(log_field "$log" listen)
     [ -n "$server" ] || sleep 0.05
+  done
+}
+
+# start_swarm WORK N DHT: start_bootstrap (log and data dir under WORK; with
+# --dht when DHT is 1), then N peer-nodes on 127.0.0.1:0 joined through it,
+# node k with its data dir WORK/nodek and its stderr in WORK/nodek.log. With
+# DHT=1 every node runs a DHT node too and joins the private DHT through the
+# server's (each on UDP at its TCP port's number).
+start_swarm() {
+  local work=$1 n=$2 dht=$3 k server_dht=() node_dht=()
+  ((dht)) && server_dht=(--dht)
+  start_bootstrap "$work/bootstrap.log" --data-dir "$work/bootstrap" "${server_dht[@]}"
+  ((dht)) && node_dht=(--dht --dht-bootstrap "$server")
+  for k in $(seq 1 "$n"); do
+    "$bin/peer-node" --listen 127.0.0.1:0 --api 127.0.0.1:0 --data-dir "$work/node$k" \
+      --bootstrap "$server" "${node_dht[@]}" 2>"$work/node$k.log" &
+    pids+=($!)
   done
 }
